@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up, then lint and run the test suite (CPU only, no downloads).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,102 @@
+"""The `mimo` command: parses arguments, then calls library functions (each usable from a notebook)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mimo.config import ConfigError, load_config
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mimo.train.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config)
+    print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "losses": result.losses}, indent=1))
+    if result.interrupted:
+        print(f"interrupted: resume with `mimo train {args.config or ''} {' '.join(args.overrides)}`")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from mimo.sampling import sample_from_checkpoint
+
+    paths = sample_from_checkpoint(
+        args.checkpoint,
+        out_dir=args.out,
+        num_videos=args.num_videos,
+        num_frames=args.frames,
+        overrides=args.overrides,
+        seed=args.seed,
+        use_ema=not args.no_ema,
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from mimo.sampling import export_inference_checkpoint
+
+    print(export_inference_checkpoint(args.checkpoint, args.out))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from mimo.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a YAML config and key=value overrides")
+    train.add_argument("config", nargs="?", help="YAML file (configs/...); omitted: the built-in defaults")
+    train.set_defaults(run=_train)
+
+    sample = commands.add_parser("sample", help="generate videos (MP4, GIF, .npz) from a trained run")
+    sample.add_argument("checkpoint", help="run folder, checkpoint folder or exported model")
+    sample.add_argument("--out", default=None, help="output folder (default: RUN/samples_cli)")
+    sample.add_argument("--num-videos", type=int, default=None)
+    sample.add_argument("--frames", type=int, default=None, help="length; longer than training uses the window")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    sample.set_defaults(run=_sample)
+
+    export = commands.add_parser("export", help="write an inference-only checkpoint (EMA backbone, no decoder)")
+    export.add_argument("checkpoint")
+    export.add_argument("out")
+    export.set_defaults(run=_export)
+
+    demo = commands.add_parser("demo", help="train a tiny MiMo on built-in videos, sample, print metrics, plot")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: a few CPU minutes)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may stand anywhere among the options
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like section.key=value)")
+    args.overrides = [item for item in extra if item not in unknown]
+    config = getattr(args, "config", None)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
+    try:
+        args.run(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"mimo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mimo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

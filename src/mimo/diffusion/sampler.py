@@ -1,0 +1,140 @@
+"""Autoregressive sampling: frame by frame, each frame integrated from noise by the flow ODE.
+
+With the cache, a finished frame is run once as clean history and its keys/values are kept per
+layer, so each ODE step of the next frame costs one frame's tokens. Without it, every step
+re-runs the whole history; both give the same frames (a test). Past the training length a sliding
+window keeps the last `window` clean frames; rotary attention depends only on frame offsets,
+which the window keeps inside the trained range.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mimo.config import Config
+from mimo.diffusion.flow import integrate
+from mimo.models.dit import FrameCausalDiT
+
+
+def _guided(velocity: Tensor, cfg_scale: float, guided: bool) -> Tensor:
+    """Classifier-free guidance on a batch stacked as [conditional; unconditional]."""
+    if not guided:
+        return velocity
+    conditional, unconditional = velocity.chunk(2)
+    return unconditional + cfg_scale * (conditional - unconditional)
+
+
+@torch.no_grad()
+def sample_video(
+    model: FrameCausalDiT,
+    num_frames: int,
+    batch_size: int | None = None,
+    labels: Tensor | None = None,
+    context: Tensor | None = None,
+    steps: int = 50,
+    solver: str = "euler",
+    cfg_scale: float = 1.0,
+    window: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> Tensor:
+    """Generate videos (B, num_frames, C, H, W); `context` (B, k, C, H, W) frames are given, not generated.
+
+    `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
+    the null class. `window`: clean frames attended to (None: all). Noise comes from `generator`.
+    """
+    device = model.patch_embed.weight.device
+    size = model.grid * model.patch_size
+    if context is not None:
+        if context.ndim != 5 or context.shape[2:] != (model.channels, size, size):
+            raise ValueError(
+                f"context must be (B, k, {model.channels}, {size}, {size}) frames, got {tuple(context.shape)}"
+            )
+        batch_size = context.shape[0]
+    if labels is not None:
+        batch_size = labels.shape[0]
+    if batch_size is None:
+        raise ValueError("give batch_size, labels or context so the number of videos is known")
+    if model.num_classes and labels is None:
+        raise ValueError("this model is class-conditional: pass labels (B,) to sample_video")
+    frames = [] if context is None else list(context.to(device).split(1, dim=1))
+    if len(frames) >= num_frames:
+        raise ValueError(f"num_frames ({num_frames}) must exceed the {len(frames)} context frames")
+    guided = labels is not None and cfg_scale != 1.0
+    if labels is not None:
+        labels = labels.to(device)
+        if guided:
+            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
+    copies = 2 if guided else 1
+
+    def doubled(x: Tensor) -> Tensor:
+        return torch.cat([x] * copies) if copies > 1 else x
+
+    cache = model.new_cache() if use_cache else None
+    if cache is not None:
+        for position, frame in enumerate(frames):
+            model.append_to_cache(doubled(frame), position, cache, labels)
+            if window is not None:
+                cache.keep_last(window)
+    shape = (batch_size, 1, model.channels, size, size)
+    for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
+        if cache is not None:
+
+            def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
+                v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
+                return _guided(v, cfg_scale, guided)
+
+        else:
+            first = 0 if window is None else max(0, position - window)
+            history = torch.cat(frames[first:], dim=1) if position > first else None
+
+            def velocity(z: Tensor, s: Tensor, history=history, first=first, position=position) -> Tensor:
+                out = model(
+                    doubled(z),
+                    doubled(s[:, None]),
+                    labels,
+                    clean=None if history is None else doubled(history),
+                    clean_start=first,
+                    noisy_start=position,
+                )
+                return _guided(out.velocity, cfg_scale, guided)
+
+        noise = torch.randn(shape, generator=generator).to(device)
+        frame = integrate(velocity, noise, steps, solver)
+        frames.append(frame)
+        if cache is not None and position + 1 < num_frames:
+            model.append_to_cache(doubled(frame), position, cache, labels)
+            if window is not None:
+                cache.keep_last(window)
+    return torch.cat(frames, dim=1)
+
+
+def sample_for_task(
+    model: FrameCausalDiT,
+    config: Config,
+    video: Tensor,
+    labels: Tensor | None,
+    generator: torch.Generator | None = None,
+    num_frames: int | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Sample as the config's task asks, taking context frames and labels from real clips `video`."""
+    sample = config.sample
+    context = video[:, : config.context_frames] if config.context_frames else None
+    return sample_video(
+        model,
+        num_frames or sample.num_frames or config.data.num_frames,
+        batch_size=video.shape[0],
+        labels=labels if model.num_classes else None,
+        context=context,
+        steps=sample.steps,
+        solver=sample.solver,
+        cfg_scale=sample.cfg_scale,
+        window=sample.window or config.data.num_frames - 1,
+        generator=generator,
+        use_cache=sample.use_cache,
+        progress=progress,
+    )

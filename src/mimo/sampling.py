@@ -1,0 +1,69 @@
+"""Sampling from trained runs: videos to MP4/GIF/.npz, and inference-only exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimo.config import with_overrides
+from mimo.data import build_dataset
+from mimo.diffusion.sampler import sample_for_task
+from mimo.media import save_gif, save_mp4, to_uint8, video_grid
+from mimo.train.checkpoint import atomic_write_bytes, find_checkpoint, read_state, save_tensors
+from mimo.train.trainer import load_trained_model
+
+
+def sample_from_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    num_videos: int | None = None,
+    num_frames: int | None = None,
+    overrides: list[str] | None = None,
+    seed: int = 0,
+    use_ema: bool = True,
+    device: str | None = None,
+) -> dict[str, Path]:
+    """Generate videos as the run's task asks (context and labels from held-out clips) and save them.
+
+    Writes `samples.npz` (videos in [-1, 1], labels, and the real clips they were conditioned on),
+    one MP4 per video, and `grid.gif` with the real clips above the samples.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, config = load_trained_model(checkpoint, use_ema=use_ema, device=device)
+    config = with_overrides(config, overrides or [])
+    count = num_videos or config.sample.num_videos
+    eval_set = build_dataset(config.data, "eval", num_clips=count)
+    if len(eval_set) < count:
+        raise ValueError(f"the evaluation split has {len(eval_set)} clips, fewer than the {count} requested")
+    items = [eval_set[i] for i in range(count)]
+    video = torch.stack([item["video"] for item in items]).to(device)
+    labels = torch.stack([item["label"] for item in items]).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    samples = sample_for_task(model, config, video, labels, generator, num_frames=num_frames, progress=True).cpu()
+    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "samples_cli"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"npz": out / "samples.npz"}
+    np.savez_compressed(paths["npz"], samples=samples.numpy(), labels=labels.cpu().numpy(), real=video.cpu().numpy())
+    if config.data.channels in (1, 3):
+        paths["gif"] = save_gif(video_grid([video.cpu(), samples], upscale=2), out / "grid.gif")
+        for index, clip in enumerate(to_uint8(samples)):
+            paths[f"mp4_{index}"] = save_mp4(clip, out / f"sample_{index:03d}.mp4")
+    return paths
+
+
+def export_inference_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """An inference checkpoint: the EMA backbone and the config, without the MiMo decoder or optimizer."""
+    source = find_checkpoint(checkpoint)
+    if source is None:
+        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
+    model, _ = load_trained_model(source, use_ema=True)
+    state = read_state(source)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(out / "ema.safetensors", model.state_dict())
+    exported = {"config": state["config"], "step": state["step"], "exported_from": str(source)}
+    atomic_write_bytes(out / "state.json", json.dumps(exported, indent=1).encode())
+    return out

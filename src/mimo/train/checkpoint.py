@@ -1,0 +1,182 @@
+"""Checkpoints that survive a crash and cannot run code when loaded.
+
+A checkpoint is a folder `step_XXXXXXXX/` of safetensors files (model, EMA, optimizer tensors) and
+a `state.json` (step, config, optimizer structure). Every file is written to a temporary name,
+fsynced and renamed, and the folder itself is renamed into place before `latest` points at it, so
+a process killed at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+STATE_FILE = "state.json"
+LATEST_FILE = "latest"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, truncated or made for another model; the message says which."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync, then rename: readers see the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically (contiguous CPU copies; shared storage is split)."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint file {path} is corrupt or truncated ({error}); use an earlier one"
+        ) from error
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer state as flat tensors plus a JSON-able structure (no pickle)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(tensors: dict[str, Tensor], structure: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(structure["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": structure["param_groups"]}
+
+
+def check_compatible(module: nn.Module, tensors: dict[str, Tensor], source: Path) -> None:
+    """Raise with the mismatched keys and shapes when `tensors` were saved from another architecture."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [
+        f"{key}: checkpoint {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(tensors))
+        if tensors[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or wrong:
+        lines = []
+        if missing:
+            lines.append(f"missing in checkpoint: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+        if unexpected:
+            lines.append(f"not in model: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
+        if wrong:
+            lines.append("shape mismatch: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+        raise CheckpointError(
+            f"{source} was saved from a different model or config:\n  "
+            + "\n  ".join(lines)
+            + "\nUse the config the checkpoint was trained with (its state.json holds it)."
+        )
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    modules: dict[str, dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` under run_dir/checkpoints, point `latest` at it, prune old ones."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    staging = root / f".staging_step_{step:08d}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for name, tensors in modules.items():
+        save_tensors(staging / f"{name}.safetensors", tensors)
+    state = dict(state, step=step)
+    if optimizer is not None:
+        tensors, structure = optimizer_to_tensors(optimizer)
+        save_tensors(staging / "optimizer.safetensors", tensors)
+        state["optimizer"] = structure
+    atomic_write_bytes(staging / STATE_FILE, json.dumps(state, indent=1).encode())
+    _fsync_dir(staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    atomic_write_bytes(root / LATEST_FILE, final.name.encode())
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint folder for a run folder (its latest), a checkpoints folder, or a checkpoint itself."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    for root in (path / CHECKPOINT_DIR, path):
+        latest = root / LATEST_FILE
+        if latest.is_file():
+            candidate = root / latest.read_text().strip()
+            if (candidate / STATE_FILE).is_file():
+                return candidate
+        complete = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+        if complete:
+            return complete[-1]
+    return None
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint} is not a checkpoint folder: {STATE_FILE} is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); use an earlier checkpoint") from error
+
+
+def load_module(module: nn.Module, checkpoint: Path, name: str) -> None:
+    """Load `name`.safetensors of a checkpoint into `module`, checking keys and shapes first."""
+    path = checkpoint / f"{name}.safetensors"
+    tensors = load_tensors(path)
+    check_compatible(module, tensors, path)
+    module.load_state_dict(tensors)
