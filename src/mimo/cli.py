@@ -47,6 +47,32 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, steps=args.steps, overrides=args.overrides)
 
 
+def _data_encode(args: argparse.Namespace) -> None:
+    import torch
+
+    from mimo.data import build_dataset
+    from mimo.data.latents import encode_dataset
+    from mimo.models.autoencoder import build_autoencoder
+
+    config = load_config(args.config, args.overrides)
+    dataset = build_dataset(config.data, "eval")  # deterministic clips: the same latents on every run
+    options = {"path": args.vae} if args.vae else {}
+    autoencoder = build_autoencoder(args.autoencoder, **options)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    manifest = encode_dataset(
+        dataset,
+        autoencoder,
+        args.out,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=config.data.num_workers,
+        device=device,
+    )
+    clips = sum(shard["count"] for shard in manifest["shards"])
+    print(f"{clips} clips in {manifest['num_shards']} shards")
+    print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: a few CPU minutes)")
     demo.set_defaults(run=_demo)
+
+    data = commands.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+    encode = data.add_parser("encode", help="pre-extract a video dataset's latents into sharded safetensors")
+    encode.add_argument("config", nargs="?", help="YAML naming the video dataset (or data.key=value overrides)")
+    encode.add_argument("--autoencoder", default="autoencoder_kl", help="registered autoencoder name")
+    encode.add_argument("--vae", default=None, help="local folder of the pretrained VAE (diffusers format)")
+    encode.add_argument("--out", required=True, help="output folder (resumes when interrupted)")
+    encode.add_argument("--shard-size", type=int, default=1024)
+    encode.add_argument("--batch-size", type=int, default=16)
+    encode.add_argument("--device", default=None)
+    encode.set_defaults(run=_data_encode)
     return parser
 
 

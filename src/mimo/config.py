@@ -7,6 +7,7 @@ any work starts, with a message that names the key and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -24,7 +25,8 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
 }
 TASKS = ("unconditional", "class_conditional", "prediction")
-DATASETS = ("synthetic", "video_folder", "ucf101", "kinetics600", "latents")
+# video_folder: any folder of videos (unlabelled); class_folders: one sub-folder per class
+DATASETS = ("synthetic", "video_folder", "class_folders", "ucf101", "kinetics600", "latents")
 CLEAN_CONDITIONING = ("independent_ln", "clean_timestep")
 MIMO_TARGETS = ("current", "next", "current+next")
 MASK_LOSS_ON = ("dropped", "all")
@@ -69,6 +71,9 @@ class DataConfig:
     seed: int = 0
     num_workers: int = 0
     max_bad_fraction: float = 0.1  # stop when more than this share of video files fails to decode
+    split: str = "train"  # ucf101: the official split file to read (train/test)
+    fold: int = 1  # ucf101: split files trainlist0N / testlist0N, N in 1..3
+    annotations: str | None = None  # kinetics600: the CSV (label,youtube_id,time_start,time_end,split)
 
 
 @dataclass(frozen=True)
@@ -97,11 +102,14 @@ class MimoConfig:
 
 @dataclass(frozen=True)
 class RepaConfig:
-    mode: str = "none"
-    layer: int = 2  # 1-based backbone layer whose features are aligned
+    mode: str = "none"  # "history" aligns clean tokens, "future" noisy tokens, "both" both
+    layer: int = 2  # 1-based backbone layer whose features are aligned (REPA: block 8 of SiT-XL's 28)
     weight: float = 0.5  # REPA's λ
-    encoder: str = "random"  # "random" (tests), "timm:NAME", "dinov2:PATH"
-    encoder_path: str | None = None
+    encoder: str = "dinov2:vitb14"  # REPA's default; "timm:MODEL_NAME", or "random" (tests, CPU)
+    encoder_path: str | None = None  # local weights file of a timm or DINOv2 encoder
+    encoder_image_size: int | None = None  # encoder input side; None: 224 for DINOv2 (REPA), a timm model's own
+    allow_download: bool = False  # without encoder_path, fetch weights (torch.hub / Hugging Face); needs internet
+    features_path: str | None = None  # features cached by mimo.data.encoder_features; the encoder is then not run
     projector_dim: int = 2048  # REPA's projector width
 
 
@@ -119,6 +127,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)) so short runs still average
     grad_accumulation: int = 1
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (FSDP2-sharded, for L/XL)
     precision: str = "fp32"
     compile: bool = False
     activation_checkpointing: bool = False
@@ -182,8 +191,31 @@ def from_dict(values: dict[str, Any]) -> Config:
         for key in section_values:
             if key not in known:
                 raise ConfigError(f"unknown key '{name}.{key}'; valid keys: {', '.join(sorted(known))}")
-        built[name] = cls(**section_values)
+        types = {f.name: f.type for f in fields(cls)}
+        built[name] = cls(**{k: _coerce(f"{name}.{k}", types[k], v) for k, v in section_values.items()})
     return Config(**built)
+
+
+def _coerce(key: str, annotation: str, value: Any) -> Any:
+    """A YAML value as the field's type: '5e-4' (a string to YAML) becomes 5e-4; a wrong type is an error."""
+    allowed = [part.strip() for part in annotation.split("|")]
+    if value is None:
+        if "None" in allowed:
+            return None
+        raise ConfigError(f"{key}: a value is required (expected {annotation})")
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if "bool" in allowed and isinstance(value, bool):
+        return value
+    if "int" in allowed and is_number and float(value).is_integer() and isinstance(value, int):
+        return value
+    if "float" in allowed and is_number:
+        return float(value)
+    if "float" in allowed and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if "str" in allowed and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -278,6 +310,8 @@ def validate(config: Config) -> None:
     _check(d.frame_stride >= 1, "data.frame_stride", "must be at least 1")
     _check(d.num_workers >= 0, "data.num_workers", "must be 0 or more")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    _check(d.split in ("train", "test"), "data.split", f"choose 'train' or 'test', got '{d.split}'")
+    _check(1 <= d.fold <= 3, "data.fold", f"UCF-101 has folds 1 to 3, got {d.fold}")
     _check(t.task in TASKS, "train.task", f"unknown task '{t.task}'; choose one of {list(TASKS)}")
     if t.task == "prediction":
         _check(
@@ -298,6 +332,7 @@ def validate(config: Config) -> None:
     _check(0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
     _check(t.grad_accumulation >= 1, "train.grad_accumulation", "must be at least 1")
     _check(t.precision in PRECISIONS, "train.precision", f"choose one of {list(PRECISIONS)}")
+    _check(t.parallel in ("ddp", "fsdp"), "train.parallel", f"unknown mode '{t.parallel}'; choose 'ddp' or 'fsdp'")
     _check(t.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "choose 'stop' or 'skip'")
     for key in ("log_every", "sample_every", "checkpoint_every"):
         _check(getattr(t, key) >= 0, f"train.{key}", "must be 0 (off) or positive")
@@ -331,6 +366,35 @@ def validate(config: Config) -> None:
     _check(r.mode in REPA_MODES, "repa.mode", f"choose one of {list(REPA_MODES)}")
     _check(1 <= r.layer <= depth, "repa.layer", f"must be in 1..{depth}, got {r.layer}")
     _check(r.weight >= 0, "repa.weight", "must be 0 or more")
+    _check(r.projector_dim >= 1, "repa.projector_dim", "must be positive")
+    _check(
+        r.encoder_image_size is None or r.encoder_image_size >= 1, "repa.encoder_image_size", "must be positive"
+    )
+    kind, _, name = r.encoder.partition(":")
+    _check(
+        r.encoder == "random" or (kind in ("timm", "dinov2") and name != ""),
+        "repa.encoder",
+        f"unknown encoder '{r.encoder}'; use 'random', 'timm:MODEL_NAME' or 'dinov2:ARCH' (e.g. dinov2:vitb14)",
+    )
+    if r.mode != "none" and not r.features_path:
+        _check(
+            kind == "random" or r.encoder_path or r.allow_download,
+            "repa.encoder_path",
+            f"encoder '{r.encoder}' needs its weights: set repa.encoder_path=FILE (a local checkpoint), or "
+            "repa.allow_download=true on a machine with internet, or repa.features_path=DIR of cached features",
+        )
+        _check(
+            d.dataset != "latents",
+            "repa.features_path",
+            "the encoder sees pixels, but data.dataset=latents gives latents: extract features from the pixel "
+            "dataset (mimo.data.encoder_features.extract_features) and set repa.features_path=DIR",
+        )
+        _check(
+            kind == "random" or d.channels == 3,
+            "repa.encoder",
+            f"a ViT encoder needs RGB frames, but data.channels={d.channels}; cache features from RGB frames "
+            "and set repa.features_path=DIR",
+        )
     _check(s.steps >= 1, "sample.steps", f"must be at least 1, got {s.steps}")
     _check(s.solver in SOLVERS, "sample.solver", f"choose one of {list(SOLVERS)}")
     _check(s.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")

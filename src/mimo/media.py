@@ -53,22 +53,26 @@ def save_gif(frames: np.ndarray, path: str | Path, frame_ms: int = GIF_FRAME_MS)
     return path
 
 
-def save_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
-    """Write uint8 frames (T, H, W, 3) as H.264 MP4 with PyAV (sizes rounded up to even numbers)."""
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, codec: str = "libx264", gop: int = 12) -> None:
+    """Write uint8 (T, H, W, 3) frames (H, W even) as a video file with PyAV."""
     import av
 
+    height, width = frames.shape[1:3]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def save_mp4(frames: np.ndarray, path: str | Path, fps: int = 8) -> Path:
+    """Write uint8 frames (T, H, W, 3) as H.264 MP4 (sizes padded to even numbers, as yuv420p needs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1] + frames.shape[1] % 2, frames.shape[2] + frames.shape[2] % 2
-    frames = np.pad(frames, ((0, 0), (0, height - frames.shape[1]), (0, width - frames.shape[2]), (0, 0)))
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    pad_rows, pad_cols = frames.shape[1] % 2, frames.shape[2] % 2
+    write_video(path, np.pad(frames, ((0, 0), (0, pad_rows), (0, pad_cols), (0, 0))), fps)
     return path
 
 

@@ -49,8 +49,11 @@ class Autoencoder(nn.Module, ABC):
     def latent_shape(self, frames_shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """(T', c, h, w) of the latents of a clip of shape (T, C, H, W)."""
         frames, _, height, width = frames_shape
-        for length, factor, axis in ((frames, self.temporal_downsample, "T"), (height, self.downsample, "H"),
-                                     (width, self.downsample, "W")):  # fmt: skip
+        for length, factor, axis in (
+            (frames, self.temporal_downsample, "T"),
+            (height, self.downsample, "H"),
+            (width, self.downsample, "W"),
+        ):
             if length % factor:
                 raise ValueError(
                     f"{self.name} downsamples {axis} by {factor}, but the clip has {axis}={length}: choose a clip "
@@ -114,7 +117,7 @@ class DiffusersAutoencoderKL(Autoencoder):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        self.vae = load_autoencoder_kl(self.path).to(dtype).eval().requires_grad_(False)
+        self.vae = load_autoencoder_kl(self.path, dtype).eval().requires_grad_(False)
         config = self.vae.config
         self.latent_channels = config.latent_channels
         self.downsample = 2 ** (len(config.block_out_channels) - 1)  # one 2× downsampling per block but the last
@@ -145,7 +148,7 @@ class DiffusersAutoencoderKL(Autoencoder):
         return {**super().describe(), "path": str(self.path), "sample_posterior": self.sample_posterior}
 
 
-def load_autoencoder_kl(path: str | Path) -> nn.Module:
+def load_autoencoder_kl(path: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     """diffusers' AutoencoderKL from `path`, offline, with messages that say how to fix a bad setup."""
     try:
         from diffusers import AutoencoderKL
@@ -165,7 +168,7 @@ def load_autoencoder_kl(path: str | Path) -> nn.Module:
             f"VAE directory {path} has a config.json but no weights ({' or '.join(_WEIGHT_FILES)}): the copy is "
             f"incomplete. {_HOW_TO_GET_A_VAE}"
         )
-    return AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
+    return AutoencoderKL.from_pretrained(path, torch_dtype=dtype, local_files_only=True, low_cpu_mem_usage=False)
 
 
 # Name -> class; a video VAE adds itself here (its constructor takes keyword arguments from the config).

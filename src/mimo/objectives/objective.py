@@ -4,7 +4,9 @@ A clip x of T frames gives clean history frames x_1..x_{T-1} (tube-masked when r
 copies of the frames to generate, each with its own noise level. `L_diff` is flow matching on the
 generated frames (context frames of the prediction task are not noised and carry no loss).
 `L_mask` (MiMo) reconstructs, from the masked history features at layer l, frame t and frame t+1
-at every history position t. The whole objective is one nn.Module so DDP can wrap it.
+at every history position t. `L_repa` (the REPA baseline, `mimo.models.repa`) aligns clean and/or
+noisy tokens with a frozen encoder's features of the clean frames; it adds to L_total with its own λ
+and combines with MiMo. The whole objective is one nn.Module so DDP can wrap it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from mimo.config import Config
+from mimo.data.encoder_features import cached_feature_dim
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
-from mimo.models.dit import FrameCausalDiT
+from mimo.models.dit import DiTOutput, FrameCausalDiT
+from mimo.models.encoders import build_encoder, encode_video
 from mimo.models.layers import patchify
 from mimo.models.mimo_decoder import MimoDecoder
+from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
 from mimo.objectives.masking import TubeMask, tube_mask
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
@@ -102,7 +108,7 @@ def masked_reconstruction_loss(prediction: Tensor, target: Tensor, dropped: Tens
 
 
 class TrainingObjective(nn.Module):
-    """Backbone plus the training-only heads (MiMo decoder); forward returns the named losses."""
+    """Backbone plus the training-only heads (MiMo decoder, REPA projector); forward returns the named losses."""
 
     def __init__(self, config: Config, backbone: FrameCausalDiT):
         super().__init__()
@@ -123,13 +129,39 @@ class TrainingObjective(nn.Module):
                 rope=config.model.rope,
                 qk_norm=config.model.qk_norm,
             )
+        repa = config.repa
+        self.repa_projector = None
+        self.repa_feature_dim = 0
+        encoder = None
+        if repa.mode != "none":
+            if repa.features_path:
+                self.repa_feature_dim = cached_feature_dim(repa.features_path)
+            else:
+                encoder = build_encoder(repa, backbone.channels)
+                self.repa_feature_dim = encoder.feature_dim
+            self.repa_projector = RepaProjector(backbone.width, self.repa_feature_dim, repa.projector_dim)
+        # The frozen encoder is not a submodule: it is never trained, never in the optimizer or a
+        # checkpoint, and `.to()` does not move it (forward does).
+        object.__setattr__(self, "encoder", encoder)
 
-    def forward(self, video: Tensor, labels: Tensor | None, generator: torch.Generator) -> dict[str, Tensor]:
-        """Losses for clips (B, T, C, H, W); `generator` (CPU) draws every random choice of the step."""
+    def forward(
+        self,
+        video: Tensor,
+        labels: Tensor | None,
+        generator: torch.Generator,
+        encoder_features: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Losses for clips (B, T, C, H, W); `generator` (CPU) draws every random choice of the step.
+
+        `encoder_features` (B, T, h, w, E): cached features of the clips' frames for REPA; without
+        them the frozen encoder runs on `video`.
+        """
         backbone = self.backbone
         batch = build_ctf_batch(video, labels, self.config, backbone.num_classes, generator, backbone.grid)
         keep = batch.mask.keep if batch.mask is not None else None
-        return_layers = (self.decoder_layer,) if self.decoder is not None else ()
+        return_layers = {self.decoder_layer} if self.decoder is not None else set()
+        if self.repa_projector is not None:
+            return_layers.add(self.config.repa.layer)
         out = backbone(
             batch.noisy,
             batch.noise_level,
@@ -137,7 +169,7 @@ class TrainingObjective(nn.Module):
             clean=batch.clean,
             noisy_start=batch.first_noisy,
             keep=keep,
-            return_layers=return_layers,
+            return_layers=tuple(sorted(return_layers)),
         )
         losses = {"diffusion": (out.velocity - batch.velocity).pow(2).mean()}
         total = losses["diffusion"]
@@ -148,5 +180,33 @@ class TrainingObjective(nn.Module):
             dropped = batch.mask.dropped if batch.mask is not None and mimo.loss_on == "dropped" else None
             losses["mask"] = masked_reconstruction_loss(prediction, target, dropped)
             total = total + mimo.weight * losses["mask"]
+        if self.repa_projector is not None:
+            losses["repa"] = self.repa_loss(out, batch, video, encoder_features)
+            total = total + self.config.repa.weight * losses["repa"]
         losses["loss"] = total
         return losses
+
+    def repa_loss(self, out: DiTOutput, batch: CTFBatch, video: Tensor, encoder_features: Tensor | None) -> Tensor:
+        """L_repa: the tokens of `config.repa.mode` aligned with the encoder's features of the clean frames."""
+        repa = self.config.repa
+        if encoder_features is None:
+            if self.encoder is None:
+                raise ValueError(
+                    f"repa.features_path={repa.features_path} is set, so the batch must carry the cached features: "
+                    "wrap the dataset in mimo.data.encoder_features.WithEncoderFeatures and pass them to the objective"
+                )
+            encoder_features = encode_video(self.encoder.to(video.device), video)
+        shape = encoder_features.shape
+        if len(shape) != 5 or shape[:2] != video.shape[:2] or shape[-1] != self.repa_feature_dim:
+            raise ValueError(
+                f"encoder features must be (B, T, h, w, E={self.repa_feature_dim}) for clips of shape "
+                f"{tuple(video.shape)}, got {tuple(shape)}"
+            )
+        grid = self.backbone.grid
+        targets = rearrange(resize_grid(encoder_features, grid), "b t h w e -> b t (h w) e")
+        layer = repa.layer
+        keep = batch.mask.keep if batch.mask is not None else None
+        tokens, target = aligned_pairs(
+            repa.mode, out.clean_hidden[layer], out.noisy_hidden[layer], targets, keep, batch.first_noisy
+        )
+        return negative_cosine_similarity(self.repa_projector(tokens), target)

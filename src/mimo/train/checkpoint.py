@@ -14,13 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mimo.train.distributed import load_full_model_state
+
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
+STAGING_PREFIX = ".staging_"  # a checkpoint being written; never read
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -67,24 +69,23 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
         ) from error
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """An optimizer state as flat tensors plus a JSON-able structure (no pickle)."""
-    state = optimizer.state_dict()
+def optimizer_to_tensors(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer state dict keyed by parameter name as flat tensors `NAME.SLOT` plus a JSON-able rest (no pickle)."""
     tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for name, value in values.items():
+    for param, slots in state["state"].items():
+        for slot, value in slots.items():
             if isinstance(value, Tensor):
-                tensors[f"{index}.{name}"] = value
+                tensors[f"{param}.{slot}"] = value
             else:
-                scalars[f"{index}.{name}"] = value
+                scalars[f"{param}.{slot}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def optimizer_from_tensors(tensors: dict[str, Tensor], structure: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any]] = {}
     for key, value in list(tensors.items()) + list(structure["scalars"].items()):
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+        param, slot = key.rsplit(".", 1)  # slot names (exp_avg, step) have no dots; parameter names do
+        state.setdefault(param, {})[slot] = value
     return {"state": state, "param_groups": structure["param_groups"]}
 
 
@@ -117,22 +118,27 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     modules: dict[str, dict[str, Tensor]],
-    optimizer: torch.optim.Optimizer | None,
+    optimizer_state: dict[str, Any] | None,
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` under run_dir/checkpoints, point `latest` at it, prune old ones."""
+    """Write checkpoint `step` under run_dir/checkpoints, point `latest` at it, prune old ones.
+
+    `modules` maps file names to full state dicts; `optimizer_state` is keyed by parameter name
+    (`distributed.full_optimizer_state`). Staging folders left by a killed save are removed.
+    """
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    staging = root / f".staging_step_{step:08d}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = root / f"{STAGING_PREFIX}{final.name}"
+    for leftover in root.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     staging.mkdir()
     for name, tensors in modules.items():
         save_tensors(staging / f"{name}.safetensors", tensors)
     state = dict(state, step=step)
-    if optimizer is not None:
-        tensors, structure = optimizer_to_tensors(optimizer)
+    if optimizer_state is not None:
+        tensors, structure = optimizer_to_tensors(optimizer_state)
         save_tensors(staging / "optimizer.safetensors", tensors)
         state["optimizer"] = structure
     atomic_write_bytes(staging / STATE_FILE, json.dumps(state, indent=1).encode())
@@ -179,4 +185,4 @@ def load_module(module: nn.Module, checkpoint: Path, name: str) -> None:
     path = checkpoint / f"{name}.safetensors"
     tensors = load_tensors(path)
     check_compatible(module, tensors, path)
-    module.load_state_dict(tensors)
+    load_full_model_state(module, tensors)

@@ -1,15 +1,30 @@
-"""PyTorch's own distributed stack, launched by `torchrun`: process group set-up and rank helpers.
+"""PyTorch's own distributed stack, launched by `torchrun`: process groups, DDP/FSDP2 wrapping,
+gathered (full) state dicts, and reductions of metrics across ranks.
 
-Without torchrun's environment variables everything runs as a single process (rank 0 of 1).
+Without torchrun's environment variables everything runs as a single process (rank 0 of 1) and
+every helper here is a no-op, so the trainer has one code path. Checkpoints always hold full,
+unsharded tensors keyed by parameter name, which is what lets a run resume on another number of
+ranks, with DDP or FSDP, or in a notebook.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+# FSDP2, DTensor and distributed.checkpoint take seconds to import, so they are imported where used;
+# a module can only be sharded (a tensor only be a DTensor) once they have been imported.
+FSDP_MODULE, DTENSOR_MODULE = "torch.distributed.fsdp", "torch.distributed.tensor"
 
 
 @dataclass(frozen=True)
@@ -40,13 +55,182 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, chosen)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (torchrun expects it at exit); a no-op in a single process."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+# ----- reductions (metrics, flags) -----------------------------------------------------------------
+def _collective_device() -> torch.device:
+    """NCCL reduces tensors on the GPU, gloo on the CPU."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
     """Sum a tensor over ranks in place (a no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """The mean of each named scalar over ranks (a NaN on any rank makes the mean NaN on all)."""
+    if not is_initialized() or not values:
+        return dict(values)
+    packed = torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device())
+    all_reduce_sum(packed)
+    return dict(zip(values, (packed / dist.get_world_size()).tolist(), strict=True))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one, so that all ranks take the same branch."""
+    if not is_initialized():
+        return flag
+    packed = torch.tensor([float(flag)], device=_collective_device())
+    return bool(all_reduce_sum(packed).item() > 0)
+
+
+def all_gather_rows(rows: Tensor) -> Tensor:
+    """Rows (n_r, ...) of every rank concatenated in rank order; ranks may hold different counts.
+
+    For metrics that need every sample rather than sums (probe features, CKNNA); sums such as the
+    Fréchet statistics reduce with `all_reduce_sum` instead.
+    """
+    if not is_initialized():
+        return rows
+    device = _collective_device()
+    local = rows.to(device)
+    count = torch.tensor([local.shape[0]], device=device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    largest = int(max(c.item() for c in counts))
+    padded = local.new_zeros((largest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    gathered = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts, strict=True)]).to(rows.device)
+
+
+# ----- wrapping the model --------------------------------------------------------------------------
+def transformer_blocks(module: nn.Module) -> list[nn.Module]:
+    """The repeated blocks (every `blocks` ModuleList): FSDP shards and torch.compile compiles one at a time."""
+    return [
+        block
+        for name, child in module.named_modules()
+        if isinstance(child, nn.ModuleList) and name.rsplit(".", 1)[-1] == "blocks"
+        for block in child
+    ]
+
+
+def shard_fully(module: nn.Module) -> nn.Module:
+    """FSDP2: each transformer block is one unit (its weights gathered only while it runs), the rest the root.
+
+    Weights are gathered in fp32; bf16 compute comes from autocast, as in the unsharded run.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(module):
+        fully_shard(block)
+    fully_shard(module)
+    return module
+
+
+def wrap_for_training(objective: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
+    """The module whose forward the trainer calls: DDP, FSDP2 (sharded in place) or the objective itself."""
+    if info.world_size == 1:
+        return objective
+    if parallel == "fsdp":
+        return shard_fully(objective)
+    if parallel == "ddp":
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        return DistributedDataParallel(objective, device_ids=device_ids)
+    raise ValueError(f"unknown parallel mode '{parallel}'; choose 'ddp' or 'fsdp' (train.parallel)")
+
+
+def is_sharded(module: nn.Module) -> bool:
+    fsdp = sys.modules.get(FSDP_MODULE)
+    return fsdp is not None and isinstance(module, fsdp.FSDPModule)
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    dtensor = sys.modules.get(DTENSOR_MODULE)
+    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Reduce gradients across ranks only on the last micro-step of an accumulated step."""
+    if isinstance(model, DistributedDataParallel) and not enabled:
+        with model.no_sync():
+            yield
+        return
+    if is_sharded(model):
+        model.set_requires_gradient_sync(enabled)
+    yield
+
+
+def local_tensor(tensor: Tensor) -> Tensor:
+    """This rank's part of a (possibly sharded) tensor."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
+def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> float:
+    """Clip the global gradient norm to `max_norm` (0: no clipping) and return the norm before clipping."""
+    norm = nn.utils.clip_grad_norm_(list(parameters), max_norm if max_norm > 0 else math.inf)
+    if _is_dtensor(norm):
+        norm = norm.full_tensor()
+    return norm.item()
+
+
+# ----- full (gathered) state dicts -----------------------------------------------------------------
+def _state_dict_api() -> Any:
+    """torch.distributed.checkpoint.state_dict: gathers shards into full tensors and back."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _gather_to_rank0() -> Any:
+    """Full tensors on rank 0's CPU (other ranks get nothing)."""
+    return _state_dict_api().StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _load_full() -> Any:
+    """Every rank passes the full tensors; a sharded module keeps its own shard."""
+    return _state_dict_api().StateDictOptions(full_state_dict=True)
+
+
+def full_model_state(module: nn.Module) -> dict[str, Tensor]:
+    """Every tensor of `module`, unsharded, on the CPU of rank 0 (a collective under FSDP: call on all ranks)."""
+    if not is_sharded(module):
+        return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+    return _state_dict_api().get_model_state_dict(module, options=_gather_to_rank0())
+
+
+def load_full_model_state(module: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Load full tensors (on every rank); a sharded module keeps its own shard of each."""
+    if is_sharded(module):
+        _state_dict_api().set_model_state_dict(module, tensors, options=_load_full())
+    else:
+        module.load_state_dict(tensors)
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name (not position), unsharded, complete on rank 0."""
+    return _state_dict_api().get_optimizer_state_dict(module, optimizer, options=_gather_to_rank0())
+
+
+def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    _state_dict_api().set_optimizer_state_dict(module, optimizer, state, options=_load_full())

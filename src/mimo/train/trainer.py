@@ -1,14 +1,18 @@
 """The training loop: CTF + MiMo objective, AdamW, EMA, exact resume, logs, sample GIFs, safe stops.
 
 Every random choice of a step (noise levels, noise, label dropout, tube mask) comes from a
-generator seeded by (seed, step, rank, micro-step), and the data order is a function of the
-step, so a resumed run repeats the uninterrupted run's losses exactly.
+generator seeded by (seed, step, global micro-batch), and the data order is a function of the
+position in the clip stream, so a resumed run repeats the uninterrupted run's losses exactly, and
+R ranks × A accumulation steps see the same clips and randomness as one process accumulating R·A.
+
+Under torchrun the objective is wrapped in DDP (or sharded by FSDP2), gradients are reduced only
+on the last micro-step, logged losses are averaged over ranks, and rank 0 alone writes logs,
+samples and checkpoints (full tensors, gathered from all ranks) while the others wait.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from dataclasses import dataclass
@@ -17,16 +21,17 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mimo.config import Config, from_dict
 from mimo.data import build_dataset
+from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.sampler import sample_for_task
 from mimo.media import plot_curves, save_gif, video_grid
 from mimo.models import build_backbone
+from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
 from mimo.train.checkpoint import (
@@ -38,7 +43,25 @@ from mimo.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from mimo.train.distributed import DistInfo, barrier, init_distributed
+from mimo.train.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    clip_gradients,
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    init_distributed,
+    is_initialized,
+    is_sharded,
+    load_full_optimizer_state,
+    local_tensor,
+    mean_over_ranks,
+    shard_fully,
+    shutdown_distributed,
+    transformer_blocks,
+    wrap_for_training,
+)
 from mimo.train.ema import EMA
 from mimo.train.logger import MetricsLogger, read_metrics
 
@@ -46,12 +69,18 @@ SAMPLE_VIDEOS = 4  # clips shown in the periodic sample GIFs
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss or gradient; the last checkpoint on disk is still good."""
+    """Training produced a non-finite loss, gradient or weight; the last checkpoint on disk is still good."""
 
 
-def step_generator(seed: int, step: int, rank: int = 0, micro: int = 0) -> torch.Generator:
-    """The CPU generator of one micro-step: a function of its coordinates, so resuming needs no RNG state."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4099 + rank) * 64 + micro)
+def micro_batch_index(rank: int, micro: int, grad_accumulation: int) -> int:
+    """Global index of a micro-batch within its step: rank r's micro-step m is r·A + m (see data.order)."""
+    return rank * grad_accumulation + micro
+
+
+def step_generator(seed: int, step: int, micro_batch: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-batch: a function of (seed, step, global micro-batch index), so
+    resuming needs no RNG state and the randomness does not depend on how the batch is split over ranks."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 65_537 + micro_batch)
 
 
 @dataclass
@@ -71,62 +100,99 @@ def _lr_factor(step: int, warmup: int) -> float:
 class Trainer:
     def __init__(self, config: Config, dist: DistInfo | None = None, dataset: Dataset | None = None):
         self.config = config
+        train = config.train
         self.dist = dist or init_distributed()
-        self.run_dir = Path(config.train.out_dir)
+        self.run_dir = Path(train.out_dir)
         self.device = self.dist.device
-        torch.manual_seed(config.train.seed)  # initial weights
+        torch.manual_seed(train.seed)  # initial weights, identical on every rank
         self.backbone = build_backbone(config).to(self.device)
-        self.backbone.activation_checkpointing = config.train.activation_checkpointing
+        self.backbone.activation_checkpointing = train.activation_checkpointing
         self.objective = TrainingObjective(config, self.backbone).to(self.device)
-        self.ema = EMA(self.backbone, config.train.ema_decay, config.train.ema_warmup)
-        self.optimizer = torch.optim.AdamW(
-            self.objective.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+        self.ema = EMA(self.backbone, train.ema_decay, train.ema_warmup)  # before compile: a plain copy
+        if train.compile:
+            for block in transformer_blocks(self.objective):
+                block.compile()
+        self.model = wrap_for_training(self.objective, train.parallel, self.dist)
+        if is_sharded(self.objective):
+            shard_fully(self.ema.module)  # same shards as the weights it averages
+        self.optimizer = torch.optim.AdamW(  # after sharding: FSDP replaces the parameters
+            self.objective.parameters(), lr=train.lr, weight_decay=train.weight_decay
         )
-        self.dataset = dataset if dataset is not None else build_dataset(config.data, "train")
+        if dataset is None:
+            dataset = build_dataset(config.data, "train")
+            if config.repa.mode != "none" and config.repa.features_path:
+                dataset = WithEncoderFeatures(dataset, config.repa.features_path, config.repa.encoder)
+        self.dataset = dataset
         self.step = 0
+        self.clips_seen = 0  # position in the data stream (data.order)
+        self.saved_step: int | None = None
         self.stop_requested = False
-        self.logger = MetricsLogger(self.run_dir, self.dist.is_main, config.train.tensorboard)
+        self.logger = MetricsLogger(self.run_dir, self.dist.is_main, train.tensorboard)
+
+    @property
+    def global_batch(self) -> int:
+        """Clips per optimiser step over all ranks: batch_size × grad_accumulation × world_size."""
+        train = self.config.train
+        return train.batch_size * train.grad_accumulation * self.dist.world_size
 
     # ----- state -------------------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Checkpoint on rank 0 (the others wait), never with non-finite weights."""
+        """Checkpoint of full tensors gathered from all ranks, written by rank 0; never with non-finite weights.
+
+        Every rank must call it (gathering is a collective); the others wait until the files are in place.
+        """
+        nonfinite = [name for name, p in self.objective.named_parameters() if not torch.isfinite(local_tensor(p)).all()]
+        if any_rank(bool(nonfinite)):
+            where = ", ".join(nonfinite[:5]) if nonfinite else "parameters held by another rank"
+            raise NonFiniteLossError(
+                f"refusing to checkpoint non-finite weights at step {self.step} ({where}); "
+                "the last checkpoint is intact"
+            )
+        modules = {"model": full_model_state(self.objective), "ema": full_model_state(self.ema.module)}
+        optimizer_state = full_optimizer_state(self.objective, self.optimizer)
         path = None
         if self.dist.is_main:
-            params = list(self.objective.parameters())
-            if not all(torch.isfinite(p).all() for p in params):
-                raise NonFiniteLossError(f"refusing to checkpoint non-finite weights at step {self.step}")
+            state = {
+                "config": self.config.to_dict(),
+                "world_size": self.dist.world_size,
+                "global_batch": self.global_batch,
+                "clips_seen": self.clips_seen,
+            }
             path = save_checkpoint(
-                self.run_dir,
-                self.step,
-                {"model": self.objective.state_dict(), "ema": self.ema.module.state_dict()},
-                self.optimizer,
-                {"config": self.config.to_dict(), "world_size": self.dist.world_size},
-                keep=self.config.train.keep_checkpoints,
+                self.run_dir, self.step, modules, optimizer_state, state, keep=self.config.train.keep_checkpoints
             )
+        self.saved_step = self.step
         barrier()
         return path
 
-    def resume(self) -> bool:
+    def resume(self) -> Path | None:
+        """Continue from the run folder's latest checkpoint, whatever world size or parallel mode wrote it."""
         checkpoint = find_checkpoint(self.run_dir)
         if checkpoint is None:
-            return False
+            return None
         state = read_state(checkpoint)
         load_module(self.objective, checkpoint, "model")
         load_module(self.ema.module, checkpoint, "ema")
-        optimizer_state = optimizer_from_tensors(load_tensors(checkpoint / "optimizer.safetensors"), state["optimizer"])
-        self.optimizer.load_state_dict(optimizer_state)
-        self.step = int(state["step"])
+        tensors = load_tensors(checkpoint / "optimizer.safetensors")
+        load_full_optimizer_state(self.objective, self.optimizer, optimizer_from_tensors(tensors, state["optimizer"]))
+        self.step = self.saved_step = int(state["step"])
+        self.clips_seen = int(state["clips_seen"])
         self.logger.truncate_after(self.step)
         if self.dist.is_main:
-            tqdm.write(f"resumed from {checkpoint} at step {self.step}")
-        return True
+            tqdm.write(f"resumed from {checkpoint} at step {self.step} ({self.clips_seen} clips seen)")
+        return checkpoint
 
     # ----- data --------------------------------------------------------------------------------
     def batches(self):
+        """This rank's micro-batches from the current stream position on (see data.order)."""
         train = self.config.train
-        per_rank_position = self.step * train.batch_size * train.grad_accumulation
         sampler = ResumableShuffle(
-            len(self.dataset), self.config.data.seed, per_rank_position, self.dist.rank, self.dist.world_size
+            len(self.dataset),
+            self.config.data.seed,
+            start=self.clips_seen,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            clips_per_rank=train.batch_size * train.grad_accumulation,
         )
         loader = DataLoader(
             self.dataset,
@@ -139,13 +205,30 @@ class Trainer:
         )
         return iter(loader)
 
+    def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Clips of the configured shape and range, labels in range: a clear error instead of a bad step."""
+        data = self.config.data
+        if not isinstance(batch, dict) or "video" not in batch:
+            raise TypeError("dataset items must be dicts with a 'video' tensor (T, C, H, W) and a 'label'")
+        video = batch["video"]
+        check_frames("dataset clips", video, data.channels, data.frame_size)
+        if video.shape[1] != data.num_frames:
+            raise ValueError(f"dataset clips have {video.shape[1]} frames, data.num_frames is {data.num_frames}")
+        if data.dataset == "latents":
+            check_finite("dataset clips", video)
+        else:
+            check_pixel_values("dataset clips", video)
+        if self.config.num_classes:
+            check_labels(batch.get("label"), video.shape[0], self.config.num_classes, read_values=True)
+
     # ----- the loop ----------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
         """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run."""
 
         def request_stop(signum, frame):
             self.stop_requested = True
-            tqdm.write(f"signal {signum} received: saving a checkpoint at the end of this step")
+            if self.dist.is_main:
+                tqdm.write(f"signal {signum} received: saving a checkpoint at the end of this step")
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,29 +239,39 @@ class Trainer:
     def train_step(self, batches) -> dict[str, float] | None:
         """One optimiser step over grad_accumulation micro-batches; None when a non-finite step was skipped."""
         train = self.config.train
+        accumulation = train.grad_accumulation
         self.objective.train()
         for group in self.optimizer.param_groups:
             group["lr"] = train.lr * _lr_factor(self.step, train.warmup_steps)
         totals: dict[str, float] = {}
-        for micro in range(train.grad_accumulation):
+        for micro in range(accumulation):
             batch = next(batches)
+            self.check_batch(batch)
             video = batch["video"].to(self.device, non_blocking=True)
             labels = batch["label"].to(self.device) if "label" in batch else None
-            generator = step_generator(train.seed, self.step, self.dist.rank, micro)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16"):
-                losses = self.objective(video, labels, generator)
-            (losses["loss"] / train.grad_accumulation).backward()
+            features = batch.get(ENCODER_FEATURES_KEY)
+            extra = () if features is None else (features.to(self.device, non_blocking=True),)
+            generator = step_generator(train.seed, self.step, micro_batch_index(self.dist.rank, micro, accumulation))
+            last = micro == accumulation - 1
+            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
+            with gradient_sync(self.model, enabled=last), autocast:
+                losses = self.model(video, labels, generator, *extra)
+                (losses["loss"] / accumulation).backward()
             for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / train.grad_accumulation
-        grad_norm = nn.utils.clip_grad_norm_(
-            self.objective.parameters(), train.grad_clip if train.grad_clip > 0 else math.inf
-        ).item()
-        if not all(math.isfinite(v) for v in totals.values()) or not math.isfinite(grad_norm):
+                totals[name] = totals.get(name, 0.0) + value.item() / accumulation
+        totals = mean_over_ranks(totals)
+        grad_norm = clip_gradients(self.objective.parameters(), train.grad_clip)
+        finite = all(torch.isfinite(torch.tensor(v)) for v in [*totals.values(), grad_norm])
+        if not finite:
             self.optimizer.zero_grad(set_to_none=True)
-            message = f"non-finite loss or gradient at step {self.step}: {totals}, grad norm {grad_norm}"
+            losses_text = ", ".join(f"{name} {value:.4g}" for name, value in totals.items())
+            message = f"non-finite loss or gradient at step {self.step}: {losses_text}, grad norm {grad_norm:.4g}"
             if train.on_nonfinite == "stop":
-                raise NonFiniteLossError(message + "; the last checkpoint is intact (train.on_nonfinite=skip skips)")
-            tqdm.write("skipping: " + message)
+                raise NonFiniteLossError(
+                    message + "; the last checkpoint is intact (train.on_nonfinite=skip skips such steps)"
+                )
+            if self.dist.is_main:
+                tqdm.write("skipping: " + message)
             return None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -190,19 +283,19 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        if train.resume:
-            self.resume()
+        checkpoint = self.resume() if train.resume else None
         previous_handlers = self._install_signal_handlers()
         batches = self.batches()
-        checkpoint, last, interval = None, {}, {}
+        last, interval = {}, {}
         started = time.perf_counter()
-        clips_per_step = train.batch_size * train.grad_accumulation * self.dist.world_size
         bar = tqdm(total=train.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
         tick = time.perf_counter()
         try:
             while self.step < train.steps and not self.stop_requested:
                 losses = self.train_step(batches)
                 self.step += 1
+                self.clips_seen += self.global_batch
+                self.stop_requested = any_rank(self.stop_requested)  # every rank stops at the same step
                 bar.update(1)
                 if losses is None:
                     continue
@@ -213,7 +306,7 @@ class Trainer:
                     elapsed = time.perf_counter() - tick
                     values = {name: sum(v) / len(v) for name, v in interval.items()}
                     values["lr"] = self.optimizer.param_groups[0]["lr"]
-                    values["clips_per_second"] = clips_per_step * len(interval["loss"]) / max(elapsed, 1e-9)
+                    values["clips_per_second"] = self.global_batch * len(interval["loss"]) / max(elapsed, 1e-9)
                     self.logger.log(self.step, values)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "diffusion", "mask")})
                     interval, tick = {}, time.perf_counter()
@@ -226,27 +319,41 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         interrupted = self.stop_requested
-        if self.step > 0 and (checkpoint is None or checkpoint.name != f"step_{self.step:08d}"):
+        if self.step > 0 and self.step != self.saved_step:
             checkpoint = self.save()
-        if not interrupted and self.dist.is_main and self.step > 0:
+        if not interrupted and self.step > 0:
             self.write_samples()
-            self.plot_losses()
+            if self.dist.is_main:
+                self.plot_losses()
         self.logger.close()
         return TrainResult(self.run_dir, self.step, last, checkpoint, interrupted, time.perf_counter() - started)
 
     # ----- pictures ----------------------------------------------------------------------------
-    def write_samples(self) -> Path | None:
-        """GIF of held-out clips (top row) and EMA samples with the same context or labels (bottom row)."""
+    def sampling_model(self) -> FrameCausalDiT | None:
+        """The EMA backbone as one plain module on rank 0 (gathered from its shards under FSDP); None elsewhere."""
+        if not is_sharded(self.ema.module):
+            return self.ema.module if self.dist.is_main else None
+        tensors = full_model_state(self.ema.module)  # a collective: every rank takes part
         if not self.dist.is_main:
             return None
-        eval_set = build_dataset(self.config.data, "eval", num_clips=SAMPLE_VIDEOS)
-        items = [eval_set[i] for i in range(SAMPLE_VIDEOS)]
-        video = torch.stack([item["video"] for item in items]).to(self.device)
-        labels = torch.stack([item["label"] for item in items]).to(self.device)
-        samples = sample_for_task(self.ema.module, self.config, video, labels, torch.Generator().manual_seed(0))
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
-        if self.config.data.channels in (1, 3):
-            save_gif(video_grid([video.cpu(), samples.cpu()], upscale=2), path)
+        model = build_backbone(self.config)
+        model.load_state_dict(tensors)
+        return model.to(self.device).eval()
+
+    def write_samples(self) -> Path | None:
+        """GIF of held-out clips (top row) and EMA samples with the same context or labels (bottom row)."""
+        model = self.sampling_model()
+        path = None
+        if model is not None:
+            eval_set = build_dataset(self.config.data, "eval", num_clips=SAMPLE_VIDEOS)
+            items = [eval_set[i] for i in range(SAMPLE_VIDEOS)]
+            video = torch.stack([item["video"] for item in items]).to(self.device)
+            labels = torch.stack([item["label"] for item in items]).to(self.device)
+            samples = sample_for_task(model, self.config, video, labels, torch.Generator().manual_seed(0))
+            path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
+            if self.config.data.channels in (1, 3):
+                save_gif(video_grid([video.cpu(), samples.cpu()], upscale=2), path)
+        barrier()
         return path
 
     def plot_losses(self) -> Path | None:
@@ -262,8 +369,16 @@ class Trainer:
 
 
 def train(config: Config, dataset: Dataset | None = None) -> TrainResult:
-    """Train as `config` says (a library entry point: the CLI and notebooks call this)."""
-    return Trainer(config, dataset=dataset).train()
+    """Train as `config` says (a library entry point: the CLI and notebooks call this).
+
+    Under torchrun it joins the process group and leaves it at the end (a group it did not create is kept).
+    """
+    joined = not is_initialized()
+    try:
+        return Trainer(config, dataset=dataset).train()
+    finally:
+        if joined:
+            shutdown_distributed()
 
 
 def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[FrameCausalDiT, Config]:
@@ -278,7 +393,7 @@ def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cp
         load_module(model, checkpoint, "ema")
     elif (checkpoint / "model.safetensors").is_file():
         tensors = load_tensors(checkpoint / "model.safetensors")
-        backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if not k.startswith("decoder.")}
+        backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
         check_compatible(model, backbone, checkpoint / "model.safetensors")
         model.load_state_dict(backbone)
     return model.to(device).eval(), config

@@ -1,0 +1,172 @@
+"""Checks of the tensors passed to the library: a wrong shape, dtype or range fails at the entry point
+with a message saying what was expected, instead of deep inside an einops pattern or as a NaN loss.
+
+Shape and dtype checks read no values, so they cost nothing on a GPU and can run on every forward.
+Value checks (range, finiteness, label ids) read the data; they run where data enters: a sampling
+call, a training batch on the CPU before it is moved.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from mimo.models.dit import FrameCausalDiT
+
+PIXEL_RANGE = (-1.0, 1.0)  # METHOD.md: pixels live in [-1, 1]
+PIXEL_TOLERANCE = 1e-3  # resizing and decoding overshoot by rounding; beyond this it is a scaling bug
+
+
+class InputError(ValueError):
+    """A tensor with the wrong shape, dtype or values; the message says what was expected and how to fix it."""
+
+
+def _require_tensor(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_frames(name: str, frames: Tensor, channels: int, frame_size: int, batch: int | None = None) -> None:
+    """Frames (B, T, C, H, W) of the model's channels and size, floating point."""
+    frames = _require_tensor(name, frames)
+    expected = f"(B, T, {channels}, {frame_size}, {frame_size})"
+    shape = tuple(frames.shape)
+    if frames.ndim != 5 or shape[2:] != (channels, frame_size, frame_size):
+        hint = ""
+        if frames.ndim == 4:
+            hint = "; a single clip needs a batch axis: x[None]"
+        elif frames.ndim == 5 and shape[-1] == channels and shape[2] != channels:
+            hint = "; channels-last clips need x.permute(0, 1, 4, 2, 3)"
+        raise InputError(f"{name} must be {expected} frames, got {shape}{hint}")
+    if shape[1] == 0:
+        raise InputError(f"{name} has no frames: shape {shape}")
+    if batch is not None and shape[0] != batch:
+        raise InputError(f"{name} has batch size {shape[0]}, but the other inputs have {batch}")
+    if not frames.is_floating_point():
+        raise InputError(
+            f"{name} has dtype {frames.dtype}; the model takes floating-point frames in [-1, 1] "
+            "(uint8 pixels: x.float() / 127.5 - 1)"
+        )
+
+
+def check_pixel_values(name: str, frames: Tensor) -> None:
+    """Finite values inside [-1, 1] (reads the data)."""
+    if not torch.isfinite(frames).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    low, high = frames.min().item(), frames.max().item()
+    if low < PIXEL_RANGE[0] - PIXEL_TOLERANCE or high > PIXEL_RANGE[1] + PIXEL_TOLERANCE:
+        hint = " (pixels in [0, 255]: x / 127.5 - 1)" if high > 2 else " (pixels in [0, 1]: 2 * x - 1)"
+        raise InputError(f"{name} has values in [{low:.3g}, {high:.3g}]; the model expects [-1, 1]{hint}")
+
+
+def check_finite(name: str, values: Tensor) -> None:
+    if not torch.isfinite(values).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+
+
+def check_noise_level(noise_level: Tensor, batch: int, frames: int) -> None:
+    """Noise levels (B, T) for (B, T) noisy frames, floating point."""
+    noise_level = _require_tensor("noise_level", noise_level)
+    if tuple(noise_level.shape) != (batch, frames):
+        raise InputError(
+            f"noise_level must be (B, T) = ({batch}, {frames}), one level per noisy frame, "
+            f"got {tuple(noise_level.shape)}"
+        )
+    if not noise_level.is_floating_point():
+        raise InputError(f"noise_level has dtype {noise_level.dtype}; give floats in [0, 1] (0 = clean, 1 = noise)")
+
+
+def check_labels(labels: Tensor | None, batch: int, num_classes: int, read_values: bool = False) -> None:
+    """Class ids (B,) in 0..num_classes (num_classes is the null class of guidance)."""
+    if not num_classes:
+        return
+    if labels is None:
+        raise InputError(f"this model is class-conditional ({num_classes} classes): pass labels (B,)")
+    labels = _require_tensor("labels", labels)
+    if tuple(labels.shape) != (batch,):
+        raise InputError(f"labels must be ({batch},), one class id per clip, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise InputError(f"labels have dtype {labels.dtype}; give integer class ids (labels.long())")
+    if read_values and labels.numel() and (labels.min().item() < 0 or labels.max().item() > num_classes):
+        raise InputError(
+            f"labels must be class ids in 0..{num_classes - 1} (or {num_classes}, the null class), "
+            f"got values in [{labels.min().item()}, {labels.max().item()}]"
+        )
+
+
+def check_keep(keep: Tensor | None, batch: int, tokens_per_frame: int) -> None:
+    """Kept spatial positions (B, n) of MiMo's tube mask, integer indices, n <= tokens per frame."""
+    if keep is None:
+        return
+    keep = _require_tensor("keep", keep)
+    if keep.ndim != 2 or keep.shape[0] != batch or not 1 <= keep.shape[1] <= tokens_per_frame:
+        raise InputError(
+            f"keep must be (B, n) = ({batch}, n) with 1 <= n <= {tokens_per_frame} kept positions, "
+            f"got {tuple(keep.shape)}"
+        )
+    if keep.dtype != torch.long:
+        raise InputError(f"keep has dtype {keep.dtype}; give int64 position indices (objectives.masking.tube_mask)")
+
+
+def check_model_inputs(
+    model: FrameCausalDiT,
+    noisy: Tensor,
+    noise_level: Tensor,
+    labels: Tensor | None = None,
+    clean: Tensor | None = None,
+    keep: Tensor | None = None,
+) -> None:
+    """The inputs of FrameCausalDiT.forward: shapes and dtypes only, so it is free to call every time."""
+    size = model.grid * model.patch_size
+    check_frames("noisy", noisy, model.channels, size)
+    batch, frames = noisy.shape[:2]
+    check_noise_level(noise_level, batch, frames)
+    check_labels(labels, batch, model.num_classes)
+    if clean is not None:
+        check_frames("clean", clean, model.channels, size, batch)
+    if keep is not None and clean is None:
+        raise InputError("keep selects clean-history tokens, but no clean frames were given")
+    check_keep(keep, batch, model.tokens_per_frame)
+
+
+def check_sample_inputs(
+    model: FrameCausalDiT,
+    num_frames: int,
+    batch_size: int | None,
+    labels: Tensor | None,
+    context: Tensor | None,
+    steps: int,
+    window: int | None,
+    generator: torch.Generator | None,
+) -> None:
+    """The arguments of sample_video, values included (it runs once per call)."""
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise InputError(f"num_frames must be a positive integer, got {num_frames!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer (ODE steps per frame), got {steps!r}")
+    if window is not None and window < 1:
+        raise InputError(f"window must be at least 1 clean frame (or None for all), got {window}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if generator is not None and generator.device.type != "cpu":
+        raise InputError("generator must be a CPU torch.Generator (noise is drawn on the CPU, then moved)")
+    batch = batch_size
+    if context is not None:
+        check_frames("context", context, model.channels, model.grid * model.patch_size)
+        check_finite("context", context)
+        batch = context.shape[0]
+        if context.shape[1] >= num_frames:
+            raise InputError(f"num_frames ({num_frames}) must exceed the {context.shape[1]} context frames")
+    if labels is not None and not model.num_classes:
+        raise InputError("this model is unconditional: pass labels=None")
+    if labels is not None:
+        batch = _require_tensor("labels", labels).shape[0] if batch is None else batch
+        check_labels(labels, batch, model.num_classes, read_values=True)
+    elif model.num_classes:
+        check_labels(None, batch or 0, model.num_classes)
+    if batch is None:
+        raise InputError("give batch_size, labels or context so that the number of videos is known")

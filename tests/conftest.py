@@ -1,0 +1,66 @@
+"""Shared small fixtures: a micro configuration, a micro model whose outputs depend on every input,
+and a batch of synthetic clips. Everything runs at 16×16 pixels with 4×4 patches and 4 frames."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from mimo.config import Config, load_config
+from mimo.data.synthetic import MovingShapes
+from mimo.models.dit import FrameCausalDiT
+
+FRAME_SIZE = 16
+NUM_FRAMES = 4
+MICRO = ("model.preset=micro", f"data.frame_size={FRAME_SIZE}", "model.patch_size=4", f"data.num_frames={NUM_FRAMES}")
+RANDOM_INIT_STD = 0.1  # large enough that adaLN gates and the output layer pass signal, small enough to stay stable
+
+
+def micro_config(*overrides: str) -> Config:
+    """The micro preset on 16×16 frames, with extra `section.key=value` overrides."""
+    return load_config(None, [*MICRO, *overrides])
+
+
+def randomize_zero_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every all-zero parameter (adaLN-Zero, the output layer, biases) random values.
+
+    At initialisation the DiT's gates and output layer are zero, so its output ignores its inputs
+    and any "output X does not change" test would pass vacuously.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * RANDOM_INIT_STD)
+    return model
+
+
+def micro_model(
+    config: Config | None = None, num_classes: int | None = None, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> FrameCausalDiT:
+    """A randomised micro FrameCausalDiT in eval mode; `num_classes` defaults to the config's."""
+    config = config or micro_config()
+    torch.manual_seed(seed)
+    classes = config.num_classes if num_classes is None else num_classes
+    model = FrameCausalDiT(config.model, config.data.channels, config.data.frame_size, classes)
+    return randomize_zero_init(model, seed).to(dtype).eval()
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., Config]:
+    return micro_config
+
+
+@pytest.fixture(scope="session")
+def make_model() -> Callable[..., FrameCausalDiT]:
+    return micro_model
+
+
+@pytest.fixture(scope="session")
+def clips() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four synthetic clips (4, 4, 3, 16, 16) in [-1, 1] and their class labels."""
+    dataset = MovingShapes(4, frame_size=FRAME_SIZE, num_frames=NUM_FRAMES, seed=0)
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([item["video"] for item in items]), torch.stack([item["label"] for item in items])
