@@ -48,6 +48,21 @@ def micro_model(
     return randomize_zero_init(model, seed).to(dtype).eval()
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Micro models gain nothing from intra-op threads, and on a loaded 2-core machine two threads per
+    process made these tests up to ten times slower; use with `pytest.mark.usefixtures`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def randomize() -> Callable[..., torch.nn.Module]:
+    return randomize_zero_init
+
+
 @pytest.fixture(scope="session")
 def make_config() -> Callable[..., Config]:
     return micro_config

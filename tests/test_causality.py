@@ -16,6 +16,8 @@ import torch
 from mimo.models.attention import frame_causal_mask
 from mimo.objectives.masking import tube_mask
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 FRAMES = 4
 BATCH = 2
 NUM_CLASSES = 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from mimo.config import load_config
 from mimo.data.order import ResumableShuffle
 from mimo.train.checkpoint import find_checkpoint, load_tensors, read_state
 from mimo.train.logger import read_metrics
-from mimo.train.trainer import micro_batch_index, train
+from mimo.train.trainer import Trainer, micro_batch_index, train
 
 BATCH = 2
 MICRO = ("model.preset=micro", "data.frame_size=16", "model.patch_size=4", "data.num_frames=4")
@@ -42,13 +43,7 @@ WEIGHT_ATOL = 2e-6  # float summation order differs between layouts; one step mo
 LOSS_RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Busy CI cores make OpenMP threads wait on each other; one thread is faster and reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one intra-op thread
 
 
 def _config(out_dir: Path, *overrides: str):
@@ -134,6 +129,11 @@ def test_two_rank_checkpoint_resumes_in_one_process(runs):
     _assert_same_weights(run_dir, runs["reference"], 4)
 
 
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(runs):
+    assert runs["collectives"]["stopped"] == [[2.0, 1.0], [2.0, 1.0]]  # (step, interrupted) of each rank
+    assert find_checkpoint(runs["root"] / "signal").name == "step_00000002"
+
+
 def test_metrics_reductions_over_ranks(runs):
     collectives = runs["collectives"]
     assert collectives["rows"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]  # rank 0 holds 1 row, rank 1 holds 2
@@ -141,19 +141,37 @@ def test_metrics_reductions_over_ranks(runs):
     assert collectives["any"] == [True, False]
 
 
+def _signal_one_rank(out: Path, rank: int) -> list[float]:
+    """SIGTERM reaches rank 1 only, during step 2: both ranks must still stop after the same step."""
+    trainer = Trainer(_config(out, "train.steps=50", "train.checkpoint_every=0"))
+    step = trainer.train_step
+
+    def signalled(batches):
+        if rank == 1 and trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(batches)
+
+    trainer.train_step = signalled
+    result = trainer.train()
+    return [float(result.step), float(result.interrupted)]
+
+
 def _worker(out: Path) -> None:
-    """Under torchrun: train with DDP and with FSDP, then try the reduction helpers."""
+    """Under torchrun: DDP for 2 steps; FSDP for 1 step, resumed for 1 more; a signal; the reduction helpers."""
     from mimo.train.distributed import all_gather_rows, any_rank, mean_over_ranks
 
-    dist.init_process_group("gloo")  # kept across both runs; train() leaves a group it did not create
+    dist.init_process_group("gloo")  # kept across the runs; train() leaves a group it did not create
     rank = dist.get_rank()
-    for parallel in ("ddp", "fsdp"):
-        train(_config(out / parallel, f"train.parallel={parallel}", "train.steps=2"))
+    train(_config(out / "ddp", "train.parallel=ddp", "train.steps=2"))
+    for steps in (1, 2):
+        train(_config(out / "fsdp", "train.parallel=fsdp", f"train.steps={steps}"))
+    stopped = all_gather_rows(torch.tensor([_signal_one_rank(out / "signal", rank)]))
     rows = all_gather_rows(torch.full((rank + 1, 2), float(rank)))
     mean = mean_over_ranks({"a": float(rank), "b": 3.0})
     flags = [any_rank(rank == 1), any_rank(False)]
     if rank == 0:
-        (out / "collectives.json").write_text(json.dumps({"rows": rows.tolist(), "mean": mean, "any": flags}))
+        results = {"rows": rows.tolist(), "mean": mean, "any": flags, "stopped": stopped.tolist()}
+        (out / "collectives.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
 

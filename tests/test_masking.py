@@ -12,6 +12,8 @@ from mimo.models.dit import FrameCausalDiT
 from mimo.models.layers import token_positions
 from mimo.objectives.masking import kept_count, tube_mask
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 POSITIONS = 16  # a 4×4 grid of patches: the micro fixtures' 16×16 frames with 4×4 patches
 PATCH = 4
 

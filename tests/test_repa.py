@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FRAME_SIZE, NUM_FRAMES, micro_config
 from einops import rearrange
 from torch import nn
 
+from conftest import FRAME_SIZE, NUM_FRAMES, micro_config
 from mimo.config import ConfigError, load_config
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, extract_features
 from mimo.data.synthetic import MovingShapes
@@ -32,6 +32,15 @@ PROJECTOR_DIM = 64  # REPA's 2048 is slow on a CPU and changes nothing these tes
 GRID = FRAME_SIZE // 4  # the micro backbone's token grid (4-pixel patches)
 REPA = ("repa.encoder=random", f"repa.projector_dim={PROJECTOR_DIM}", "repa.layer=1")
 NO_MIMO = ("mimo.weight=0", "mimo.mask_ratio=0")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: one thread is as fast, and far faster on a machine busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def repa_config(mode: str, *overrides: str):
@@ -153,17 +162,18 @@ def test_future_tokens_are_aligned_to_the_clean_features_of_the_generated_frames
 
 
 @pytest.mark.parametrize("mode", ["history", "future", "both"])
-def test_training_with_each_mode_learns_to_align(clips, mode):
-    """On one batch the REPA loss must fall below what the best constant projection could reach,
-    -|mean of the normalised targets|: the projected tokens have to follow the frames' content."""
-    video, _ = clips
+def test_training_with_each_mode_learns_to_align(mode):
+    """On one batch the REPA loss must fall far below what the best constant projection reaches,
+    -|mean of the normalised targets|: the projected tokens have to follow the frames' content.
+    Random-pixel clips, so that the targets point every way (moving shapes are mostly background)."""
+    video = torch.rand(2, NUM_FRAMES, 3, FRAME_SIZE, FRAME_SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     objective = repa_objective(repa_config(mode, *NO_MIMO, "repa.weight=1")).train()
     parameters = list(objective.parameters())
     assert all(p.requires_grad for p in parameters)
     assert not any(p is q for p in parameters for q in objective.encoder.parameters())
     optimizer = torch.optim.Adam(parameters, lr=2e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         step = objective(video, None, fixed_generator())
         step["loss"].backward()
         optimizer.step()
@@ -175,7 +185,7 @@ def test_training_with_each_mode_learns_to_align(clips, mode):
     used = torch.cat([frames[m].flatten(0, 2) for m in frames if mode in (m, "both")])
     best_constant = -F.normalize(used, dim=-1).mean(dim=0).norm().item()
     assert losses[-1] < losses[0] - 0.3
-    assert losses[-1] < best_constant - 0.02, (losses[-1], best_constant)
+    assert losses[-1] < best_constant - 0.3, (losses[-1], best_constant)
 
 
 def test_mimo_with_repa_both_trains_all_three_losses(clips):
@@ -234,7 +244,7 @@ def test_cached_features_round_trip_and_give_the_live_encoders_loss(tmp_path, gr
     assert repa_loss(cached_objective, video, cached) == pytest.approx(repa_loss(live_objective, video), abs=1e-5)
     with pytest.raises(ValueError, match="features_path"):
         repa_loss(cached_objective, video)
-    with pytest.raises(ValueError, match="extracted with that encoder|holds features of encoder"):
+    with pytest.raises(ValueError, match="holds features of encoder 'random'"):
         WithEncoderFeatures(dataset, out_dir, encoder="dinov2:vitb14")
     with pytest.raises(ValueError, match="clips"):
         WithEncoderFeatures(MovingShapes(3, FRAME_SIZE, NUM_FRAMES, 0), out_dir)
@@ -284,7 +294,7 @@ def test_random_encoder_is_the_same_frozen_network_everywhere():
 def test_encoders_never_download_unless_asked_and_say_how_to_get_weights(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="encoder_path"):
         dinov2_encoder("vitb14", None)
-    with pytest.raises(FileNotFoundError, match="dinov2_vitb14_pretrain.pth"):
+    with pytest.raises(FileNotFoundError, match=r"dinov2_vitb14_pretrain\.pth"):
         dinov2_encoder("vitb14", str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="vitb14"):
         dinov2_encoder("vitz99", None)
@@ -296,11 +306,11 @@ def test_encoders_never_download_unless_asked_and_say_how_to_get_weights(tmp_pat
 
 
 def test_config_rejects_repa_settings_that_cannot_run():
-    with pytest.raises(ConfigError, match="repa.encoder_path"):
+    with pytest.raises(ConfigError, match=r"repa\.encoder_path"):
         micro_config("repa.mode=history", "repa.encoder=dinov2:vitb14")
-    with pytest.raises(ConfigError, match="repa.encoder"):
+    with pytest.raises(ConfigError, match=r"repa\.encoder:"):
         micro_config("repa.encoder=dino")
-    with pytest.raises(ConfigError, match="repa.features_path"):
+    with pytest.raises(ConfigError, match=r"repa\.features_path"):
         micro_config(*REPA, "repa.mode=both", "data.dataset=latents", "data.path=x")
     micro_config("repa.mode=history", "repa.encoder=dinov2:vitb14", "repa.features_path=cache")
 

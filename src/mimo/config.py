@@ -153,6 +153,30 @@ class SampleConfig:
     use_cache: bool = True
 
 
+EVAL_METRICS = ("fvd", "proxy_fd", "trajectory", "psnr", "ssim")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_videos: int = 64  # generated videos per seed (FAR's UCF-101 protocol: 2048)
+    seeds: str = "0"  # comma-separated sampling seeds; mean ± std over them (FAR: "0,2,4,6")
+    metrics: str = "auto"  # comma-separated of EVAL_METRICS; auto: fvd on real data, proxy_fd + trajectory on synthetic
+    batch_size: int = 16
+    balanced_classes: bool = True  # real clips balanced over classes (FAR's UCF-101 protocol)
+    start_at_zero: bool = False  # real clips start at the first frame (FAR's UCF-101 protocol)
+    i3d_path: str | None = None  # StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D port
+    probe_layer: int | None = None  # backbone layer whose history features are probed; None: mimo's decoder layer
+    probe_clips: int = 512
+
+    def seed_list(self) -> list[int]:
+        return [int(seed) for seed in str(self.seeds).split(",") if seed.strip()]
+
+    def metric_list(self, dataset: str) -> list[str]:
+        if self.metrics == "auto":
+            return ["proxy_fd", "trajectory", "psnr"] if dataset == "synthetic" else ["fvd"]
+        return [metric.strip() for metric in self.metrics.split(",") if metric.strip()]
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -162,6 +186,7 @@ class Config:
     repa: RepaConfig = field(default_factory=RepaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -358,18 +383,28 @@ def validate(config: Config) -> None:
     )
     _check(k.loss_on in MASK_LOSS_ON, "mimo.loss_on", f"choose one of {list(MASK_LOSS_ON)}")
     _check(k.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
+    decoder_width, decoder_heads = k.decoder_width or width // 2, k.decoder_heads or heads
+    _check(
+        decoder_width % decoder_heads == 0,
+        "mimo.decoder_width",
+        f"decoder width {decoder_width} must be divisible by mimo.decoder_heads {decoder_heads}",
+    )
+    decoder_head_dim = decoder_width // decoder_heads
+    _check(
+        not m.rope or (decoder_head_dim % 2 == 0 and decoder_head_dim >= 6),
+        "mimo.decoder_heads",
+        f"rotary positions need an even decoder head dimension of at least 6, got {decoder_head_dim}",
+    )
     _check(
         not (k.enabled and k.loss_on == "dropped" and k.mask_ratio == 0),
         "mimo.mask_ratio",
         "with r = 0 nothing is dropped, so a loss on dropped positions is empty; set mimo.loss_on=all or r > 0",
     )
     _check(r.mode in REPA_MODES, "repa.mode", f"choose one of {list(REPA_MODES)}")
-    _check(1 <= r.layer <= depth, "repa.layer", f"must be in 1..{depth}, got {r.layer}")
+    _check(r.mode == "none" or 1 <= r.layer <= depth, "repa.layer", f"must be in 1..{depth}, got {r.layer}")
     _check(r.weight >= 0, "repa.weight", "must be 0 or more")
     _check(r.projector_dim >= 1, "repa.projector_dim", "must be positive")
-    _check(
-        r.encoder_image_size is None or r.encoder_image_size >= 1, "repa.encoder_image_size", "must be positive"
-    )
+    _check(r.encoder_image_size is None or r.encoder_image_size >= 1, "repa.encoder_image_size", "must be positive")
     kind, _, name = r.encoder.partition(":")
     _check(
         r.encoder == "random" or (kind in ("timm", "dinov2") and name != ""),
@@ -395,6 +430,17 @@ def validate(config: Config) -> None:
             f"a ViT encoder needs RGB frames, but data.channels={d.channels}; cache features from RGB frames "
             "and set repa.features_path=DIR",
         )
+    e = config.eval
+    _check(e.num_videos >= 1 and e.batch_size >= 1, "eval.num_videos/batch_size", "must be at least 1")
+    try:
+        seeds = e.seed_list()
+    except ValueError:
+        seeds = []
+    _check(bool(seeds), "eval.seeds", f"give comma-separated integers, e.g. 0,2,4,6; got '{e.seeds}'")
+    unknown_metrics = set(e.metric_list(d.dataset)) - set(EVAL_METRICS)
+    _check(not unknown_metrics, "eval.metrics", f"unknown {sorted(unknown_metrics)}; choose from {list(EVAL_METRICS)}")
+    _check(e.probe_layer is None or 1 <= e.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
+    _check(e.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
     _check(s.steps >= 1, "sample.steps", f"must be at least 1, got {s.steps}")
     _check(s.solver in SOLVERS, "sample.solver", f"choose one of {list(SOLVERS)}")
     _check(s.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")

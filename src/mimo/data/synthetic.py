@@ -88,7 +88,8 @@ def shape_coverage(kind: int, dx: np.ndarray, dy: np.ndarray, radius: float) -> 
         distance = np.hypot(dx, dy) - radius
     elif SHAPE_KINDS[kind] == "triangle":  # apex pointing down (image rows grow downwards)
         edge = np.maximum(np.abs(dx) * 0.866 + dy * 0.5, -dy)
-        distance = edge - radius * 0.6
+        # apex r + 0.5 px below the centre with its anti-aliased edge, as far as a disk reaches: inside the walls
+        distance = edge - (radius * 0.5 - 0.25)
     else:  # cross: union of two bars
         bar = radius * 0.35
         horizontal = np.maximum(np.abs(dx) - radius, np.abs(dy) - bar)

@@ -3,8 +3,10 @@
 With the cache, a finished frame is run once as clean history and its keys/values are kept per
 layer, so each ODE step of the next frame costs one frame's tokens. Without it, every step
 re-runs the whole history; both give the same frames (a test). Past the training length a sliding
-window keeps the last `window` clean frames; rotary attention depends only on frame offsets,
-which the window keeps inside the trained range.
+window attends to the last `window` clean frames only: rotary attention depends on frame offsets,
+which the window keeps inside the trained range. When the window slides, the cache is re-encoded
+from the window's frames (one clean pass per frame, cheap next to the ODE steps), because the
+deeper layers' keys of a cached frame still carry the frames that slid out.
 """
 
 from __future__ import annotations
@@ -73,12 +75,20 @@ def sample_video(
     def doubled(x: Tensor) -> Tensor:
         return torch.cat([x] * copies) if copies > 1 else x
 
+    window = num_frames if window is None else window
     cache = model.new_cache() if use_cache else None
-    if cache is not None:
-        for position, frame in enumerate(frames):
-            model.append_to_cache(doubled(frame), position, cache, labels)
-            if window is not None:
-                cache.keep_last(window)
+
+    def refill_cache(last: int) -> None:
+        """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
+        starting at the window's first frame (older frames must not leak in through deeper layers' keys)."""
+        nonlocal cache
+        cache = model.new_cache()
+        first = max(0, last + 1 - window)
+        for position in range(first, last + 1):
+            model.append_to_cache(doubled(frames[position]), position, cache, labels)
+
+    if cache is not None and frames:
+        refill_cache(len(frames) - 1)
     shape = (batch_size, 1, model.channels, size, size)
     for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
         if cache is not None:
@@ -88,7 +98,7 @@ def sample_video(
                 return _guided(v, cfg_scale, guided)
 
         else:
-            first = 0 if window is None else max(0, position - window)
+            first = max(0, position - window)
             history = torch.cat(frames[first:], dim=1) if position > first else None
 
             def velocity(z: Tensor, s: Tensor, history=history, first=first, position=position) -> Tensor:
@@ -103,12 +113,12 @@ def sample_video(
                 return _guided(out.velocity, cfg_scale, guided)
 
         noise = torch.randn(shape, generator=generator).to(device)
-        frame = integrate(velocity, noise, steps, solver)
-        frames.append(frame)
+        frames.append(integrate(velocity, noise, steps, solver))
         if cache is not None and position + 1 < num_frames:
-            model.append_to_cache(doubled(frame), position, cache, labels)
-            if window is not None:
-                cache.keep_last(window)
+            if cache.num_frames < window:
+                model.append_to_cache(doubled(frames[-1]), position, cache, labels)
+            else:
+                refill_cache(position)
     return torch.cat(frames, dim=1)
 
 

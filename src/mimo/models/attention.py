@@ -75,8 +75,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class KVCache:
     """Per-layer keys and values (B, H, L, head_dim) of the clean frames generated so far.
 
-    Each frame adds `tokens_per_frame` tokens per layer; `keep_last` drops the oldest frames so
-    that generation can run past the training length with a sliding window.
+    Each frame adds `tokens_per_frame` tokens per layer (see the sampler for the sliding window).
     """
 
     depth: int
@@ -104,14 +103,6 @@ class KVCache:
         else:
             self.keys[layer] = torch.cat([self.keys[layer], key], dim=2)
             self.values[layer] = torch.cat([self.values[layer], value], dim=2)
-
-    def keep_last(self, frames: int) -> None:
-        excess = self.num_frames - frames
-        if excess <= 0:
-            return
-        cut = excess * self.tokens_per_frame
-        self.keys = [k[:, :, cut:] for k in self.keys]
-        self.values = [v[:, :, cut:] for v in self.values]
 
 
 class Attention(nn.Module):

@@ -183,3 +183,14 @@ def build_autoencoder(name: str, **options: Any) -> Autoencoder:
     if name not in AUTOENCODERS:
         raise ValueError(f"Unknown autoencoder {name!r}; choose one of {', '.join(AUTOENCODERS)}.")
     return AUTOENCODERS[name](**options)
+
+
+def autoencoder_from_description(description: dict[str, Any]) -> Autoencoder:
+    """Rebuild the autoencoder that `describe()` described (as stored in a latents manifest), to decode samples."""
+    name = description["name"]
+    if name == IdentityAutoencoder.name:
+        return IdentityAutoencoder(description["latent_channels"])
+    if name == DiffusersAutoencoderKL.name:
+        return DiffusersAutoencoderKL(description["path"], scale=description["scale"], shift=description["shift"])
+    common = {"name", "latent_channels", "downsample", "temporal_downsample"}  # facts, not constructor options
+    return build_autoencoder(name, **{k: v for k, v in description.items() if k not in common})

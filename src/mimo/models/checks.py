@@ -59,7 +59,7 @@ def check_pixel_values(name: str, frames: Tensor) -> None:
         raise InputError(f"{name} contains NaN or infinite values")
     low, high = frames.min().item(), frames.max().item()
     if low < PIXEL_RANGE[0] - PIXEL_TOLERANCE or high > PIXEL_RANGE[1] + PIXEL_TOLERANCE:
-        hint = " (pixels in [0, 255]: x / 127.5 - 1)" if high > 2 else " (pixels in [0, 1]: 2 * x - 1)"
+        hint = " (pixels in [0, 255]: x / 127.5 - 1)" if high > 2 else ""
         raise InputError(f"{name} has values in [{low:.3g}, {high:.3g}]; the model expects [-1, 1]{hint}")
 
 

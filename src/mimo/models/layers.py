@@ -44,7 +44,8 @@ class NoiseLevelEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, noise_level: Tensor) -> Tensor:
-        return self.mlp(sinusoidal(noise_level * TIMESTEP_SCALE, self.frequency_dim))
+        features = sinusoidal(noise_level * TIMESTEP_SCALE, self.frequency_dim)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 def token_positions(spatial: Tensor, grid: int, first_frame: int, num_frames: int) -> Tensor:

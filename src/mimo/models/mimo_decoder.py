@@ -55,7 +55,8 @@ class MimoDecoder(nn.Module):
         if keep is None:
             grid_tokens = tokens
         else:
-            grid_tokens = self.mask_token.expand(batch, frames, positions_per_frame, self.width).clone()
+            mask_token = self.mask_token.to(tokens.dtype)  # bf16 under autocast
+            grid_tokens = mask_token.expand(batch, frames, positions_per_frame, self.width).clone()
             index = repeat(keep, "b n -> b t n d", t=frames, d=self.width)
             grid_tokens = grid_tokens.scatter(2, index, tokens)
         x = rearrange(grid_tokens, "b t n d -> b (t n) d")

@@ -24,6 +24,7 @@ STATE_FILE = "state.json"
 LATEST_FILE = "latest"
 STAGING_PREFIX = ".staging_"  # a checkpoint being written; never read
 CHECKPOINT_DIR = "checkpoints"
+EARLIER_CHECKPOINT = "move {} out of the checkpoints folder and the run resumes from the one before it"
 
 
 class CheckpointError(RuntimeError):
@@ -65,7 +66,7 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(
-            f"checkpoint file {path} is corrupt or truncated ({error}); use an earlier one"
+            f"checkpoint file {path} is corrupt or truncated ({error}); {EARLIER_CHECKPOINT.format(path.parent)}"
         ) from error
 
 
@@ -110,7 +111,8 @@ def check_compatible(module: nn.Module, tensors: dict[str, Tensor], source: Path
         raise CheckpointError(
             f"{source} was saved from a different model or config:\n  "
             + "\n  ".join(lines)
-            + "\nUse the config the checkpoint was trained with (its state.json holds it)."
+            + "\nUse the config the checkpoint was trained with (its state.json holds it), "
+            "or another train.out_dir to start a new run."
         )
 
 
@@ -177,7 +179,7 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is corrupt ({error}); use an earlier checkpoint") from error
+        raise CheckpointError(f"{path} is corrupt ({error}); {EARLIER_CHECKPOINT.format(checkpoint)}") from error
 
 
 def load_module(module: nn.Module, checkpoint: Path, name: str) -> None:

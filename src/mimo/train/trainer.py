@@ -13,6 +13,7 @@ samples and checkpoints (full tensors, gathered from all ranks) while the others
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -261,8 +262,7 @@ class Trainer:
                 totals[name] = totals.get(name, 0.0) + value.item() / accumulation
         totals = mean_over_ranks(totals)
         grad_norm = clip_gradients(self.objective.parameters(), train.grad_clip)
-        finite = all(torch.isfinite(torch.tensor(v)) for v in [*totals.values(), grad_norm])
-        if not finite:
+        if not all(math.isfinite(v) for v in [*totals.values(), grad_norm]):
             self.optimizer.zero_grad(set_to_none=True)
             losses_text = ", ".join(f"{name} {value:.4g}" for name, value in totals.items())
             message = f"non-finite loss or gradient at step {self.step}: {losses_text}, grad norm {grad_norm:.4g}"

@@ -1,0 +1,14 @@
+"""Baseline and MiMo trained on the built-in videos, evaluated every K steps; the speed-up factor.
+Resumable: rerun the same command to continue (run folders in runs/bench/, evaluations in the result JSON).
+
+    nohup python benchmarks/bench_convergence.py --config configs/bench/convergence-cpu.yaml --threads 1 \\
+        > benchmarks/results/convergence-cpu.log 2>&1 &
+
+Writes benchmarks/results/CONFIG_NAME.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
+the logic lives in `mimo.bench` (also `mimo bench convergence`). `--help` lists the options.
+"""
+
+from mimo.bench import main
+
+if __name__ == "__main__":
+    main("convergence")

@@ -1,0 +1,12 @@
+"""Training-step time of MiMo at r = 0.25 / 0.5 / 0.75 against the CTF baseline, interleaved on one batch.
+
+    python benchmarks/bench_step.py [--preset tiny] [--batch-size 8] [--rounds 5] [--threads 1]
+
+Writes benchmarks/results/step.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
+the logic lives in `mimo.bench` (also `mimo bench step`). `--help` lists the options.
+"""
+
+from mimo.bench import main
+
+if __name__ == "__main__":
+    main("step")
