@@ -734,9 +734,10 @@ def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any
     Evaluations are kept in the result JSON: a restarted benchmark skips what is there and resumes each
     run from its last checkpoint. Arms alternate chunk by chunk, so both curves grow together.
     """
-    config, settings = load_convergence_config(args.config, args.set)
+    config, settings = load_convergence_config(
+        args.config, [*(TINY_CONVERGENCE_OVERRIDES if args.tiny else ()), *args.set]
+    )
     if args.tiny:
-        config = with_overrides(config, list(TINY_CONVERGENCE_OVERRIDES))
         settings = dataclasses.replace(settings, **TINY_CONVERGENCE_SETTINGS)
     fingerprint = _fingerprint(config, settings)
     previous_path = args.results_dir / f"{args.result_name}.json"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from mimo.config import ConfigError, load_config
+from mimo.models.checks import InputError
 from mimo.train.checkpoint import CheckpointError
+from mimo.train.trainer import NonFiniteLossError
 from mimo.weights import WeightsUnavailableError
 
 
@@ -16,6 +19,8 @@ def _train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     result = train(config)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "losses": result.losses}, indent=1))
     if result.interrupted:
         print(f"interrupted: resume with `mimo train {args.config or ''} {' '.join(args.overrides)}`")
@@ -188,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
     try:
         args.run(args)
-    except (ConfigError, FileNotFoundError, CheckpointError, WeightsUnavailableError) as error:
+    except (
+        ConfigError,
+        FileNotFoundError,
+        CheckpointError,
+        WeightsUnavailableError,
+        InputError,
+        NonFiniteLossError,
+    ) as error:
         print(f"mimo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

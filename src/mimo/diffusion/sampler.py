@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mimo.config import Config
 from mimo.diffusion.flow import integrate
+from mimo.models.checks import check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
 
 
@@ -48,23 +49,14 @@ def sample_video(
     `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
     the null class. `window`: clean frames attended to (None: all). Noise comes from `generator`.
     """
+    check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
     device = model.patch_embed.weight.device
     size = model.grid * model.patch_size
     if context is not None:
-        if context.ndim != 5 or context.shape[2:] != (model.channels, size, size):
-            raise ValueError(
-                f"context must be (B, k, {model.channels}, {size}, {size}) frames, got {tuple(context.shape)}"
-            )
         batch_size = context.shape[0]
-    if labels is not None:
+    elif labels is not None:
         batch_size = labels.shape[0]
-    if batch_size is None:
-        raise ValueError("give batch_size, labels or context so the number of videos is known")
-    if model.num_classes and labels is None:
-        raise ValueError("this model is class-conditional: pass labels (B,) to sample_video")
     frames = [] if context is None else list(context.to(device).split(1, dim=1))
-    if len(frames) >= num_frames:
-        raise ValueError(f"num_frames ({num_frames}) must exceed the {len(frames)} context frames")
     guided = labels is not None and cfg_scale != 1.0
     if labels is not None:
         labels = labels.to(device)

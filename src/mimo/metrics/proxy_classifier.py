@@ -33,7 +33,6 @@ ARCHITECTURE_VERSION = 1  # bump when the network or training recipe changes, so
 # Training and validation clips come from seeds no evaluation set uses (evaluations use small seeds).
 TRAIN_SEED_BASE = 1_000_003
 VALIDATION_SEED_BASE = 2_000_003
-VALIDATION_CLIPS = 512
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,7 @@ class ProxyClassifierConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     seed: int = 0
+    validation_clips: int = 512  # only for the reported accuracy
 
     def cache_key(self) -> str:
         settings = json.dumps({**asdict(self), "version": ARCHITECTURE_VERSION}, sort_keys=True)
@@ -113,7 +113,8 @@ def train_proxy_classifier(config: ProxyClassifierConfig, progress: bool = True)
         loss.backward()
         optimizer.step()
         schedule.step()
-    accuracy = classifier_accuracy(classifier, _clips(config, VALIDATION_CLIPS, VALIDATION_SEED_BASE + config.seed))
+    validation_clips = _clips(config, config.validation_clips, VALIDATION_SEED_BASE + config.seed)
+    accuracy = classifier_accuracy(classifier, validation_clips)
     return classifier.eval(), accuracy
 
 

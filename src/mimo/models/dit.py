@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mimo.config import ModelConfig
 from mimo.models.attention import Attention, KVCache, RotaryEmbedding3D, frame_causal_mask
+from mimo.models.checks import check_model_inputs
 from mimo.models.layers import (
     Mlp,
     NoiseLevelEmbedder,
@@ -257,6 +258,7 @@ class FrameCausalDiT(nn.Module):
         Clean frames sit at positions clean_start.., noisy frames at noisy_start.. (default: right
         after the clean frames). `keep` (B, n) drops clean tokens (MiMo's tube mask).
         """
+        check_model_inputs(self, noisy, noise_level, labels, clean, keep)
         batch, noisy_frames = noisy.shape[:2]
         clean_frames = 0 if clean is None else clean.shape[1]
         noisy_start = clean_start + clean_frames if noisy_start is None else noisy_start
