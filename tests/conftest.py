@@ -4,6 +4,7 @@ and a batch of synthetic clips. Everything runs at 16×16 pixels with 4×4 patch
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from mimo.config import Config, load_config
 from mimo.data.synthetic import MovingShapes
 from mimo.models.dit import FrameCausalDiT
 
+VAE_SCALE, VAE_SHIFT = 0.5, 0.1  # not SD's values, so that a forgotten shift or scale shows
 FRAME_SIZE = 16
 NUM_FRAMES = 4
 MICRO = ("model.preset=micro", f"data.frame_size={FRAME_SIZE}", "model.patch_size=4", f"data.num_frames={NUM_FRAMES}")
@@ -79,3 +81,22 @@ def clips() -> tuple[torch.Tensor, torch.Tensor]:
     dataset = MovingShapes(4, frame_size=FRAME_SIZE, num_frames=NUM_FRAMES, seed=0)
     items = [dataset[i] for i in range(len(dataset))]
     return torch.stack([item["video"] for item in items]), torch.stack([item["label"] for item in items])
+
+
+@pytest.fixture(scope="session")
+def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny diffusers AutoencoderKL (2x downsampling, 4 latent channels) saved to a folder."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        scaling_factor=VAE_SCALE,
+        shift_factor=VAE_SHIFT,
+    )
+    path = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(path)
+    return path

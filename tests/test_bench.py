@@ -17,9 +17,18 @@ from mimo.objectives.objective import TrainingObjective
 MACHINE_KEYS = {"cpu", "cores", "torch_threads", "torch", "date", "load_average_at_start", "cpu_share"}
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """run_benchmark --threads sets torch's thread count for the process; later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tiny(name: str, tmp_path, *extra: str) -> dict:
-    """Run a benchmark's --tiny mode into tmp_path; it must have written what it returned."""
-    payload = run_benchmark(name, ["--tiny", "--out", str(tmp_path), *extra])
+    """Run a benchmark's --tiny mode (one thread: tiny ops only pay for thread hand-offs) into tmp_path;
+    it must have written what it returned."""
+    payload = run_benchmark(name, ["--tiny", "--threads", "1", "--out", str(tmp_path), *extra])
     result = "convergence-cpu-tiny" if name == "convergence" else f"{name}-tiny"
     assert json.loads((tmp_path / f"{result}.json").read_text()) == payload
     assert payload["machine"].keys() >= MACHINE_KEYS

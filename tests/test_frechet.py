@@ -54,6 +54,7 @@ def _all_reduce_worker(rank: int, init_file: str, features: torch.Tensor, result
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_reduce_across_two_ranks_gives_global_statistics(tmp_path):
     features = torch.randn(50, 3, generator=torch.Generator().manual_seed(2))
     results = mp.Manager().dict()

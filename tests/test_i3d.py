@@ -225,6 +225,7 @@ def test_preprocess_resizes_and_pads_short_clips_with_edge_frames():
     assert preprocess_for_i3d(video * 3).abs().max() <= 1
 
 
+@pytest.mark.slow
 def test_random_network_gives_one_400_d_vector_per_clip():
     network = InceptionI3d().eval()
     with torch.no_grad():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ import torch
 from einops import rearrange
 from torch.utils.data import DataLoader
 
+from conftest import VAE_SCALE as SCALE
+from conftest import VAE_SHIFT as SHIFT
 from mimo.data.latents import MANIFEST, LatentDataset, encode_dataset, read_manifest, shard_name
 from mimo.data.video_folder import ClipSampling, VideoFolderDataset, class_folder_records
 from mimo.media import write_video
@@ -29,34 +30,9 @@ from mimo.models.autoencoder import (
 )
 
 NUM_VIDEOS, NUM_FRAMES, SIZE = 5, 4, 16
-SCALE, SHIFT = 0.5, 0.1  # not SD's values, so that a forgotten shift or scale shows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and idle OpenMP threads slow a busy machine tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=4,
-        scaling_factor=SCALE,
-        shift_factor=SHIFT,
-    )
-    path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors gain nothing from threads
 
 
 @pytest.fixture(scope="module")

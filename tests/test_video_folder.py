@@ -7,7 +7,6 @@ RAMP_BASE + RAMP_STEP·t, so a decoded clip tells which frames it holds.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +64,7 @@ def write_bad_files(folder: Path) -> None:
     (folder / "whole.mp4").unlink()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and idle OpenMP threads slow a busy machine tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors gain nothing from threads
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, 
 from mimo.data import build_dataset
 from mimo.diffusion.sampler import sample_for_task, sample_video
 from mimo.metrics.fvd import extract_feature_statistics
-from mimo.metrics.probe import linear_probe
+from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
 from mimo.metrics.trajectory import trajectory_error
 from mimo.models import build_backbone
@@ -387,7 +387,7 @@ def bench_step(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         trainers = {name: arm_trainer(config, o, Path(scratch) / name) for name, o in arms.items()}
         device = next(iter(trainers.values())).device
-        steps = {name: (lambda t=t: t.train_step(_repeat(batch, t.device))) for name, t in trainers.items()}
+        steps = {name: _step_of(trainer, batch) for name, trainer in trainers.items()}
         for step in steps.values():
             for _ in range(args.warmup):
                 step()
@@ -424,9 +424,16 @@ def bench_step(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _repeat(batch: dict[str, torch.Tensor], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """The same batch forever, moved to the device once (outside any timing)."""
     on_device = {k: v.to(device) for k, v in batch.items()}
     while True:
         yield on_device
+
+
+def _step_of(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    """One real optimiser step of `trainer` (loss, backward, clipping, AdamW, EMA) on `batch`."""
+    batches = _repeat(batch, trainer.device)
+    return lambda: trainer.train_step(batches)
 
 
 def _settings(args: argparse.Namespace, config: Config, device: torch.device, **extra: Any) -> dict[str, Any]:
@@ -494,13 +501,13 @@ def _utilization_of(config: Config, batch_size: int, steps: int, peak: MatmulPea
     batch = fixed_batch(config, batch_size)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = arm_trainer(config, [], Path(scratch))
-        batches = _repeat(batch, trainer.device)
-        trainer.train_step(batches)  # warm-up; creates the optimizer state
-        counted = counted_flops(lambda: trainer.train_step(batches))
+        step = _step_of(trainer, batch)
+        step()  # warm-up; creates the optimizer state
+        counted = counted_flops(step)
         memory = PeakMemory(trainer.device)
         with memory:
-            trainer.train_step(batches)
-        times = [timed(lambda: trainer.train_step(batches), trainer.device) for _ in range(steps)]
+            step()
+        times = [timed(step, trainer.device) for _ in range(steps)]
     analytic = training_step_flops(config, batch_size)["total"]
     wall, cpu = _median([t[0] for t in times], 6), _median([t[1] for t in times], 6)
     result = {
@@ -572,10 +579,11 @@ class ConvergenceSettings:
     """The `benchmark:` section of a convergence config: when and on what both arms are evaluated."""
 
     eval_every: int = 100  # K: training steps between evaluations
-    eval_clips: int = 128  # held-out clips continued from their context frames (trajectory error, proxy FD)
-    probe_clips: int = 512  # held-out clips whose history features are probed
+    eval_clips: int = 64  # held-out clips continued from their context frames (trajectory error, proxy FD)
+    probe_clips: int = 256  # held-out clips whose history features are probed
     proxy_classifier_steps: int = 400  # training steps of the proxy-FD classifier (cached once trained)
     proxy_classifier_width: int = 32
+    probe_c: float | None = None  # inverse L2 strength of the probe; None sweeps mimo.metrics.probe.DEFAULT_C_GRID
     seed: int = 0  # noise of the evaluation samples
 
 
@@ -678,24 +686,30 @@ def history_features(model: FrameCausalDiT, videos: torch.Tensor, layer: int, ba
     return torch.cat(chunks)
 
 
+def proxy_classifier_config(config: Config, settings: ConvergenceSettings) -> ProxyClassifierConfig:
+    """The proxy-FD classifier for clips of this config: proxy FDs compare only under the same classifier."""
+    return ProxyClassifierConfig(
+        frame_size=config.data.frame_size,
+        num_frames=config.data.num_frames,
+        steps=settings.proxy_classifier_steps,
+        width=settings.proxy_classifier_width,
+    )
+
+
 class ConvergenceEvaluator:
     """Held-out clips, the proxy classifier and the real clips' feature statistics, prepared once."""
 
-    def __init__(self, config: Config, settings: ConvergenceSettings):
+    def __init__(self, config: Config, settings: ConvergenceSettings, device: torch.device):
         self.settings = settings
+        self.device = device
         count = max(settings.eval_clips, settings.probe_clips)
         dataset = build_dataset(config.data, "eval", num_clips=count)
         items = [dataset[i] for i in range(count)]
         self.clips = {key: torch.stack([item[key] for item in items]) for key in items[0]}
-        proxy = ProxyClassifierConfig(
-            frame_size=config.data.frame_size,
-            num_frames=config.data.num_frames,
-            steps=settings.proxy_classifier_steps,
-            width=settings.proxy_classifier_width,
-        )
-        self.classifier = load_proxy_classifier(proxy, progress=False)
+        proxy = proxy_classifier_config(config, settings)
+        self.classifier = load_proxy_classifier(proxy, device=device, progress=False)
         real = self.clips["video"][: settings.eval_clips]
-        self.real_statistics = extract_feature_statistics(real, self.classifier.features, progress=False)
+        self.real_statistics = extract_feature_statistics(real, self.classifier.features, device=device, progress=False)
         self.layer = config.mimo.decoder_layer or config.model.size()[0]
 
     def __call__(self, model: FrameCausalDiT, config: Config) -> dict[str, float]:
@@ -705,10 +719,14 @@ class ConvergenceEvaluator:
         samples = sample_for_task(model, config, clips["video"], clips["label"], generator).cpu()
         trajectory = trajectory_error(samples[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
         # eigh: exact for the rank-deficient covariances of a few hundred clips
-        fd = proxy_frechet_distance(self.real_statistics, samples, self.classifier, method="eigh", progress=False)
+        fd = proxy_frechet_distance(
+            self.real_statistics, samples, self.classifier, device=self.device, method="eigh", progress=False
+        )
         probe_clips = self.clips["video"][: self.settings.probe_clips]
         features = history_features(model, probe_clips, self.layer)
-        probe = linear_probe(features, self.clips["label"][: self.settings.probe_clips], seed=self.settings.seed)
+        labels = self.clips["label"][: self.settings.probe_clips]
+        c = DEFAULT_C_GRID if self.settings.probe_c is None else self.settings.probe_c
+        probe = linear_probe(features, labels, c=c, seed=self.settings.seed)
         return {
             "trajectory_error": round(trajectory.mean_error, 4),
             "trajectory_miss_rate": round(trajectory.miss_rate, 4),
@@ -718,13 +736,23 @@ class ConvergenceEvaluator:
 
 
 def _fingerprint(config: Config, settings: ConvergenceSettings) -> str:
-    """What the cached evaluations depend on: the config and the benchmark section.
+    """What the cached evaluations depend on: the config, the benchmark section and the proxy classifier.
 
-    Not the output folder, and not train.steps: a larger budget continues the same runs.
+    The config enters as its values that differ from the dataclass defaults, so a key added to the config
+    later does not orphan a run. Not the output folder, and not train.steps: a larger budget continues
+    the same runs.
     """
-    values = config.to_dict()
-    values["train"] = {k: v for k, v in values["train"].items() if k not in ("out_dir", "steps")}
-    text = json.dumps({"config": values, "benchmark": dataclasses.asdict(settings)}, sort_keys=True)
+    defaults = Config().to_dict()
+    values = {
+        section: {key: value for key, value in entries.items() if value != defaults[section].get(key)}
+        for section, entries in config.to_dict().items()
+    }
+    for key in ("out_dir", "steps"):
+        values["train"].pop(key, None)
+    classifier = proxy_classifier_config(config, settings).cache_key()
+    text = json.dumps(
+        {"config": values, "benchmark": dataclasses.asdict(settings), "classifier": classifier}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -774,19 +802,23 @@ def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any
         summary = convergence_summary(evaluations)
         return {"settings": settings_json, "results": {"evaluations": evaluations, "summary": summary}}
 
-    evaluate = ConvergenceEvaluator(config, settings)
-    cpu = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer trains
+    evaluate = ConvergenceEvaluator(config, settings, device)
+    settings_json["proxy_classifier_accuracy"] = round(evaluate.classifier.validation_accuracy, 4)
     for step in evaluation_steps(config.train.steps, settings.eval_every):
         for arm, arm_config in arms.items():
             if str(step) in evaluations[arm]:
                 continue
             run_dir = runs_dir / arm
             chunk = with_overrides(arm_config, [f"train.steps={step}", f"train.out_dir={run_dir}"])
-            train_wall, train_cpu = timed(lambda chunk=chunk: train(chunk), cpu)
+            train_wall, train_cpu = timed(lambda chunk=chunk: train(chunk), device)
             checkpoint = find_checkpoint(run_dir)
             if checkpoint is None or checkpoint.name != f"step_{step:08d}":
-                raise RuntimeError(f"expected {run_dir} to end at step {step} after training, found {checkpoint}")
-            model, trained_config = load_trained_model(checkpoint)
+                raise RuntimeError(
+                    f"{run_dir} should end at step {step} after training but its latest checkpoint is {checkpoint}: "
+                    f"the run is ahead of the evaluations in {previous_path}; delete {run_dir} to train this arm again"
+                )
+            model, trained_config = load_trained_model(checkpoint, device=str(device))
             started = time.perf_counter()
             metrics = evaluate(model, trained_config)
             evaluations[arm][str(step)] = metrics | {
@@ -1024,6 +1056,7 @@ TINY_CONVERGENCE_SETTINGS = {
     "probe_clips": 20,
     "proxy_classifier_steps": 2,
     "proxy_classifier_width": 8,
+    "probe_c": 0.1,
 }
 
 
@@ -1062,7 +1095,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--gpu-frame-size", type=int, default=32, help="a 256 px video's latent side")
         parser.add_argument("--gpu-patch-size", type=int, default=2, help="DiT-B/2, DiT-XL/2")
         parser.add_argument("--gpu-frames", type=int, default=16)
-        parser.add_argument("--gpu-batch-size", type=int, default=4)
+        parser.add_argument("--gpu-batch-size", type=int, default=2, help="XL at 7.4k tokens per clip: ~60 GB")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests), not a measurement")

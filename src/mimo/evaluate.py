@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mimo.config import Config, with_overrides
-from mimo.data import build_dataset
+from mimo.data import build_dataset, to_pixels
 from mimo.diffusion.sampler import sample_for_task
 from mimo.media import plot_curves, save_gif, video_grid
 from mimo.metrics.cknna import cknna
@@ -60,7 +60,8 @@ def balanced_indices(labels: Tensor, count: int) -> list[int]:
 
 def load_clips(config: Config, count: int) -> dict[str, Tensor]:
     """`count` held-out clips (deterministic), class-balanced when the dataset has labels and asks for it."""
-    dataset = build_dataset(config.data, "eval", num_clips=count if config.data.dataset == "synthetic" else None)
+    synthetic = config.data.dataset == "synthetic"
+    dataset = build_dataset(config.data, "eval", count if synthetic else None, config.eval.start_at_zero)
     if len(dataset) < count:
         raise ValueError(f"the evaluation data has {len(dataset)} clips, fewer than eval.num_videos={count}")
     labels = getattr(dataset, "labels", None)
@@ -70,17 +71,6 @@ def load_clips(config: Config, count: int) -> dict[str, Tensor]:
         indices = list(range(count))
     items = [dataset[i] for i in tqdm(indices, desc="real clips", leave=False)]
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
-
-
-def to_pixels(videos: Tensor, config: Config) -> Tensor:
-    """Videos in [-1, 1] pixels: latent runs are decoded with the autoencoder of their manifest."""
-    if config.data.dataset != "latents":
-        return videos
-    from mimo.data.latents import read_manifest
-    from mimo.models.autoencoder import autoencoder_from_description
-
-    autoencoder = autoencoder_from_description(read_manifest(config.data.path)["autoencoder"])
-    return torch.cat([autoencoder.decode(chunk) for chunk in videos.split(config.eval.batch_size)]).clamp(-1, 1)
 
 
 def generate(model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int) -> Tensor:
@@ -113,14 +103,14 @@ def evaluate_run(
     if "trajectory" in metrics and config.data.dataset != "synthetic":
         raise ValueError("eval.metrics: the trajectory error needs the built-in videos (data.dataset=synthetic)")
     clips = load_clips(config, config.eval.num_videos)
-    real = to_pixels(clips["video"], config)
+    real = to_pixels(clips["video"], config.data, config.eval.batch_size)
     k = config.context_frames
     extractor = load_i3d(config.eval.i3d_path, device=device) if "fvd" in metrics else None
     proxy = load_proxy_classifier(_proxy_config(config), device=device) if "proxy_fd" in metrics else None
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
     for seed in config.eval.seed_list():
-        fake = to_pixels(generate(model, config, clips, seed), config)
+        fake = to_pixels(generate(model, config, clips, seed), config.data, config.eval.batch_size)
         if "fvd" in metrics:
             per_seed["fvd"].append(compute_fvd(real, fake, extractor, config.eval.batch_size, device))
         if "proxy_fd" in metrics:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mimo.config import with_overrides
-from mimo.data import build_dataset
+from mimo.data import build_dataset, to_pixels
 from mimo.diffusion.sampler import sample_for_task
 from mimo.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.train.checkpoint import atomic_write_bytes, find_checkpoint, read_state, save_tensors
@@ -47,8 +47,10 @@ def sample_from_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     paths = {"npz": out / "samples.npz"}
     np.savez_compressed(paths["npz"], samples=samples.numpy(), labels=labels.cpu().numpy(), real=video.cpu().numpy())
-    if config.data.channels in (1, 3):
-        paths["gif"] = save_gif(video_grid([video.cpu(), samples], upscale=2), out / "grid.gif")
+    real = video.cpu()
+    samples, real = to_pixels(samples, config.data), to_pixels(real, config.data)  # latents: decoded
+    if samples.shape[2] in (1, 3):
+        paths["gif"] = save_gif(video_grid([real, samples], upscale=2), out / "grid.gif")
         for index, clip in enumerate(to_uint8(samples)):
             paths[f"mp4_{index}"] = save_mp4(clip, out / f"sample_{index:03d}.mp4")
     return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from mimo.config import ConfigError, DataConfig
@@ -30,8 +31,11 @@ def _check_latents(dataset, config: DataConfig) -> None:
         raise ConfigError(f"data.path: latents in {config.path} are {height}x{width}; only square frames are supported")
 
 
-def build_dataset(config: DataConfig, split: str = "train", num_clips: int | None = None) -> Dataset:
-    """The dataset a config names; `split` is "train" (random clips) or "eval" (deterministic clips).
+def build_dataset(
+    config: DataConfig, split: str = "train", num_clips: int | None = None, start_at_zero: bool = False
+) -> Dataset:
+    """The dataset a config names; `split` is "train" (random clips) or "eval" (deterministic clips,
+    from each video's first frame with `start_at_zero`, as FAR's UCF-101 protocol takes them).
 
     Real videos: training clips start at random frames (torch's RNG, seeded per DataLoader worker),
     so unlike the synthetic and latent datasets their order is not bit-exact across a resume.
@@ -55,6 +59,7 @@ def build_dataset(config: DataConfig, split: str = "train", num_clips: int | Non
         size=config.frame_size,
         random_clips=split == "train",
         seed=config.seed,
+        start_at_zero=start_at_zero,
     )
     return video_dataset(
         VIDEO_KINDS[config.dataset],
@@ -65,3 +70,12 @@ def build_dataset(config: DataConfig, split: str = "train", num_clips: int | Non
         annotations=config.annotations,
         max_bad_fraction=config.max_bad_fraction,
     )
+
+
+def to_pixels(videos: Tensor, config: DataConfig, batch_size: int = 16) -> Tensor:
+    """Videos in [-1, 1] pixels: latent clips are decoded with the autoencoder of their manifest."""
+    if config.dataset != "latents":
+        return videos
+    from mimo.data.latents import decode_latents
+
+    return decode_latents(videos, config.path, batch_size)

@@ -236,3 +236,12 @@ class LatentDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         """Open file handles stay in their process; each DataLoader worker opens its own."""
         return {**self.__dict__, "_handles": {}}
+
+
+def decode_latents(latents: torch.Tensor, latents_dir: str | Path, batch_size: int = 16) -> torch.Tensor:
+    """Pixels in [-1, 1] of latent videos (B, T, c, h, w), decoded by the autoencoder that encoded `latents_dir`."""
+    from mimo.models.autoencoder import autoencoder_from_description
+
+    autoencoder = autoencoder_from_description(read_manifest(latents_dir)["autoencoder"])
+    with torch.no_grad():
+        return torch.cat([autoencoder.decode(chunk.cpu()) for chunk in latents.split(batch_size)]).clamp(-1, 1)

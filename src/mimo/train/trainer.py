@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mimo.config import Config, from_dict
-from mimo.data import build_dataset
+from mimo.data import build_dataset, to_pixels
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.sampler import sample_for_task
@@ -278,6 +278,16 @@ class Trainer:
         self.ema.update(self.backbone, self.step)
         return dict(totals, grad_norm=grad_norm)
 
+    def end_of_epoch(self) -> None:
+        """Report videos that failed to decode this far (a dataset of files has `failures`), and stop
+        when too many did: the run never trains on silently empty data."""
+        failures = getattr(self.dataset, "failures", None)
+        if failures is None:
+            return
+        if self.dist.is_main:
+            tqdm.write(f"epoch {self.clips_seen // len(self.dataset)} done: {failures}")
+        self.dataset.check_failures()
+
     def train(self) -> TrainResult:
         config, train = self.config, self.config.train
         if self.dist.is_main:
@@ -297,6 +307,8 @@ class Trainer:
                 self.clips_seen += self.global_batch
                 self.stop_requested = any_rank(self.stop_requested)  # every rank stops at the same step
                 bar.update(1)
+                if self.clips_seen // len(self.dataset) > (self.clips_seen - self.global_batch) // len(self.dataset):
+                    self.end_of_epoch()
                 if losses is None:
                     continue
                 last = losses
@@ -346,13 +358,14 @@ class Trainer:
         path = None
         if model is not None:
             eval_set = build_dataset(self.config.data, "eval", num_clips=SAMPLE_VIDEOS)
-            items = [eval_set[i] for i in range(SAMPLE_VIDEOS)]
+            items = [eval_set[i] for i in range(min(SAMPLE_VIDEOS, len(eval_set)))]
             video = torch.stack([item["video"] for item in items]).to(self.device)
             labels = torch.stack([item["label"] for item in items]).to(self.device)
             samples = sample_for_task(model, self.config, video, labels, torch.Generator().manual_seed(0))
             path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
-            if self.config.data.channels in (1, 3):
-                save_gif(video_grid([video.cpu(), samples.cpu()], upscale=2), path)
+            real, samples = to_pixels(video.cpu(), self.config.data), to_pixels(samples.cpu(), self.config.data)
+            if samples.shape[2] in (1, 3):
+                save_gif(video_grid([real, samples], upscale=2), path)
         barrier()
         return path
 
