@@ -2,7 +2,7 @@
 
 No pretrained video network knows these 32×32 clips of coloured shapes, so FVD's I3D would mostly
 measure resizing artefacts. Instead the repo trains a small 3D-conv classifier of the dataset's
-labels (shape kind × speed band, so it must look at motion) in a minute or two on CPU, and the
+labels (shape kind × speed band, so it must look at motion) in a few CPU-minutes, and the
 Fréchet distance between its penultimate features of real and generated clips scores how
 realistic the generated clips are. The classifier is cached (safetensors, keyed by its settings);
 distances are comparable only between evaluations that use the same cached classifier, and must
@@ -29,7 +29,7 @@ from mimo.metrics.frechet import SqrtMethod
 from mimo.metrics.fvd import DEFAULT_BATCH_SIZE, VideoBatches, compute_fvd
 from mimo.weights import cache_dir
 
-ARCHITECTURE_VERSION = 1  # bump when the network or training recipe changes, so stale caches are not reused
+ARCHITECTURE_VERSION = 2  # bump when the network or training recipe changes, so stale caches are not reused
 # Training and validation clips come from seeds no evaluation set uses (evaluations use small seeds).
 TRAIN_SEED_BASE = 1_000_003
 VALIDATION_SEED_BASE = 2_000_003
@@ -43,7 +43,7 @@ class ProxyClassifierConfig:
     num_frames: int = 16
     max_objects: int = 3
     width: int = 16
-    steps: int = 300
+    steps: int = 400  # 96.5% validation accuracy (chance 12.5%); 300 steps gave 87%
     batch_size: int = 32
     learning_rate: float = 3e-3
     seed: int = 0
