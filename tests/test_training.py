@@ -99,3 +99,11 @@ def test_bf16_autocast_step_stays_close_to_fp32(tmp_path, overrides):
     for key in ("loss", "grad_norm"):
         assert steps["bf16"][key] == pytest.approx(steps["fp32"][key], rel=0.05)
     assert steps["bf16"]["grad_norm"] != steps["fp32"]["grad_norm"]  # autocast did compute in bf16
+
+
+def test_a_time_budget_stops_training_with_a_checkpoint_that_resumes(tmp_path):
+    stopped = train(run_config(tmp_path, "train.steps=50", "train.max_seconds=1e-6"))
+    assert stopped.step == 1 and not stopped.interrupted  # the budget is checked after each step
+    assert read_state(find_checkpoint(tmp_path))["step"] == 1
+    resumed = train(run_config(tmp_path, "train.steps=3"))
+    assert resumed.step == 3

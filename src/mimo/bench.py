@@ -39,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
 from mimo.data import build_dataset
-from mimo.diffusion.sampler import sample_for_task, sample_video
+from mimo.diffusion.sampler import sample_video
+from mimo.evaluate import generate, history_features, load_clips
 from mimo.metrics.fvd import extract_feature_statistics
 from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
@@ -580,9 +581,9 @@ class ConvergenceSettings:
 
     eval_every: int = 100  # K: training steps between evaluations
     eval_clips: int = 64  # held-out clips continued from their context frames (trajectory error, proxy FD)
-    probe_clips: int = 256  # held-out clips whose history features are probed
-    proxy_classifier_steps: int = 400  # training steps of the proxy-FD classifier (cached once trained)
-    proxy_classifier_width: int = 32
+    probe_clips: int = 512  # held-out clips whose history features are probed
+    proxy_classifier_steps: int | None = None  # proxy-FD classifier's training steps; None: its own default
+    proxy_classifier_width: int | None = None  # its width; None: its own default
     probe_c: float | None = None  # inverse L2 strength of the probe; None sweeps mimo.metrics.probe.DEFAULT_C_GRID
     seed: int = 0  # noise of the evaluation samples
 
@@ -605,7 +606,7 @@ def load_convergence_config(path: str | Path, overrides: Sequence[str] = ()) -> 
             raise ConfigError(f"unknown key 'benchmark.{key}' in {path}; valid keys: {', '.join(sorted(known))}")
     settings = ConvergenceSettings(**section)
     for key in ("eval_every", "proxy_classifier_steps", "proxy_classifier_width"):
-        if getattr(settings, key) < 1:
+        if getattr(settings, key) is not None and getattr(settings, key) < 1:
             raise ConfigError(f"benchmark.{key} must be at least 1, got {getattr(settings, key)}")
     if settings.eval_clips < 2 or settings.probe_clips < 10:
         raise ConfigError("benchmark.eval_clips must be at least 2 and benchmark.probe_clips at least 10")
@@ -631,20 +632,27 @@ def evaluation_steps(total_steps: int, every: int) -> list[int]:
 def steps_to_reach(
     steps: Sequence[int], values: Sequence[float], target: float, higher_is_better: bool
 ) -> float | None:
-    """The first step at which a curve reaches `target`, linearly interpolated between evaluations; None if never."""
-    previous: tuple[int, float] | None = None
-    for step, value in zip(steps, values, strict=True):
-        if (value >= target) if higher_is_better else (value <= target):
-            if previous is None:
-                return float(step)
-            before_step, before_value = previous
-            return before_step + (step - before_step) * (target - before_value) / (value - before_value)
-        previous = (step, value)
-    return None
+    """The step from which a curve reaches `target` and stays there to the end; None if its last value misses it.
+
+    Early evaluations of a barely trained model can be briefly good by accident (a blurry frame near
+    the context), so the crossing is the last one: linearly interpolated between the last evaluation
+    that misses the target and the next; the first step when none misses it.
+    """
+    reached = [(value >= target) if higher_is_better else (value <= target) for value in values]
+    if not reached or not reached[-1]:
+        return None
+    misses = [index for index, ok in enumerate(reached) if not ok]
+    if not misses:
+        return float(steps[0])
+    last_miss = misses[-1]
+    before_step, before_value = steps[last_miss], values[last_miss]
+    step, value = steps[last_miss + 1], values[last_miss + 1]
+    return before_step + (step - before_step) * (target - before_value) / (value - before_value)
 
 
 def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Per metric: the baseline's final value, the steps MiMo needs to reach it, and baseline steps / MiMo steps.
+    """Per metric: the baseline's final value, the steps MiMo needs to reach it (and stay), and the speed-up
+    baseline steps / MiMo steps.
 
     Only MiMo evaluations within the baseline's budget so far count, so a partial run compares like with like.
     """
@@ -670,44 +678,27 @@ def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> 
     return summary
 
 
-@torch.no_grad()
-def history_features(model: FrameCausalDiT, videos: torch.Tensor, layer: int, batch_size: int = 64) -> torch.Tensor:
-    """Clip features (B, D): clean-history tokens at backbone `layer`, averaged over positions and frames.
-
-    The clips run as clean history; one dummy noisy frame completes the sequence, and since clean
-    tokens never attend to noisy ones it changes nothing (METHOD.md: history features are deterministic).
-    """
-    device = model.patch_embed.weight.device
-    chunks = []
-    for clips in videos.split(batch_size):
-        clips = clips.to(device)
-        batch = clips.shape[0]
-        labels = torch.full((batch,), model.null_class, device=device) if model.num_classes else None
-        out = model(clips[:, -1:], torch.zeros(batch, 1, device=device), labels, clean=clips, return_layers=(layer,))
-        chunks.append(out.clean_hidden[layer].mean(dim=(1, 2)).float().cpu())
-    return torch.cat(chunks)
-
-
 def proxy_classifier_config(config: Config, settings: ConvergenceSettings) -> ProxyClassifierConfig:
-    """The proxy-FD classifier for clips of this config: proxy FDs compare only under the same classifier."""
+    """The project's proxy-FD classifier for this frame size, as `mimo eval` uses it (any clip length).
+
+    Proxy FDs compare only under the same classifier, so its cache key is part of the fingerprint.
+    """
+    chosen = {"steps": settings.proxy_classifier_steps, "width": settings.proxy_classifier_width}
     return ProxyClassifierConfig(
-        frame_size=config.data.frame_size,
-        num_frames=config.data.num_frames,
-        steps=settings.proxy_classifier_steps,
-        width=settings.proxy_classifier_width,
+        frame_size=config.data.frame_size, **{key: value for key, value in chosen.items() if value is not None}
     )
 
 
 class ConvergenceEvaluator:
-    """Held-out clips, the proxy classifier and the real clips' feature statistics, prepared once."""
+    """Held-out clips, the proxy classifier and the real clips' feature statistics, prepared once.
+
+    Clips, sampling and history features are those of `mimo eval` / `mimo probe` (mimo.evaluate).
+    """
 
     def __init__(self, config: Config, settings: ConvergenceSettings, device: torch.device):
         self.settings = settings
         self.device = device
-        count = max(settings.eval_clips, settings.probe_clips)
-        dataset = build_dataset(config.data, "eval", num_clips=count)
-        items = [dataset[i] for i in range(count)]
-        self.clips = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        self.clips = load_clips(config, max(settings.eval_clips, settings.probe_clips))
         proxy = proxy_classifier_config(config, settings)
         self.classifier = load_proxy_classifier(proxy, device=device, progress=False)
         real = self.clips["video"][: settings.eval_clips]
@@ -717,18 +708,17 @@ class ConvergenceEvaluator:
     def __call__(self, model: FrameCausalDiT, config: Config) -> dict[str, float]:
         n, k = self.settings.eval_clips, config.context_frames
         clips = {key: value[:n] for key, value in self.clips.items()}
-        generator = torch.Generator().manual_seed(self.settings.seed)
-        samples = sample_for_task(model, config, clips["video"], clips["label"], generator).cpu()
+        samples = generate(model, config, clips, self.settings.seed)
         trajectory = trajectory_error(samples[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
         # eigh: exact for the rank-deficient covariances of a few hundred clips
         fd = proxy_frechet_distance(
             self.real_statistics, samples, self.classifier, device=self.device, method="eigh", progress=False
         )
         probe_clips = self.clips["video"][: self.settings.probe_clips]
-        features = history_features(model, probe_clips, self.layer)
+        per_frame = history_features(model, probe_clips, config.eval.batch_size)[self.layer]  # (N, T, D)
         labels = self.clips["label"][: self.settings.probe_clips]
         c = DEFAULT_C_GRID if self.settings.probe_c is None else self.settings.probe_c
-        probe = linear_probe(features, labels, c=c, seed=self.settings.seed)
+        probe = linear_probe(per_frame.mean(dim=1), labels, c=c, seed=self.settings.seed)
         return {
             "trajectory_error": round(trajectory.mean_error, 4),
             "trajectory_miss_rate": round(trajectory.miss_rate, 4),
@@ -808,6 +798,8 @@ def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any
     evaluate = ConvergenceEvaluator(config, settings, device)
     settings_json["proxy_classifier_accuracy"] = round(evaluate.classifier.validation_accuracy, 4)
     for step in evaluation_steps(config.train.steps, settings.eval_every):
+        if all(str(step) in evaluations[arm] for arm in arms):
+            continue
         for arm, arm_config in arms.items():
             if str(step) in evaluations[arm]:
                 continue
@@ -866,7 +858,7 @@ def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: 
         ax.set_xlabel("training step")
         ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.9, wspace=0.3)  # tight_layout costs ~1 s a call
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -900,18 +892,18 @@ def _gflop(flops: float) -> str:
 def _step_section(payload: dict[str, Any]) -> list[str]:
     s, results = payload["settings"], payload["results"]
     lines = [
-        f"{_model_line(s)}, {s['num_frames']} frames ({s['context_frames']} given); {s['rounds']} interleaved rounds.",
+        f"{_model_line(s)}, {s['num_frames']} frames ({s['context_frames']} given); {s['rounds']} interleaved rounds; "
+        "ratios are medians of per-round ratios.",
         "",
-        "| arm | tokens / clip | GFLOP / step | median step (s) | time vs baseline (wall) | (CPU time) "
+        "| arm | tokens / clip | GFLOP / step | median step, wall / CPU (s) | time vs baseline (wall) | (CPU time) "
         "| FLOPs vs baseline |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         ratios = (r["wall_ratio_to_baseline"], r["cpu_ratio_to_baseline"], r["flop_ratio_to_baseline"])
         lines.append(
-            f"| {name} | {r['tokens_per_clip']} | {_gflop(r['flops_per_step'])} | {r['median_wall_s']:.3f} | "
-            + " | ".join(f"{x:.3f}" for x in ratios)
-            + " |"
+            f"| {name} | {r['tokens_per_clip']} | {_gflop(r['flops_per_step'])} "
+            f"| {r['median_wall_s']:.3f} / {r['median_cpu_s']:.3f} | " + " | ".join(f"{x:.3f}" for x in ratios) + " |"
         )
     return lines
 

@@ -138,6 +138,7 @@ class TrainConfig:
     sample_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    max_seconds: float | None = None  # stop (with a checkpoint) after this much training time; None: no limit
     on_nonfinite: str = "stop"  # or "skip" the step
     tensorboard: bool = True
 
@@ -361,6 +362,7 @@ def validate(config: Config) -> None:
     _check(t.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "choose 'stop' or 'skip'")
     for key in ("log_every", "sample_every", "checkpoint_every"):
         _check(getattr(t, key) >= 0, f"train.{key}", "must be 0 (off) or positive")
+    _check(t.max_seconds is None or t.max_seconds > 0, "train.max_seconds", "must be positive (or null for no limit)")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
     _check(
         config.diffusion.timestep_sampling in TIMESTEP_SAMPLING,

@@ -87,6 +87,9 @@ def run_demo(
         )
 
     result = train(config)
+    if result.interrupted:
+        print(f"training was interrupted at step {result.step}; run the demo again to resume and finish it")
+        return None
     model, config = load_trained_model(out_dir)
     length, long_length = config.data.num_frames, 2 * config.data.num_frames
     clips = _held_out(config, long_length)

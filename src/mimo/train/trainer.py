@@ -278,6 +278,11 @@ class Trainer:
         self.ema.update(self.backbone, self.step)
         return dict(totals, grad_norm=grad_norm)
 
+    def _out_of_time(self, started: float) -> bool:
+        """train.max_seconds spent (decided on rank 0's clock, so every rank stops at the same step)."""
+        limit = self.config.train.max_seconds
+        return limit is not None and any_rank(self.dist.is_main and time.perf_counter() - started > limit)
+
     def end_of_epoch(self) -> None:
         """Report videos that failed to decode this far (a dataset of files has `failures`), and stop
         when too many did: the run never trains on silently empty data."""
@@ -301,7 +306,10 @@ class Trainer:
         bar = tqdm(total=train.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
         tick = time.perf_counter()
         try:
+            first_step = self.step
             while self.step < train.steps and not self.stop_requested:
+                if self.step > first_step and self._out_of_time(started):
+                    break
                 losses = self.train_step(batches)
                 self.step += 1
                 self.clips_seen += self.global_batch
