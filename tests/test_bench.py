@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from mimo.bench import counted_flops, run_benchmark, steps_to_reach, training_step_flops
+from mimo.bench import convergence_summary, counted_flops, run_benchmark, steps_to_reach, training_step_flops
 from mimo.config import ConfigError
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
@@ -107,7 +107,8 @@ def test_convergence_benchmark_resumes_and_extends_its_budget(tmp_path, monkeypa
         assert (tmp_path / "runs" / "convergence-cpu-tiny" / arm / "checkpoints" / "step_00000004").is_dir()
     for row in second["summary"].values():
         if row["speedup"] is not None:
-            assert row["speedup"] == pytest.approx(row["baseline_final_step"] / row["mimo_steps_to_reach"], abs=0.01)
+            ratio = row["baseline_steps_to_reach"] / row["mimo_steps_to_reach"]
+            assert row["speedup"] == pytest.approx(ratio, abs=0.01)
     assert (tmp_path / "convergence-cpu-tiny.png").is_file()
     with pytest.raises(ConfigError, match="another configuration"):
         run_benchmark("convergence", ["--tiny", "--out", str(tmp_path), *runs, "--set", "train.lr=0.001"])
@@ -125,3 +126,17 @@ def test_steps_to_reach_interpolates_the_last_crossing():
     dipping = [5.0, 9.0, 8.0, 4.0]
     assert steps_to_reach(steps, dipping, 6.0, higher_is_better=False) == pytest.approx(350.0)
     assert steps_to_reach(steps, [5.0, 4.0, 9.0, 9.0], 6.0, higher_is_better=False) is None
+
+
+def test_speedup_does_not_credit_mimo_for_a_baseline_that_got_worse():
+    def curve(values):
+        return {str(step): {"trajectory_error": v, "proxy_fd": v, "probe_accuracy": -v} for step, v in values.items()}
+
+    # The baseline reached 6 by step 180 (interpolated) and ended there; MiMo reaches 6 only at step 250.
+    baseline = curve({100: 10.0, 200: 5.0, 300: 6.0})
+    mimo = curve({100: 9.0, 200: 7.0, 300: 5.0})
+    row = convergence_summary({"baseline": baseline, "mimo": mimo})["trajectory_error"]
+    assert row["baseline_steps_to_reach"] == pytest.approx(180.0)
+    assert row["mimo_steps_to_reach"] == pytest.approx(250.0)
+    assert row["speedup"] == pytest.approx(180 / 250, abs=0.01)
+    assert not row["speedup_is_lower_bound"] and not row["speedup_is_upper_bound"]

@@ -651,29 +651,38 @@ def steps_to_reach(
 
 
 def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Per metric: the baseline's final value, the steps MiMo needs to reach it (and stay), and the speed-up
-    baseline steps / MiMo steps.
+    """Per metric: the baseline's final value, the steps each arm needs to reach it (and stay), and their ratio.
 
-    Only MiMo evaluations within the baseline's budget so far count, so a partial run compares like with like.
+    The speed-up is baseline steps / MiMo steps to the same target under the same rule. On a steadily
+    improving baseline that is the paper's budget / MiMo steps; on a noisy one it does not credit MiMo
+    for a baseline that was better before its last evaluation. Only MiMo evaluations within the
+    baseline's budget so far count, so a partial run compares like with like.
     """
     baseline = {int(s): v for s, v in evaluations.get("baseline", {}).items()}
     mimo = {int(s): v for s, v in evaluations.get("mimo", {}).items()}
     if not baseline or not mimo:
         return {}
     final_step = max(baseline)
+    baseline_steps = sorted(baseline)
     mimo_steps = sorted(s for s in mimo if s <= final_step)
     summary = {}
     for metric, higher in HIGHER_IS_BETTER.items():
         target = baseline[final_step][metric]
+        base = steps_to_reach(baseline_steps, [baseline[s][metric] for s in baseline_steps], target, higher)
         reached = steps_to_reach(mimo_steps, [mimo[s][metric] for s in mimo_steps], target, higher)
+        # reached at an arm's first evaluation: its true crossing may be earlier
+        lower_bound = reached == mimo_steps[0]
+        upper_bound = base == baseline_steps[0]
+        known = reached is not None and not (lower_bound and upper_bound)
         summary[metric] = {
             "baseline_final": target,
             "baseline_final_step": final_step,
+            "baseline_steps_to_reach": round(base, 1),
             "mimo_at_same_step": mimo[final_step][metric] if final_step in mimo else None,
             "mimo_steps_to_reach": None if reached is None else round(reached, 1),
-            "speedup": None if reached is None else round(final_step / reached, 2),
-            # reached at MiMo's first evaluation: the crossing may be earlier, the speed-up larger
-            "speedup_is_lower_bound": reached is not None and reached == mimo_steps[0],
+            "speedup": round(base / reached, 2) if known else None,
+            "speedup_is_lower_bound": known and lower_bound,
+            "speedup_is_upper_bound": known and upper_bound,
         }
     return summary
 
@@ -832,7 +841,8 @@ def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any
 
 
 def _speedup_text(row: dict[str, Any]) -> str:
-    return ("≥ " if row["speedup_is_lower_bound"] else "") + f"×{row['speedup']}"
+    bound = "≥ " if row["speedup_is_lower_bound"] else "≤ " if row["speedup_is_upper_bound"] else ""
+    return f"{bound}×{row['speedup']}"
 
 
 def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
@@ -843,18 +853,21 @@ def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: 
     import matplotlib.pyplot as plt
 
     summary = convergence_summary(evaluations)
+    colors = {"baseline": "tab:blue", "mimo": "tab:orange"}
     fig, axes = plt.subplots(1, len(HIGHER_IS_BETTER), figsize=(5 * len(HIGHER_IS_BETTER), 3.6), dpi=110)
     for ax, metric in zip(axes, HIGHER_IS_BETTER, strict=True):
         for arm, style in (("baseline", "o-"), ("mimo", "s-")):
             points = sorted((int(s), v[metric]) for s, v in evaluations.get(arm, {}).items())
             if points:
-                ax.plot(*zip(*points, strict=True), style, label=arm, markersize=3)
+                ax.plot(*zip(*points, strict=True), style, label=arm, markersize=3, color=colors[arm])
         if metric in summary:
             ax.axhline(summary[metric]["baseline_final"], color="grey", linestyle="--", linewidth=0.8)
-            reached = summary[metric]["mimo_steps_to_reach"]
-            if reached is not None:
-                ax.axvline(reached, color="grey", linestyle=":", linewidth=0.8)
-                ax.set_title(f"MiMo {_speedup_text(summary[metric])} faster", fontsize=9)
+            row = summary[metric]
+            for arm, reached in (("baseline", row["baseline_steps_to_reach"]), ("mimo", row["mimo_steps_to_reach"])):
+                if reached is not None:
+                    ax.axvline(reached, color=colors[arm], linestyle=":", linewidth=0.9)
+            speed = "not reached" if row["speedup"] is None else f"speed-up {_speedup_text(row)}"
+            ax.set_title(f"MiMo vs the baseline's final value: {speed}", fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
         ax.legend(fontsize=8)
@@ -873,7 +886,8 @@ def _machine_line(payload: dict[str, Any]) -> str:
         f"**shared machine** (the process got {m['cpu_share']:.0%} of its threads' time; load "
         f"{m['load_average_at_start'][0]} → {m['load_average_at_end'][0]})"
         if m.get("shared_machine")
-        else f"machine not shared (CPU share {m.get('cpu_share', float('nan')):.0%})"
+        else f"the process got {m['cpu_share']:.0%} of its threads' time; load {m['load_average_at_start'][0]} → "
+        f"{m['load_average_at_end'][0]}"
     )
     return f"_{device}; torch {m['torch']}; {m['date']}; {shared}._"
 
@@ -983,8 +997,11 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
         + ", ".join(f"{arm} {n}/{planned}" for arm, n in done.items())
         + ".",
         "",
-        "| metric | baseline final (step) | MiMo at that step | MiMo steps to reach it | speed-up |",
-        "|---|---|---|---|---|",
+        "Speed-up: steps the baseline needs to reach (and stay at) its own final value over the steps MiMo needs; "
+        "a dotted line in the figure marks each arm's crossing.",
+        "",
+        "| metric | baseline final (step) | MiMo at that step | baseline steps to reach it | MiMo steps | speed-up |",
+        "|---|---|---|---|---|---|",
     ]
     for metric, r in convergence_summary(results["evaluations"]).items():
         at_step = "–" if r["mimo_at_same_step"] is None else f"{r['mimo_at_same_step']:.3f}"
@@ -992,8 +1009,16 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
         speedup = "–" if r["speedup"] is None else _speedup_text(r)
         lines.append(
             f"| {METRIC_LABELS[metric]} | {r['baseline_final']:.3f} ({r['baseline_final_step']}) | {at_step} "
-            f"| {reach} | {speedup} |"
+            f"| {r['baseline_steps_to_reach']:.0f} | {reach} | {speedup} |"
         )
+    finals = {arm: v[max(v, key=int)] for arm, v in results["evaluations"].items() if v}
+    if finals:
+        lines += [
+            "",
+            "Objects lost in the samples at the last evaluation (trajectory miss rate): "
+            + ", ".join(f"{arm} {final['trajectory_miss_rate']:.0%}" for arm, final in finals.items())
+            + ".",
+        ]
     return [*lines, "", f"![convergence curves]({image})"]
 
 

@@ -107,9 +107,9 @@ def _weights_fetch(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from mimo.bench import run_benchmark
+    from mimo.bench import main as bench_main
 
-    run_benchmark(args.name, args.overrides)
+    bench_main(args.name, args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
