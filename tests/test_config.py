@@ -28,6 +28,8 @@ REJECTED = {
     "unknown targets": (["mimo.targets=previous"], "mimo.targets"),
     "unknown clean conditioning": (["model.clean_conditioning=film"], "model.clean_conditioning"),
     "heads not dividing the width": (["model.width=100", "model.heads=3"], "model.width"),
+    "no objects": (["data.max_objects=0"], "data.max_objects"),
+    "more objects than colours": (["data.max_objects=9"], "data.max_objects"),
     "unknown key": (["model.dropout=0.1"], "model.dropout"),
     "unknown section": (["optimizer.lr=0.1"], "optimizer"),
 }

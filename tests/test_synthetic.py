@@ -120,3 +120,13 @@ def test_bouncing_objects_are_drawn_entirely_inside_the_frame(kind):
         if checked == KIND_SAMPLE:
             break
     assert checked == KIND_SAMPLE
+
+
+def test_the_configured_object_count_reaches_the_dataset():
+    from mimo.config import load_config
+    from mimo.data import build_dataset
+
+    for most in (1, 5):
+        dataset = build_dataset(load_config(None, [f"data.max_objects={most}", "data.num_clips=40"]).data)
+        counts = {int(dataset[index]["valid"].sum()) for index in range(len(dataset))}
+        assert max(counts) == most and min(counts) == 1

@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
 from mimo.data import build_dataset
 from mimo.diffusion.sampler import sample_video
-from mimo.evaluate import generate, history_features, load_clips
+from mimo.evaluate import generate, history_features, load_clips, proxy_config
 from mimo.metrics.fvd import extract_feature_statistics
 from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
@@ -411,8 +411,8 @@ def bench_step(args: argparse.Namespace) -> dict[str, Any]:
             "mimo_weight": configs[name].mimo.weight,
             "tokens_per_clip": flops["tokens_per_clip"],
             "flops_per_step": flops["total"],
-            "wall_s": [round(x, 4) for x in wall[name]],
-            "cpu_s": [round(x, 4) for x in cpu[name]],
+            "wall_s": [_significant(x, 6) for x in wall[name]],  # the ratios can be recomputed from these
+            "cpu_s": [_significant(x, 6) for x in cpu[name]],
             "median_wall_s": _median(wall[name]),
             "median_cpu_s": _median(cpu[name]),
             "wall_ratio_to_baseline": round(wall_ratio, 3),
@@ -693,9 +693,7 @@ def proxy_classifier_config(config: Config, settings: ConvergenceSettings) -> Pr
     Proxy FDs compare only under the same classifier, so its cache key is part of the fingerprint.
     """
     chosen = {"steps": settings.proxy_classifier_steps, "width": settings.proxy_classifier_width}
-    return ProxyClassifierConfig(
-        frame_size=config.data.frame_size, **{key: value for key, value in chosen.items() if value is not None}
-    )
+    return proxy_config(config, **{key: value for key, value in chosen.items() if value is not None})
 
 
 class ConvergenceEvaluator:

@@ -27,6 +27,7 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 TASKS = ("unconditional", "class_conditional", "prediction")
 # video_folder: any folder of videos (unlabelled); class_folders: one sub-folder per class
 DATASETS = ("synthetic", "video_folder", "class_folders", "ucf101", "kinetics600", "latents")
+MAX_SYNTHETIC_OBJECTS = 8  # the palette of mimo.data.synthetic: every object of a clip has its own colour
 CLEAN_CONDITIONING = ("independent_ln", "clean_timestep")
 MIMO_TARGETS = ("current", "next", "current+next")
 MASK_LOSS_ON = ("dropped", "all")
@@ -67,6 +68,7 @@ class DataConfig:
     num_frames: int = 8  # clip length T seen in training
     num_classes: int = 8  # the synthetic dataset has 8; set to 101 for UCF-101, 600 for Kinetics
     num_clips: int = 8192  # size of the synthetic dataset
+    max_objects: int = 3  # synthetic: objects per clip, 1 to this many (the demo uses fewer)
     frame_stride: int = 1
     seed: int = 0
     num_workers: int = 0
@@ -333,6 +335,7 @@ def validate(config: Config) -> None:
     _check(d.num_frames >= 2, "data.num_frames", f"a clip needs at least 2 frames, got {d.num_frames}")
     _check(d.frame_size >= 1 and d.channels >= 1, "data.frame_size/channels", "must be positive")
     _check(d.num_clips >= 1, "data.num_clips", "must be positive")
+    _check(1 <= d.max_objects <= MAX_SYNTHETIC_OBJECTS, "data.max_objects", f"choose 1 to {MAX_SYNTHETIC_OBJECTS}")
     _check(d.frame_stride >= 1, "data.frame_stride", "must be at least 1")
     _check(d.num_workers >= 0, "data.num_workers", "must be 0 or more")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")

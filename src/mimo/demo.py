@@ -67,7 +67,7 @@ def _evaluate(model, config: Config, clips: dict[str, torch.Tensor], num_frames:
 
 
 def _held_out(config: Config, num_frames: int) -> dict[str, torch.Tensor]:
-    dataset = MovingShapes(EVAL_CLIPS, config.data.frame_size, num_frames, seed=EVAL_SEED)
+    dataset = MovingShapes(EVAL_CLIPS, config.data.frame_size, num_frames, EVAL_SEED, config.data.max_objects)
     items = [dataset[i] for i in range(EVAL_CLIPS)]
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 

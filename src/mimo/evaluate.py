@@ -106,7 +106,7 @@ def evaluate_run(
     real = to_pixels(clips["video"], config.data, config.eval.batch_size)
     k = config.context_frames
     extractor = load_i3d(config.eval.i3d_path, device=device) if "fvd" in metrics else None
-    proxy = load_proxy_classifier(_proxy_config(config), device=device) if "proxy_fd" in metrics else None
+    proxy = load_proxy_classifier(proxy_config(config), device=device) if "proxy_fd" in metrics else None
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
     for seed in config.eval.seed_list():
@@ -151,9 +151,10 @@ def evaluate_run(
     return results
 
 
-def _proxy_config(config: Config) -> ProxyClassifierConfig:
-    """The cached proxy classifier for this frame size (trained once on 16-frame clips; any length works)."""
-    return ProxyClassifierConfig(frame_size=config.data.frame_size)
+def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
+    """The cached proxy classifier for this frame size and object count (trained once on 16-frame clips; any
+    length works); `settings` override its training (steps, width)."""
+    return ProxyClassifierConfig(frame_size=config.data.frame_size, max_objects=config.data.max_objects, **settings)
 
 
 @torch.no_grad()
@@ -229,7 +230,7 @@ def _reference_features(
         features = history_features(other, clips["video"], other_config.eval.batch_size)
         return features[other.depth].mean(dim=1), f"run {reference} (layer {other.depth})"
     if config.data.dataset == "synthetic":
-        proxy = load_proxy_classifier(_proxy_config(config), device=device)
+        proxy = load_proxy_classifier(proxy_config(config), device=device)
         with torch.no_grad():
             parts = [proxy.features(chunk.to(device)).cpu() for chunk in clips["video"].split(config.eval.batch_size)]
         return torch.cat(parts), "proxy video classifier"

@@ -44,7 +44,9 @@ def build_dataset(
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if config.dataset == "synthetic":
         seed = config.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
-        return MovingShapes(num_clips or config.num_clips, config.frame_size, config.num_frames, seed)
+        return MovingShapes(
+            num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects
+        )
     if config.dataset == "latents":
         from mimo.data.latents import LatentDataset
 
