@@ -140,3 +140,20 @@ def test_speedup_does_not_credit_mimo_for_a_baseline_that_got_worse():
     assert row["mimo_steps_to_reach"] == pytest.approx(250.0)
     assert row["speedup"] == pytest.approx(180 / 250, abs=0.01)
     assert not row["speedup_is_lower_bound"] and not row["speedup_is_upper_bound"]
+
+
+def test_a_mimo_that_never_catches_up_is_measured_against_the_baseline_at_its_own_final_value():
+    def curve(values):
+        return {str(step): {"trajectory_error": v, "proxy_fd": v, "probe_accuracy": -v} for step, v in values.items()}
+
+    # MiMo ends at 7, which the baseline reached at step 250 (interpolated): MiMo is 250 / 400 as fast.
+    baseline = curve({100: 10.0, 200: 8.0, 300: 6.0, 400: 4.0})
+    mimo = curve({100: 10.0, 200: 9.0, 300: 8.0, 400: 7.0})
+    row = convergence_summary({"baseline": baseline, "mimo": mimo})["trajectory_error"]
+    assert row["mimo_steps_to_reach"] is None
+    assert row["baseline_steps_to_mimo_final"] == pytest.approx(250.0)
+    assert row["speedup"] == pytest.approx(250 / 400, abs=0.01)
+    assert not row["speedup_is_lower_bound"] and not row["speedup_is_upper_bound"]
+    # a baseline already better than MiMo's final value at its first evaluation: only an upper bound
+    early = convergence_summary({"baseline": curve({100: 6.0, 200: 4.0}), "mimo": curve({100: 9.0, 200: 7.0})})
+    assert early["trajectory_error"]["speedup_is_upper_bound"]

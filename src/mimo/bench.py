@@ -650,13 +650,19 @@ def steps_to_reach(
     return before_step + (step - before_step) * (target - before_value) / (value - before_value)
 
 
+def _rounded(steps: float | None) -> float | None:
+    return None if steps is None else round(steps, 1)
+
+
 def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
     """Per metric: the baseline's final value, the steps each arm needs to reach it (and stay), and their ratio.
 
     The speed-up is baseline steps / MiMo steps to the same target under the same rule. On a steadily
     improving baseline that is the paper's budget / MiMo steps; on a noisy one it does not credit MiMo
     for a baseline that was better before its last evaluation. Only MiMo evaluations within the
-    baseline's budget so far count, so a partial run compares like with like.
+    baseline's budget so far count, so a partial run compares like with like. When MiMo never reaches
+    the baseline's final value, the roles swap: the steps the baseline needs to reach MiMo's value at the
+    same budget, over that budget (a factor below 1: MiMo is that much slower).
     """
     baseline = {int(s): v for s, v in evaluations.get("baseline", {}).items()}
     mimo = {int(s): v for s, v in evaluations.get("mimo", {}).items()}
@@ -668,19 +674,31 @@ def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> 
     summary = {}
     for metric, higher in HIGHER_IS_BETTER.items():
         target = baseline[final_step][metric]
-        base = steps_to_reach(baseline_steps, [baseline[s][metric] for s in baseline_steps], target, higher)
+        baseline_curve = [baseline[s][metric] for s in baseline_steps]
+        base = steps_to_reach(baseline_steps, baseline_curve, target, higher)
         reached = steps_to_reach(mimo_steps, [mimo[s][metric] for s in mimo_steps], target, higher)
         # reached at an arm's first evaluation: its true crossing may be earlier
         lower_bound = reached == mimo_steps[0]
         upper_bound = base == baseline_steps[0]
         known = reached is not None and not (lower_bound and upper_bound)
+        speedup = round(base / reached, 2) if known else None
+        mimo_final = mimo[final_step][metric] if final_step in mimo else None
+        baseline_to_mimo_final = None
+        if reached is None and mimo_final is not None:
+            baseline_to_mimo_final = steps_to_reach(baseline_steps, baseline_curve, mimo_final, higher)
+            # the baseline was already there at its first evaluation: MiMo is at most this fast
+            upper_bound = baseline_to_mimo_final == baseline_steps[0]
+            known = baseline_to_mimo_final is not None
+            speedup = round(baseline_to_mimo_final / final_step, 2) if known else None
+            lower_bound = False
         summary[metric] = {
             "baseline_final": target,
             "baseline_final_step": final_step,
             "baseline_steps_to_reach": round(base, 1),
-            "mimo_at_same_step": mimo[final_step][metric] if final_step in mimo else None,
-            "mimo_steps_to_reach": None if reached is None else round(reached, 1),
-            "speedup": round(base / reached, 2) if known else None,
+            "mimo_at_same_step": mimo_final,
+            "mimo_steps_to_reach": _rounded(reached),
+            "baseline_steps_to_mimo_final": _rounded(baseline_to_mimo_final),
+            "speedup": speedup,
             "speedup_is_lower_bound": known and lower_bound,
             "speedup_is_upper_bound": known and upper_bound,
         }
@@ -834,7 +852,8 @@ def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any
             }
             print(f"[convergence] {arm} step {step}: " + json.dumps(evaluations[arm][str(step)]), flush=True)
             publish(payload())
-        plot_convergence(evaluations, args.results_dir / f"{args.result_name}.png")
+            plot_convergence(evaluations, args.results_dir / f"{args.result_name}.png")
+    plot_convergence(evaluations, args.results_dir / f"{args.result_name}.png")  # also when nothing was left to do
     return payload()
 
 
@@ -864,8 +883,13 @@ def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: 
             for arm, reached in (("baseline", row["baseline_steps_to_reach"]), ("mimo", row["mimo_steps_to_reach"])):
                 if reached is not None:
                     ax.axvline(reached, color=colors[arm], linestyle=":", linewidth=0.9)
-            speed = "not reached" if row["speedup"] is None else f"speed-up {_speedup_text(row)}"
+            if row["baseline_steps_to_mimo_final"] is not None:  # MiMo fell short: where the baseline was as good
+                ax.axhline(row["mimo_at_same_step"], color=colors["mimo"], linestyle="--", linewidth=0.8)
+                ax.axvline(row["baseline_steps_to_mimo_final"], color=colors["baseline"], linestyle=":", linewidth=0.9)
+            speed = "–" if row["speedup"] is None else f"speed-up {_speedup_text(row)}"
             ax.set_title(f"MiMo vs the baseline's final value: {speed}", fontsize=9)
+        if metric == "proxy_fd":
+            ax.set_yscale("log")  # it falls by orders of magnitude early, then the arms differ by a few units
         ax.set_xlabel("training step")
         ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
         ax.legend(fontsize=8)
@@ -996,14 +1020,17 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
         + ".",
         "",
         "Speed-up: steps the baseline needs to reach (and stay at) its own final value over the steps MiMo needs; "
-        "a dotted line in the figure marks each arm's crossing.",
+        "a dotted line in the figure marks each arm's crossing. Where MiMo never reaches it, the steps the baseline "
+        "needs to reach MiMo's final value over the budget (below 1: MiMo is slower).",
         "",
         "| metric | baseline final (step) | MiMo at that step | baseline steps to reach it | MiMo steps | speed-up |",
         "|---|---|---|---|---|---|",
     ]
     for metric, r in convergence_summary(results["evaluations"]).items():
         at_step = "–" if r["mimo_at_same_step"] is None else f"{r['mimo_at_same_step']:.3f}"
-        reach = "not reached" if r["mimo_steps_to_reach"] is None else f"{r['mimo_steps_to_reach']:.0f}"
+        reach = f"{r['mimo_steps_to_reach']:.0f}" if r["mimo_steps_to_reach"] is not None else "not reached"
+        if r["baseline_steps_to_mimo_final"] is not None:
+            reach += f" (the baseline reached MiMo's final value at step {r['baseline_steps_to_mimo_final']:.0f})"
         speedup = "–" if r["speedup"] is None else _speedup_text(r)
         lines.append(
             f"| {METRIC_LABELS[metric]} | {r['baseline_final']:.3f} ({r['baseline_final_step']}) | {at_step} "

@@ -41,6 +41,7 @@ class DemoReport:
     trajectory_error_px: float
     trajectory_error_copy_last_px: float
     trajectory_miss_rate: float
+    teacher_forced_trajectory_error_px: float
     long_trajectory_error_px: float
     long_trajectory_error_copy_last_px: float
     psnr_db: float
@@ -48,7 +49,9 @@ class DemoReport:
     files: dict[str, str]
 
 
-def _evaluate(model, config: Config, clips: dict[str, torch.Tensor], num_frames: int) -> tuple[torch.Tensor, float]:
+def autoregressive(
+    model, config: Config, clips: dict[str, torch.Tensor], num_frames: int, progress: bool = True
+) -> tuple[torch.Tensor, float]:
     """Continue the clips' context frames to `num_frames`; returns samples and seconds per generated frame."""
     context = clips["video"][:, : config.context_frames]
     started = time.perf_counter()
@@ -60,16 +63,43 @@ def _evaluate(model, config: Config, clips: dict[str, torch.Tensor], num_frames:
         solver=config.sample.solver,
         window=config.data.num_frames - 1,
         generator=torch.Generator().manual_seed(0),
-        progress=True,
+        progress=progress,
     )
     generated = (num_frames - config.context_frames) * context.shape[0]
     return samples, (time.perf_counter() - started) / generated
 
 
-def _held_out(config: Config, num_frames: int) -> dict[str, torch.Tensor]:
-    dataset = MovingShapes(EVAL_CLIPS, config.data.frame_size, num_frames, EVAL_SEED, config.data.max_objects)
-    items = [dataset[i] for i in range(EVAL_CLIPS)]
+def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
+    """Frames k.. of `video` each sampled from the *true* frames before it: what the model learned of the
+    motion, without the compounding of its own errors that autoregressive sampling adds."""
+    k = config.context_frames
+    generated = [
+        sample_video(
+            model,
+            t + 1,
+            context=video[:, :t],
+            steps=config.sample.steps,
+            solver=config.sample.solver,
+            window=config.data.num_frames - 1,
+            generator=torch.Generator().manual_seed(0),
+        )[:, -1:]
+        for t in range(k, video.shape[1])
+    ]
+    return torch.cat([video[:, :k], *generated], dim=1)
+
+
+def held_out_clips(config: Config, num_frames: int, count: int = EVAL_CLIPS) -> dict[str, torch.Tensor]:
+    """Built-in clips of a seed no training clip uses, stacked: video, positions, colors, valid, label."""
+    dataset = MovingShapes(count, config.data.frame_size, num_frames, EVAL_SEED, config.data.max_objects)
+    items = [dataset[i] for i in range(count)]
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def copy_last_frame(video: torch.Tensor, context_frames: int) -> torch.Tensor:
+    """The trivial predictor: the context frames, then the last of them repeated to the clip's length."""
+    copied = video[:, context_frames - 1 : context_frames].expand_as(video).clone()
+    copied[:, :context_frames] = video[:, :context_frames]
+    return copied
 
 
 def run_demo(
@@ -92,13 +122,13 @@ def run_demo(
         return None
     model, config = load_trained_model(out_dir)
     length, long_length = config.data.num_frames, 2 * config.data.num_frames
-    clips = _held_out(config, long_length)
+    clips = held_out_clips(config, long_length)
     k = config.context_frames
 
-    samples, seconds_per_frame = _evaluate(model, config, clips, length)
-    long_samples, _ = _evaluate(model, config, clips, long_length)
-    copy_last = clips["video"][:, k - 1 : k].expand(-1, long_length, -1, -1, -1).clone()
-    copy_last[:, :k] = clips["video"][:, :k]
+    samples, seconds_per_frame = autoregressive(model, config, clips, length)
+    long_samples, _ = autoregressive(model, config, clips, long_length)
+    copy_last = copy_last_frame(clips["video"], k)
+    forced = teacher_forced(model, config, clips["video"][:, :length])
 
     def trajectory(videos: torch.Tensor, frames: int) -> TrajectoryError:
         return trajectory_error(videos[:, k:frames], clips["positions"][:, k:frames], clips["colors"], clips["valid"])
@@ -129,6 +159,7 @@ def run_demo(
         trajectory_error_px=round(ours.mean_error, 2),
         trajectory_error_copy_last_px=round(copied.mean_error, 2),
         trajectory_miss_rate=round(ours.miss_rate, 3),
+        teacher_forced_trajectory_error_px=round(trajectory(forced, length).mean_error, 2),
         long_trajectory_error_px=round(ours_long.mean_error, 2),
         long_trajectory_error_copy_last_px=round(copied_long.mean_error, 2),
         psnr_db=round(psnr(samples[:, k:], truth).mean().item(), 2),
@@ -151,6 +182,10 @@ def _print(report: DemoReport, config: Config) -> None:
     print(
         f"trajectory error, frames {k + 1}-{t} (px, lower is better): samples {report.trajectory_error_px} "
         f"vs copy-last-frame {report.trajectory_error_copy_last_px}; objects missed {report.trajectory_miss_rate:.1%}"
+    )
+    print(
+        "  each frame sampled from the true history instead (teacher-forced): "
+        f"{report.teacher_forced_trajectory_error_px}"
     )
     print(
         f"trajectory error to frame {2 * t} (sliding window past the training length): "

@@ -155,6 +155,12 @@ def save_checkpoint(
     return final
 
 
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run folder (or of a checkpoints folder), oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR if (Path(run_dir) / CHECKPOINT_DIR).is_dir() else Path(run_dir)
+    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+
+
 def find_checkpoint(path: str | Path) -> Path | None:
     """The checkpoint folder for a run folder (its latest), a checkpoints folder, or a checkpoint itself."""
     path = Path(path)
@@ -166,7 +172,7 @@ def find_checkpoint(path: str | Path) -> Path | None:
             candidate = root / latest.read_text().strip()
             if (candidate / STATE_FILE).is_file():
                 return candidate
-        complete = sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+        complete = list_checkpoints(root)
         if complete:
             return complete[-1]
     return None
