@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import MICRO, micro_config, micro_model
 
+from conftest import MICRO, micro_config, micro_model
 from mimo.demo import autoregressive, copy_last_frame, held_out_clips, run_demo, teacher_forced
 
 pytestmark = pytest.mark.usefixtures("single_thread")
