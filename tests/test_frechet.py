@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.stats
 import torch
 import torch.distributed as dist
@@ -27,10 +28,35 @@ def test_statistics_match_numpy_mean_and_covariance():
         stats.update(chunk)
     reference = features.double().numpy()
     np.testing.assert_allclose(stats.mean().numpy(), reference.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(stats.covariance().numpy(), np.cov(reference, rowvar=False, bias=True), atol=1e-10)
     np.testing.assert_allclose(
-        stats.covariance(unbiased=True).numpy(), np.cov(reference, rowvar=False, ddof=1), atol=1e-10
+        stats.covariance("stylegan-v").numpy(), np.cov(reference, rowvar=False, ddof=0), atol=1e-10
     )
+    np.testing.assert_allclose(stats.covariance("tf-gan").numpy(), np.cov(reference, rowvar=False, ddof=1), atol=1e-10)
+
+
+def _numpy_frechet_distance(a: np.ndarray, b: np.ndarray, ddof: int) -> float:
+    """FD computed another way: np.cov with an explicit ddof and scipy's sqrtm of the product."""
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    sigma_a, sigma_b = np.cov(a, rowvar=False, ddof=ddof), np.cov(b, rowvar=False, ddof=ddof)
+    root = np.real(scipy.linalg.sqrtm(sigma_a @ sigma_b))
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sigma_a + sigma_b - 2 * root))
+
+
+def test_default_normaliser_is_the_original_fvd_and_stylegan_v_divides_by_n():
+    rng = np.random.default_rng(5)
+    real, fake = rng.standard_normal((40, 6)), 0.8 * rng.standard_normal((40, 6)) + 0.3
+    statistics = []
+    for features in (real, fake):
+        stats = FeatureStatistics(6)
+        stats.update(torch.from_numpy(features))
+        statistics.append(stats)
+    tf_gan, stylegan_v = _numpy_frechet_distance(real, fake, ddof=1), _numpy_frechet_distance(real, fake, ddof=0)
+    assert frechet_distance_from_statistics(*statistics) == pytest.approx(tf_gan, rel=1e-10)
+    stylegan_v_distance = frechet_distance_from_statistics(*statistics, normaliser="stylegan-v")
+    assert stylegan_v_distance == pytest.approx(stylegan_v, rel=1e-10)
+    assert tf_gan != pytest.approx(stylegan_v, rel=1e-3)  # the choice is visible at n = 40
+    with pytest.raises(ValueError, match="normaliser"):
+        statistics[0].covariance("unbiased")
 
 
 def test_merged_shards_equal_the_whole_set():
@@ -63,7 +89,7 @@ def test_all_reduce_across_two_ranks_gives_global_statistics(tmp_path):
     for rank in range(2):
         mean, covariance = results[rank]
         np.testing.assert_allclose(mean.numpy(), reference.mean(axis=0), atol=1e-12)
-        np.testing.assert_allclose(covariance.numpy(), np.cov(reference, rowvar=False, bias=True), atol=1e-12)
+        np.testing.assert_allclose(covariance.numpy(), np.cov(reference, rowvar=False, ddof=1), atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["sqrtm", "eigh"])

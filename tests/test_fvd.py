@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mimo.data.synthetic import MovingShapes
+from mimo.metrics.frechet import FeatureStatistics, frechet_distance_from_statistics
 from mimo.metrics.fvd import compute_fvd, extract_feature_statistics
 from mimo.metrics.i3d import load_i3d
 from mimo.weights import i3d_weights_path
@@ -47,8 +48,23 @@ def test_precomputed_statistics_and_batching_do_not_change_the_distance():
     real_statistics = extract_feature_statistics(real, extractor, batch_size=16, progress=False)
     loader = torch.utils.data.DataLoader(MovingShapes(40, frame_size=16, num_frames=4), batch_size=9)
     from_loader = extract_feature_statistics(loader, extractor, progress=False)  # dict batches
-    assert compute_fvd(real_statistics, fake, extractor=extractor, progress=False) == pytest.approx(direct, rel=1e-9)
-    assert compute_fvd(from_loader, fake, extractor=extractor, progress=False) == pytest.approx(direct, rel=1e-9)
+    # The float32 features of a video depend on its batch by a few ulps (kernels block by batch
+    # size); the Fréchet distance amplifies that to ~1e-6 relative. 1e-5 allows float32, not more.
+    assert compute_fvd(real_statistics, fake, extractor=extractor, progress=False) == pytest.approx(direct, rel=1e-5)
+    assert compute_fvd(from_loader, fake, extractor=extractor, progress=False) == pytest.approx(direct, rel=1e-5)
+
+
+def test_float64_statistics_do_not_depend_on_how_the_features_were_split():
+    features = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    other = torch.randn(40, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) + 0.5
+    distances = []
+    for chunk in (1, 7, 40):
+        stats, reference = FeatureStatistics(6), FeatureStatistics(6)
+        for part in features.split(chunk):
+            stats.update(part)
+        reference.update(other)
+        distances.append(frechet_distance_from_statistics(stats, reference))
+    assert distances == pytest.approx([distances[0]] * 3, rel=1e-12)
 
 
 @pytest.mark.slow

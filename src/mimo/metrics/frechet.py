@@ -18,6 +18,12 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 SqrtMethod = Literal["sqrtm", "eigh"]
+# Which divisor turns the centred scatter matrix into Σ: the original FVD (Unterthiner et al.,
+# computed with TF-GAN's `frechet_classifier_distance_from_activations`) divides by n − 1;
+# StyleGAN-V's `FeatureStats` (used by FAR and DFoT) divides by n. They differ by O(Tr Σ / n).
+CovarianceNormaliser = Literal["tf-gan", "stylegan-v"]
+COVARIANCE_DDOF: dict[str, int] = {"tf-gan": 1, "stylegan-v": 0}
+DEFAULT_COVARIANCE_NORMALISER: CovarianceNormaliser = "tf-gan"
 
 
 class FeatureStatistics:
@@ -74,18 +80,20 @@ class FeatureStatistics:
         self._require_samples(1)
         return self.feature_sum / self.count
 
-    def covariance(self, unbiased: bool = False) -> torch.Tensor:
-        """Σ = (Σxxᵀ − n·μμᵀ) / n, or / (n − 1) when `unbiased`.
+    def covariance(self, normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER) -> torch.Tensor:
+        """Σ = (Σxxᵀ − n·μμᵀ) / (n − ddof), ddof from `COVARIANCE_DDOF[normaliser]`.
 
-        Default n (the maximum-likelihood estimate): this is what StyleGAN-V's `FeatureStats`
-        computes (raw_cov / num_items − μμᵀ), and the FVDs that FAR and DFoT report come from that
-        code, so the default keeps our numbers comparable with theirs. `unbiased=True` gives n − 1,
-        as np.cov, pytorch-fid and TF-GAN's FVD do; the two differ by O(Tr Σ / n).
+        The default reproduces the original FVD (TF-GAN, n − 1); "stylegan-v" (n) reproduces the
+        numbers of FAR, DFoT and other StyleGAN-V-based code. A report must say which it used.
         """
+        if normaliser not in COVARIANCE_DDOF:
+            raise ValueError(
+                f"unknown covariance normaliser {normaliser!r}; use one of {sorted(COVARIANCE_DDOF)}"
+            )
         self._require_samples(2)
         mu = self.mean()
         centred_outer = self.outer_sum - self.count * torch.outer(mu, mu)
-        return centred_outer / (self.count - 1 if unbiased else self.count)
+        return centred_outer / (self.count - COVARIANCE_DDOF[normaliser])
 
     def save(self, path: str | Path) -> None:
         """Write the raw sums (safetensors), e.g. to reuse a real set's statistics across evaluations."""
@@ -160,12 +168,12 @@ def frechet_distance(
 def frechet_distance_from_statistics(
     first: FeatureStatistics,
     second: FeatureStatistics,
-    unbiased: bool = False,
+    normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
     method: SqrtMethod = "sqrtm",
 ) -> float:
     """Fréchet distance between the Gaussians fitted to two accumulated feature sets."""
     return frechet_distance(
-        first.mean(), first.covariance(unbiased), second.mean(), second.covariance(unbiased), method
+        first.mean(), first.covariance(normaliser), second.mean(), second.covariance(normaliser), method
     )
 
 

@@ -13,7 +13,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from mimo.metrics.frechet import FeatureStatistics, SqrtMethod, frechet_distance_from_statistics
+from mimo.metrics.frechet import (
+    DEFAULT_COVARIANCE_NORMALISER,
+    CovarianceNormaliser,
+    FeatureStatistics,
+    SqrtMethod,
+    frechet_distance_from_statistics,
+)
 from mimo.metrics.i3d import load_i3d
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
@@ -66,7 +72,7 @@ def compute_fvd(
     extractor: FeatureExtractor | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str = "cpu",
-    unbiased: bool = False,
+    normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
     method: SqrtMethod = "sqrtm",
     progress: bool = True,
 ) -> float:
@@ -74,7 +80,8 @@ def compute_fvd(
 
     `extractor` defaults to the Kinetics-400 I3D (`mimo.metrics.i3d.load_i3d`); pass another
     (e.g. StyleGAN-V's TorchScript through `load_i3d(path)`) to change it — but a distance is FVD
-    only with the I3D. `unbiased` picks the covariance normaliser, see `FeatureStatistics.covariance`.
+    only with the I3D. `normaliser` picks the covariance divisor (TF-GAN's n − 1 by default, as the
+    original FVD; "stylegan-v" for n), see `FeatureStatistics.covariance`.
     """
     needs_extractor = not (isinstance(real, FeatureStatistics) and isinstance(fake, FeatureStatistics))
     if extractor is None and needs_extractor:
@@ -86,5 +93,5 @@ def compute_fvd(
         return extract_feature_statistics(source, extractor, batch_size, device, f"{name} features", progress)
 
     return frechet_distance_from_statistics(
-        statistics(real, "real"), statistics(fake, "generated"), unbiased=unbiased, method=method
+        statistics(real, "real"), statistics(fake, "generated"), normaliser=normaliser, method=method
     )
