@@ -5,10 +5,10 @@ Resumable: rerun the same command to continue (run folders in runs/bench/, evalu
         > benchmarks/results/convergence-cpu.log 2>&1 &
 
 Writes benchmarks/results/CONFIG_NAME.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-the logic lives in `mimo.bench` (also `mimo bench convergence`). `--help` lists the options.
+the logic lives in `harness.py` beside this script (also `mimo bench convergence`). `--help` lists the options.
 """
 
-from mimo.bench import main
+from harness import main
 
 if __name__ == "__main__":
     main("convergence")

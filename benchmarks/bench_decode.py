@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from mimo.data.media import write_video
 from mimo.data.video_folder import ClipSampling, VideoFolderDataset, folder_records
-from mimo.media import write_video
 
 PROFILES = {
     "ucf101-like": {"codec": "mpeg4", "suffix": ".avi", "width": 320, "height": 240, "gop": 12},

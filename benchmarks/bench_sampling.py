@@ -3,10 +3,10 @@
     python benchmarks/bench_sampling.py [--lengths 8 16 32] [--steps 8] [--threads 1]
 
 Writes benchmarks/results/sampling.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-the logic lives in `mimo.bench` (also `mimo bench sampling`). `--help` lists the options.
+the logic lives in `harness.py` beside this script (also `mimo bench sampling`). `--help` lists the options.
 """
 
-from mimo.bench import main
+from harness import main
 
 if __name__ == "__main__":
     main("sampling")

@@ -3,10 +3,10 @@
     python benchmarks/bench_step.py [--preset tiny] [--batch-size 8] [--rounds 5] [--threads 1]
 
 Writes benchmarks/results/step.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-the logic lives in `mimo.bench` (also `mimo bench step`). `--help` lists the options.
+the logic lives in `harness.py` beside this script (also `mimo bench step`). `--help` lists the options.
 """
 
-from mimo.bench import main
+from harness import main
 
 if __name__ == "__main__":
     main("step")

@@ -4,10 +4,10 @@ peak, and peak memory; on a GPU also bf16 model FLOP utilisation of the B and XL
     python benchmarks/bench_utilization.py [--batch-size 8] [--steps 3] [--threads 1]
 
 Writes benchmarks/results/utilization.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-the logic lives in `mimo.bench` (also `mimo bench utilization`). `--help` lists the options.
+the logic lives in `harness.py` beside this script (also `mimo bench utilization`). `--help` lists the options.
 """
 
-from mimo.bench import main
+from harness import main
 
 if __name__ == "__main__":
     main("utilization")

@@ -1,6 +1,6 @@
 """How the demo's samples improve with training: trajectory error at every checkpoint of a run.
 
-    mimo train configs/demo.yaml train.out_dir=runs/demo-long train.max_seconds=1500 train.steps=6000 \\
+    mimo train src/mimo/apps/demo.yaml train.out_dir=runs/demo-long train.max_seconds=1500 train.steps=6000 \\
         train.checkpoint_every=500 train.keep_checkpoints=20
     python benchmarks/demo_quality.py runs/demo-long [--clips 32] [--threads 1]
 
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from mimo.bench import CpuShare, machine_info
-from mimo.demo import autoregressive, copy_last_frame, held_out_clips, teacher_forced
-from mimo.media import plot_curves
+from harness import CpuShare, machine_info
+from mimo.data.media import plot_curves
+from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
 from mimo.metrics.trajectory import trajectory_error
-from mimo.train.checkpoint import list_checkpoints
-from mimo.train.trainer import load_trained_model
+from mimo.train.checkpoint import list_checkpoints, load_trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

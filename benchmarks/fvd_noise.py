@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from mimo.bench import CpuShare, machine_info
+from harness import CpuShare, machine_info
+from mimo.data.media import plot_curves
 from mimo.data.synthetic import MovingShapes
-from mimo.media import plot_curves
 from mimo.metrics.frechet import frechet_distance_from_statistics
 from mimo.metrics.fvd import compute_fvd, extract_feature_statistics
 from mimo.metrics.i3d import load_i3d

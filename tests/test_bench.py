@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from mimo.bench import convergence_summary, counted_flops, run_benchmark, steps_to_reach, training_step_flops
+from harness import convergence_summary, counted_flops, run_benchmark, steps_to_reach, training_step_flops
 from mimo.config import ConfigError
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import MICRO, micro_config, micro_model
-from mimo.demo import autoregressive, copy_last_frame, held_out_clips, run_demo, teacher_forced
+from mimo.apps.demo import run_demo
+from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,8 +10,9 @@ import torch
 
 from conftest import micro_config
 from mimo.cli import main
-from mimo.evaluate import balanced_indices, history_features, probe_run
-from mimo.train.trainer import load_trained_model, train
+from mimo.evaluation.evaluate import balanced_indices, history_features, probe_run
+from mimo.train.checkpoint import load_trained_model
+from mimo.train.trainer import train
 
 
 @pytest.fixture(scope="module")

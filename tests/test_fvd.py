@@ -7,7 +7,7 @@ from mimo.data.synthetic import MovingShapes
 from mimo.metrics.frechet import FeatureStatistics, frechet_distance_from_statistics
 from mimo.metrics.fvd import compute_fvd, extract_feature_statistics
 from mimo.metrics.i3d import load_i3d
-from mimo.weights import i3d_weights_path
+from mimo.metrics.i3d_weights import i3d_weights_path
 
 
 class RandomFeatures(torch.nn.Module):

@@ -20,7 +20,7 @@ from mimo.metrics.i3d import (
     preprocess_for_i3d,
     same_padding,
 )
-from mimo.weights import (
+from mimo.metrics.i3d_weights import (
     I3D_CHECKPOINT_SHA256,
     WeightsUnavailableError,
     convert_flax_i3d,

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader
 from conftest import VAE_SCALE as SCALE
 from conftest import VAE_SHIFT as SHIFT
 from mimo.data.latents import MANIFEST, LatentDataset, encode_dataset, read_manifest, shard_name
+from mimo.data.media import write_video
 from mimo.data.video_folder import ClipSampling, VideoFolderDataset, class_folder_records
-from mimo.media import write_video
 from mimo.models.autoencoder import (
     Autoencoder,
     DiffusersAutoencoderKL,

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mimo.data import video_folder
+from mimo.data.media import write_video
 from mimo.data.video_folder import (
     BadVideoWarning,
     ClipSampling,
@@ -28,7 +29,6 @@ from mimo.data.video_folder import (
     ucf101_records,
     video_dataset,
 )
-from mimo.media import write_video
 
 RAMP_BASE, RAMP_STEP, RAMP_FRAMES = 10, 6, 40
 HEIGHT, WIDTH = 48, 64

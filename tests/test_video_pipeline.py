@@ -3,14 +3,15 @@ AutoencoderKL → latents on disk → a few training steps → sampling decoded 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mimo.cli import main
+from mimo.data.media import to_uint8, write_video
 from mimo.data.synthetic import MovingShapes
-from mimo.media import to_uint8, write_video
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -100,9 +101,12 @@ def test_each_epoch_reports_the_bad_videos_it_skipped(video_root, tmp_path, caps
     assert "epoch 1 done: 2 of 8 videos skipped" in captured.out + captured.err
 
 
-def test_training_stops_when_too_many_videos_are_bad(video_root, tmp_path):
+def test_too_many_bad_videos_end_the_command_with_one_line_naming_them(video_root, tmp_path, capsys):
     from mimo.data.video_folder import TooManyBadVideosError
 
     args = [*_video_data(video_root), *MICRO_MODEL, "train.steps=5", f"train.out_dir={tmp_path / 'run'}"]
-    with pytest.raises(TooManyBadVideosError, match=r"corrupt\.mp4|short\.mp4"):
-        main(["train", *args])
+    assert main(["train", *args]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("mimo train: error:") and re.search(r"corrupt\.mp4|short\.mp4", error)
+    with pytest.raises(TooManyBadVideosError, match=r"corrupt\.mp4|short\.mp4"):  # --debug: the traceback
+        main(["train", "--debug", *args])

@@ -5,19 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import sys
+from pathlib import Path
 
-from mimo.config import ConfigError, load_config
-from mimo.models.checks import InputError
-from mimo.train.checkpoint import CheckpointError
-from mimo.train.trainer import NonFiniteLossError
-from mimo.weights import WeightsUnavailableError
+from mimo.config import load_config
+from mimo.errors import MimoError
+
+# OpenMP threads that busy-wait between PyTorch's small CPU ops make a tiny model ~10x slower as soon as
+# another process shares the cores (measured: 20.7 s vs 1.9 s per demo step on a loaded 2-core machine).
+# Passive waiting costs nothing when the machine is idle. It must be set before torch loads OpenMP, so
+# `main` sets it before any command imports torch; a value the user set is kept.
+OMP_WAIT_POLICY = "PASSIVE"
+BENCHMARKS_DIR = Path("benchmarks")  # of the repository checkout `mimo bench` runs in
 
 
 def _train(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.overrides)  # a config error is reported before torch loads
     from mimo.train.trainer import train
 
-    config = load_config(args.config, args.overrides)
     result = train(config)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
@@ -27,7 +33,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from mimo.sampling import sample_from_checkpoint
+    from mimo.apps.sample import sample_from_checkpoint
 
     paths = sample_from_checkpoint(
         args.checkpoint,
@@ -43,13 +49,13 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from mimo.sampling import export_inference_checkpoint
+    from mimo.apps.sample import export_inference_checkpoint
 
     print(export_inference_checkpoint(args.checkpoint, args.out))
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from mimo.demo import run_demo
+    from mimo.apps.demo import run_demo
 
     run_demo(args.out, steps=args.steps, overrides=args.overrides)
 
@@ -87,33 +93,43 @@ def _device(requested: str | None) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from mimo.evaluate import evaluate_run
+    from mimo.evaluation.evaluate import evaluate_run
 
     results = evaluate_run(args.checkpoint, args.overrides, args.out, _device(args.device))
     print(json.dumps(results["metrics"], indent=1))
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from mimo.evaluate import probe_run
+    from mimo.evaluation.evaluate import probe_run
 
     results = probe_run(args.checkpoint, args.overrides, args.reference, args.out, _device(args.device))
     print(json.dumps({k: results[k] for k in ("layer", "accuracy", "chance_accuracy", "cknna", "reference")}, indent=1))
 
 
 def _weights_fetch(args: argparse.Namespace) -> None:
-    from mimo.weights import fetch_i3d
+    from mimo.metrics.i3d_weights import fetch_i3d
 
     print(fetch_i3d(args.source, force=args.force))
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from mimo.bench import main as bench_main
-
-    bench_main(args.name, args.overrides)
+    script = BENCHMARKS_DIR / f"bench_{args.name}.py"
+    if not script.is_file():
+        found = sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS_DIR.glob("bench_*.py"))
+        if not found:
+            raise FileNotFoundError(
+                f"no benchmarks/ folder in {Path.cwd()}: benchmarks are scripts of the repository, not of the "
+                "installed package; run `mimo bench` from a checkout of mimo"
+            )
+        raise FileNotFoundError(f"no benchmark '{args.name}' in {BENCHMARKS_DIR}/; choose one of {', '.join(found)}")
+    sys.path.insert(0, str(BENCHMARKS_DIR.resolve()))  # as `python benchmarks/bench_NAME.py` does
+    sys.argv = [str(script), *args.overrides]
+    runpy.run_path(str(script), run_name="__main__")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimo", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere in the line)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a YAML config and key=value overrides")
@@ -183,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.debug = args.debug or "--debug" in extra  # also after the command: `mimo train --debug`
+    extra = [item for item in extra if item != "--debug"]
     # key=value overrides may stand anywhere among the options
     unknown = [] if args.command == "bench" else [item for item in extra if "=" not in item or item.startswith("-")]
     if unknown:
@@ -191,16 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     config = getattr(args, "config", None)
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         args.run(args)
-    except (
-        ConfigError,
-        FileNotFoundError,
-        CheckpointError,
-        WeightsUnavailableError,
-        InputError,
-        NonFiniteLossError,
-    ) as error:
+    except (MimoError, FileNotFoundError) as error:
+        if args.debug:
+            raise
         print(f"mimo {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

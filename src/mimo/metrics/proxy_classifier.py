@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mimo.data.synthetic import MovingShapes
 from mimo.metrics.frechet import SqrtMethod
 from mimo.metrics.fvd import DEFAULT_BATCH_SIZE, VideoBatches, compute_fvd
-from mimo.weights import cache_dir
+from mimo.metrics.i3d_weights import cache_dir
 
 ARCHITECTURE_VERSION = 2  # bump when the network or training recipe changes, so stale caches are not reused
 # Training and validation clips come from seeds no evaluation set uses (evaluations use small seeds).

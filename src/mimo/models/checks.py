@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from mimo.errors import InputError
+
 if TYPE_CHECKING:
     from mimo.models.dit import FrameCausalDiT
 
 PIXEL_RANGE = (-1.0, 1.0)  # METHOD.md: pixels live in [-1, 1]
 PIXEL_TOLERANCE = 1e-3  # resizing and decoding overshoot by rounding; beyond this it is a scaling bug
-
-
-class InputError(ValueError):
-    """A tensor with the wrong shape, dtype or values; the message says what was expected and how to fix it."""
 
 
 def _require_tensor(name: str, value: object) -> Tensor:

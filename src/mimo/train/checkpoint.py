@@ -18,6 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mimo.config import Config, from_dict
+from mimo.errors import CheckpointError
+from mimo.models import build_backbone
+from mimo.models.dit import FrameCausalDiT
 from mimo.train.distributed import load_full_model_state
 
 STATE_FILE = "state.json"
@@ -25,10 +29,6 @@ LATEST_FILE = "latest"
 STAGING_PREFIX = ".staging_"  # a checkpoint being written; never read
 CHECKPOINT_DIR = "checkpoints"
 EARLIER_CHECKPOINT = "move {} out of the checkpoints folder and the run resumes from the one before it"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or made for another model; the message says which."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -194,3 +194,21 @@ def load_module(module: nn.Module, checkpoint: Path, name: str) -> None:
     tensors = load_tensors(path)
     check_compatible(module, tensors, path)
     load_full_model_state(module, tensors)
+
+
+def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[FrameCausalDiT, Config]:
+    """The backbone of a run folder, checkpoint or exported model, in eval mode, and its config."""
+    checkpoint = find_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint found at {path}; give a run folder (out_dir) or a checkpoint folder")
+    state = read_state(checkpoint)
+    config = from_dict(state["config"])
+    model = build_backbone(config)
+    if (checkpoint / "ema.safetensors").is_file() and use_ema:
+        load_module(model, checkpoint, "ema")
+    elif (checkpoint / "model.safetensors").is_file():
+        tensors = load_tensors(checkpoint / "model.safetensors")
+        backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+        check_compatible(model, backbone, checkpoint / "model.safetensors")
+        model.load_state_dict(backbone)
+    return model.to(device).eval(), config

@@ -25,18 +25,18 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mimo.config import Config, from_dict
+from mimo.config import Config
 from mimo.data import build_dataset, to_pixels
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures
+from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.sampler import sample_for_task
-from mimo.media import plot_curves, save_gif, video_grid
+from mimo.errors import NonFiniteLossError
 from mimo.models import build_backbone
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
 from mimo.train.checkpoint import (
-    check_compatible,
     find_checkpoint,
     load_module,
     load_tensors,
@@ -67,10 +67,6 @@ from mimo.train.ema import EMA
 from mimo.train.logger import MetricsLogger, read_metrics
 
 SAMPLE_VIDEOS = 4  # clips shown in the periodic sample GIFs
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a non-finite loss, gradient or weight; the last checkpoint on disk is still good."""
 
 
 def micro_batch_index(rank: int, micro: int, grad_accumulation: int) -> int:
@@ -400,21 +396,3 @@ def train(config: Config, dataset: Dataset | None = None) -> TrainResult:
     finally:
         if joined:
             shutdown_distributed()
-
-
-def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[FrameCausalDiT, Config]:
-    """The backbone of a run folder, checkpoint or exported model, in eval mode, and its config."""
-    checkpoint = find_checkpoint(path)
-    if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint found at {path}; give a run folder (out_dir) or a checkpoint folder")
-    state = read_state(checkpoint)
-    config = from_dict(state["config"])
-    model = build_backbone(config)
-    if (checkpoint / "ema.safetensors").is_file() and use_ema:
-        load_module(model, checkpoint, "ema")
-    elif (checkpoint / "model.safetensors").is_file():
-        tensors = load_tensors(checkpoint / "model.safetensors")
-        backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
-        check_compatible(model, backbone, checkpoint / "model.safetensors")
-        model.load_state_dict(backbone)
-    return model.to(device).eval(), config

@@ -1,8 +1,8 @@
-"""Benchmarks measured side by side: the training step, sampling, utilisation and convergence of MiMo.
+"""The harness the benchmark scripts share: the machine, timing, FLOP counting, the results folder and table.
 
-`run_benchmark(name, args)` is the library entry (`mimo bench NAME`); the scripts in `benchmarks/`
-are thin wrappers around it. Every benchmark writes `RESULTS/NAME.json` with the machine it ran on
-(CPU model, cores, threads, torch, date, load) and regenerates `RESULTS/README.md`, a table of all
+Each `bench_NAME.py` beside this file is a script (`python benchmarks/bench_NAME.py`, or `mimo bench NAME`
+from a checkout). `run_benchmark(name, args)` runs one: it writes `results/NAME.json` with the machine it
+ran on (CPU model, cores, threads, torch, date, load) and regenerates `results/README.md`, a table of all
 results found there. Arms that are compared run in one process, interleaved round by round, so a
 ratio never mixes two runs. On a shared machine wall time depends on the neighbours, so CPU time is
 recorded beside it and each result says which share of its threads' CPU time it actually got.
@@ -34,13 +34,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# Before torch loads OpenMP: busy-waiting threads make small CPU ops ~10x slower on a shared machine (see mimo.cli).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
 from mimo.data import build_dataset
 from mimo.diffusion.sampler import sample_video
-from mimo.evaluate import generate, history_features, load_clips, proxy_config
+from mimo.evaluation.evaluate import generate, history_features, load_clips, proxy_config
 from mimo.metrics.fvd import extract_feature_statistics
 from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
@@ -48,10 +51,11 @@ from mimo.metrics.trajectory import trajectory_error
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.masking import kept_count
-from mimo.train.checkpoint import find_checkpoint
-from mimo.train.trainer import Trainer, load_trained_model, train
+from mimo.train.checkpoint import find_checkpoint, load_trained_model
+from mimo.train.trainer import Trainer, train
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCHMARKS_DIR.parent  # benchmarks are scripts of a checkout, never installed
 CONVERGENCE_CPU_CONFIG = REPO_ROOT / "configs" / "bench" / "convergence-cpu.yaml"
 BASELINE_OVERRIDES = ("mimo.weight=0", "mimo.mask_ratio=0")  # the CTF baseline ("ACDiT" in the paper)
 NOISE_EMBED_DIM = 256  # mimo.models.layers.NoiseLevelEmbedder's sinusoidal features
@@ -64,9 +68,8 @@ MIB = 2**20
 
 # ----- the machine and the results folder ---------------------------------------------------------
 def default_results_dir() -> Path:
-    """`benchmarks/results/` of the source checkout (next to src/), else of the current directory."""
-    root = REPO_ROOT if (REPO_ROOT / "benchmarks").is_dir() else Path.cwd()
-    return root / "benchmarks" / "results"
+    """`benchmarks/results/` beside this harness."""
+    return BENCHMARKS_DIR / "results"
 
 
 def cpu_model() -> str:
@@ -717,7 +720,7 @@ def proxy_classifier_config(config: Config, settings: ConvergenceSettings) -> Pr
 class ConvergenceEvaluator:
     """Held-out clips, the proxy classifier and the real clips' feature statistics, prepared once.
 
-    Clips, sampling and history features are those of `mimo eval` / `mimo probe` (mimo.evaluate).
+    Clips, sampling and history features are those of `mimo eval` / `mimo probe` (mimo.evaluation.evaluate).
     """
 
     def __init__(self, config: Config, settings: ConvergenceSettings, device: torch.device):
@@ -1060,7 +1063,7 @@ def summary_table(results_dir: Path) -> str:
     lines = [
         "# Benchmark results",
         "",
-        "Written by `mimo bench NAME` (`src/mimo/bench.py`) from the JSON files in this folder; regenerated on "
+        "Written by `mimo bench NAME` (`benchmarks/harness.py`) from the JSON files in this folder; regenerated on "
         "every run. Ratios compare arms measured in the same process, interleaved round by round.",
     ]
     for path in sorted(results_dir.glob("*.json")):

@@ -10,10 +10,9 @@ import torch
 
 from mimo.config import with_overrides
 from mimo.data import build_dataset, to_pixels
+from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.diffusion.sampler import sample_for_task
-from mimo.media import save_gif, save_mp4, to_uint8, video_grid
-from mimo.train.checkpoint import atomic_write_bytes, find_checkpoint, read_state, save_tensors
-from mimo.train.trainer import load_trained_model
+from mimo.train.checkpoint import atomic_write_bytes, find_checkpoint, load_trained_model, read_state, save_tensors
 
 
 def sample_from_checkpoint(

@@ -9,25 +9,23 @@ predictor that repeats the last context frame.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from mimo.config import Config, load_config
-from mimo.data.synthetic import MovingShapes
-from mimo.diffusion.sampler import sample_video
-from mimo.media import save_gif, video_grid
+from mimo.data.media import save_gif, video_grid
+from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
 from mimo.metrics.frame_metrics import psnr
 from mimo.metrics.trajectory import TrajectoryError, trajectory_error
+from mimo.train.checkpoint import load_trained_model
 from mimo.train.logger import read_metrics
-from mimo.train.trainer import load_trained_model, train
+from mimo.train.trainer import train
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-EVAL_CLIPS = 32
+DEMO_CONFIG = "demo.yaml"  # package data beside this module
 SHOWN_CLIPS = 6
-EVAL_SEED = 12345  # held-out clips: a seed no training clip uses
 
 
 @dataclass
@@ -49,59 +47,6 @@ class DemoReport:
     files: dict[str, str]
 
 
-def autoregressive(
-    model, config: Config, clips: dict[str, torch.Tensor], num_frames: int, progress: bool = True
-) -> tuple[torch.Tensor, float]:
-    """Continue the clips' context frames to `num_frames`; returns samples and seconds per generated frame."""
-    context = clips["video"][:, : config.context_frames]
-    started = time.perf_counter()
-    samples = sample_video(
-        model,
-        num_frames,
-        context=context,
-        steps=config.sample.steps,
-        solver=config.sample.solver,
-        window=config.data.num_frames - 1,
-        generator=torch.Generator().manual_seed(0),
-        progress=progress,
-    )
-    generated = (num_frames - config.context_frames) * context.shape[0]
-    return samples, (time.perf_counter() - started) / generated
-
-
-def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
-    """Frames k.. of `video` each sampled from the *true* frames before it: what the model learned of the
-    motion, without the compounding of its own errors that autoregressive sampling adds."""
-    k = config.context_frames
-    generated = [
-        sample_video(
-            model,
-            t + 1,
-            context=video[:, :t],
-            steps=config.sample.steps,
-            solver=config.sample.solver,
-            window=config.data.num_frames - 1,
-            generator=torch.Generator().manual_seed(0),
-        )[:, -1:]
-        for t in range(k, video.shape[1])
-    ]
-    return torch.cat([video[:, :k], *generated], dim=1)
-
-
-def held_out_clips(config: Config, num_frames: int, count: int = EVAL_CLIPS) -> dict[str, torch.Tensor]:
-    """Built-in clips of a seed no training clip uses, stacked: video, positions, colors, valid, label."""
-    dataset = MovingShapes(count, config.data.frame_size, num_frames, EVAL_SEED, config.data.max_objects)
-    items = [dataset[i] for i in range(count)]
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
-
-
-def copy_last_frame(video: torch.Tensor, context_frames: int) -> torch.Tensor:
-    """The trivial predictor: the context frames, then the last of them repeated to the clip's length."""
-    copied = video[:, context_frames - 1 : context_frames].expand_as(video).clone()
-    copied[:, :context_frames] = video[:, :context_frames]
-    return copied
-
-
 def run_demo(
     out_dir: str | Path = "runs/demo", steps: int | None = None, overrides: list[str] | None = None
 ) -> DemoReport:
@@ -110,7 +55,8 @@ def run_demo(
     settings = [f"train.out_dir={out_dir}", *(overrides or [])]
     if steps is not None:
         settings.append(f"train.steps={steps}")
-    config = load_config(DEMO_CONFIG if DEMO_CONFIG.is_file() else None, settings)
+    with resources.as_file(resources.files(__package__) / DEMO_CONFIG) as path:
+        config = load_config(path, settings)
     if config.data.dataset != "synthetic" or config.train.task != "prediction":
         raise ValueError(
             "the demo measures motion on the built-in videos: keep data.dataset=synthetic, task=prediction"

