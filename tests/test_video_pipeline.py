@@ -85,20 +85,21 @@ def test_a_configured_latent_shape_that_differs_from_the_files_names_the_key(vid
     assert "data.frame_size" in capsys.readouterr().err
 
 
-def test_each_epoch_reports_the_bad_videos_it_skipped(video_root, tmp_path, capsys):
+def test_the_bad_videos_skipped_are_reported_when_their_count_changes(video_root, tmp_path, capsys):
     run = tmp_path / "run"
-    # 8 files, 2 clips a step: an epoch every 4 steps
+    # 8 files, 2 clips a step: an epoch every 4 steps; every bad file is met in the first epoch
     args = [
         *_video_data(video_root),
         "data.max_bad_fraction=0.5",
         *MICRO_MODEL,
-        "train.steps=5",
+        "train.steps=9",
         f"train.out_dir={run}",
         "sample.steps=1",
     ]
     assert main(["train", *args]) == 0
     captured = capsys.readouterr()
     assert "epoch 1 done: 2 of 8 videos skipped" in captured.out + captured.err
+    assert "epoch 2 done" not in captured.out + captured.err  # nothing new to report
 
 
 def test_too_many_bad_videos_end_the_command_with_one_line_naming_them(video_root, tmp_path, capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -455,9 +455,3 @@ def validate(config: Config) -> None:
         f"must exceed the {config.context_frames} context frames",
     )
 
-
-def replace_section(config: Config, section: str, **values: Any) -> Config:
-    """A copy of `config` with some keys of one section replaced (validated)."""
-    config = replace(config, **{section: replace(getattr(config, section), **values)})
-    validate(config)
-    return config

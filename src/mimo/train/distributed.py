@@ -102,28 +102,6 @@ def any_rank(flag: bool) -> bool:
     return bool(all_reduce_sum(packed).item() > 0)
 
 
-def all_gather_rows(rows: Tensor) -> Tensor:
-    """Rows (n_r, ...) of every rank concatenated in rank order; ranks may hold different counts.
-
-    For metrics that need every sample rather than sums (probe features, CKNNA); sums such as the
-    Fréchet statistics reduce with `all_reduce_sum` instead.
-    """
-    if not is_initialized():
-        return rows
-    device = _collective_device()
-    local = rows.to(device)
-    count = torch.tensor([local.shape[0]], device=device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    largest = int(max(c.item() for c in counts))
-    padded = local.new_zeros((largest, *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    gathered = [torch.zeros_like(padded) for _ in counts]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts, strict=True)]).to(rows.device)
-
-
-# ----- wrapping the model --------------------------------------------------------------------------
 def transformer_blocks(module: nn.Module) -> list[nn.Module]:
     """The repeated blocks (every `blocks` ModuleList): FSDP shards and torch.compile compiles one at a time."""
     return [

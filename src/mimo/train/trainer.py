@@ -101,6 +101,7 @@ class Trainer:
         self.dist = dist or init_distributed()
         self.run_dir = Path(train.out_dir)
         self.device = self.dist.device
+        self.reported_failures: str | None = None  # the bad-video summary last printed
         torch.manual_seed(train.seed)  # initial weights, identical on every rank
         self.backbone = build_backbone(config).to(self.device)
         self.backbone.activation_checkpointing = train.activation_checkpointing
@@ -280,13 +281,14 @@ class Trainer:
         return limit is not None and any_rank(self.dist.is_main and time.perf_counter() - started > limit)
 
     def end_of_epoch(self) -> None:
-        """Report videos that failed to decode this far (a dataset of files has `failures`), and stop
-        when too many did: the run never trains on silently empty data."""
+        """Report videos that failed to decode this far (a dataset of files has `failures`) when that changed,
+        and stop when too many did: the run never trains on silently empty data."""
         failures = getattr(self.dataset, "failures", None)
         if failures is None:
             return
-        if self.dist.is_main:
+        if self.dist.is_main and str(failures) != self.reported_failures:  # only news, not every epoch
             tqdm.write(f"epoch {self.clips_seen // len(self.dataset)} done: {failures}")
+            self.reported_failures = str(failures)
         self.dataset.check_failures()
 
     def train(self) -> TrainResult:
