@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from harness import CpuShare, machine_info
+from mimo.data import stack_clips
 from mimo.data.media import plot_curves
 from mimo.data.synthetic import MovingShapes
 from mimo.metrics.frechet import frechet_distance_from_statistics
@@ -29,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def clips(count: int, seed: int) -> torch.Tensor:
     dataset = MovingShapes(count, frame_size=64, num_frames=16, seed=seed)
-    return torch.stack([dataset[i]["video"] for i in range(count)])
+    return stack_clips(dataset, count)["video"]
 
 
 def main() -> None:

@@ -41,17 +41,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
-from mimo.data import build_dataset
+from mimo.data import build_dataset, stack_clips
 from mimo.diffusion.sampler import sample_video
-from mimo.evaluation.evaluate import generate, history_features, load_clips, proxy_config
-from mimo.metrics.fvd import extract_feature_statistics
+from mimo.evaluation.metrics import METRICS, build_metrics, proxy_config
+from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
-from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
-from mimo.metrics.trajectory import trajectory_error
+from mimo.metrics.proxy_classifier import ProxyClassifierConfig
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.masking import kept_count
 from mimo.train.checkpoint import find_checkpoint, load_trained_model
+from mimo.train.distributed import default_device
 from mimo.train.trainer import Trainer, train
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -359,8 +359,8 @@ def _model_overrides(args: argparse.Namespace) -> list[str]:
 def fixed_batch(config: Config, batch_size: int) -> dict[str, torch.Tensor]:
     """The first `batch_size` training clips, stacked: every arm of a comparison steps on this same batch."""
     dataset = build_dataset(config.data, "train", num_clips=batch_size)
-    items = [dataset[i] for i in range(batch_size)]
-    return {key: torch.stack([item[key] for item in items]) for key in ("video", "label")}
+    clips = stack_clips(dataset, batch_size)
+    return {key: clips[key] for key in ("video", "label")}
 
 
 def arm_trainer(config: Config, overrides: Sequence[str], run_dir: Path) -> Trainer:
@@ -462,7 +462,7 @@ def _settings(args: argparse.Namespace, config: Config, device: torch.device, **
 def bench_sampling(args: argparse.Namespace) -> dict[str, Any]:
     """Cached against uncached generation at several lengths, interleaved, and the marginal cost of a frame."""
     config = load_config(args.config, [*_model_overrides(args), "train.task=unconditional"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     torch.manual_seed(config.train.seed)
     model = build_backbone(config).to(device).eval()  # untrained: the cost does not depend on the weights
 
@@ -534,7 +534,7 @@ def _utilization_of(config: Config, batch_size: int, steps: int, peak: MatmulPea
 def bench_utilization(args: argparse.Namespace) -> dict[str, Any]:
     """FLOP utilisation of a training step on this machine's device; bf16 MFU of large presets on a GPU."""
     base = load_config(args.config, [*_model_overrides(args), f"train.batch_size={args.batch_size}"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     size = CPU_PEAK_SIZE if device.type == "cpu" else GPU_PEAK_SIZE
     peak = matmul_peak(device, torch.float32, args.matmul_size or size, args.peak_repeats)
     results: dict[str, Any] = {"peak": peak.to_json()}
@@ -591,12 +591,22 @@ class ConvergenceSettings:
     seed: int = 0  # noise of the evaluation samples
 
 
-HIGHER_IS_BETTER = {"trajectory_error": False, "proxy_fd": False, "probe_accuracy": True}
-METRIC_LABELS = {
-    "trajectory_error": "trajectory error (px, lower is better)",
-    "proxy_fd": "proxy Fréchet distance (lower is better)",
-    "probe_accuracy": "probe accuracy of history features (higher is better)",
-}
+CONVERGENCE_METRICS = ("trajectory", "miss_rate", "proxy_fd")  # of the registry, unless eval.metrics names others
+PROBE = "probe_accuracy"  # of the history features: measured on the model, not on its samples
+PROBE_LABEL = "probe accuracy of history features (higher is better)"
+
+
+def _summarised(evaluation: dict[str, float]) -> list[str]:
+    """The metrics of an evaluation that have a direction: the registry's, and the probe."""
+    return [name for name in evaluation if name in METRICS or name == PROBE]
+
+
+def _higher_is_better(metric: str) -> bool:
+    return metric == PROBE or METRICS[metric].higher_is_better
+
+
+def _label(metric: str) -> str:
+    return PROBE_LABEL if metric == PROBE else METRICS[metric].label
 
 
 def load_convergence_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, ConvergenceSettings]:
@@ -675,7 +685,8 @@ def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> 
     baseline_steps = sorted(baseline)
     mimo_steps = sorted(s for s in mimo if s <= final_step)
     summary = {}
-    for metric, higher in HIGHER_IS_BETTER.items():
+    for metric in _summarised(baseline[final_step]):
+        higher = _higher_is_better(metric)
         target = baseline[final_step][metric]
         baseline_curve = [baseline[s][metric] for s in baseline_steps]
         base = steps_to_reach(baseline_steps, baseline_curve, target, higher)
@@ -708,51 +719,44 @@ def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> 
     return summary
 
 
+def _classifier_settings(settings: ConvergenceSettings) -> dict[str, int]:
+    chosen = {"steps": settings.proxy_classifier_steps, "width": settings.proxy_classifier_width}
+    return {key: value for key, value in chosen.items() if value is not None}
+
+
 def proxy_classifier_config(config: Config, settings: ConvergenceSettings) -> ProxyClassifierConfig:
     """The project's proxy-FD classifier for this frame size, as `mimo eval` uses it (any clip length).
 
     Proxy FDs compare only under the same classifier, so its cache key is part of the fingerprint.
     """
-    chosen = {"steps": settings.proxy_classifier_steps, "width": settings.proxy_classifier_width}
-    return proxy_config(config, **{key: value for key, value in chosen.items() if value is not None})
+    return proxy_config(config, **_classifier_settings(settings))
 
 
 class ConvergenceEvaluator:
-    """Held-out clips, the proxy classifier and the real clips' feature statistics, prepared once.
+    """Held-out clips and the metrics of the registry (mimo.evaluation.metrics) prepared on them, once.
 
-    Clips, sampling and history features are those of `mimo eval` / `mimo probe` (mimo.evaluation.evaluate).
+    Clips, sampling and history features are those of `mimo eval` / `mimo probe` (mimo.evaluation.protocols).
     """
 
     def __init__(self, config: Config, settings: ConvergenceSettings, device: torch.device):
         self.settings = settings
-        self.device = device
         self.clips = load_clips(config, max(settings.eval_clips, settings.probe_clips))
-        proxy = proxy_classifier_config(config, settings)
-        self.classifier = load_proxy_classifier(proxy, device=device, progress=False)
-        real = self.clips["video"][: settings.eval_clips]
-        self.real_statistics = extract_feature_statistics(real, self.classifier.features, device=device, progress=False)
+        self.held_out = {key: value[: settings.eval_clips] for key, value in self.clips.items()}
+        names = CONVERGENCE_METRICS if config.eval.metrics == "auto" else config.eval.metric_list(config.data.dataset)
+        # eigh: exact for the rank-deficient covariances of a few hundred clips
+        proxy = {"classifier": _classifier_settings(settings), "method": "eigh", "progress": False}
+        self.metrics = build_metrics(list(names), config, self.held_out, str(device), proxy_fd=proxy)
         self.layer = config.mimo.decoder_layer or config.model.size()[0]
 
     def __call__(self, model: FrameCausalDiT, config: Config) -> dict[str, float]:
-        n, k = self.settings.eval_clips, config.context_frames
-        clips = {key: value[:n] for key, value in self.clips.items()}
-        samples = generate(model, config, clips, self.settings.seed)
-        trajectory = trajectory_error(samples[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
-        # eigh: exact for the rank-deficient covariances of a few hundred clips
-        fd = proxy_frechet_distance(
-            self.real_statistics, samples, self.classifier, device=self.device, method="eigh", progress=False
-        )
+        samples = generate(model, config, self.held_out, self.settings.seed)
+        scores = {name: round(metric(samples), 4) for name, metric in self.metrics.items()}
         probe_clips = self.clips["video"][: self.settings.probe_clips]
         per_frame = history_features(model, probe_clips, config.eval.batch_size)[self.layer]  # (N, T, D)
         labels = self.clips["label"][: self.settings.probe_clips]
         c = DEFAULT_C_GRID if self.settings.probe_c is None else self.settings.probe_c
         probe = linear_probe(per_frame.mean(dim=1), labels, c=c, seed=self.settings.seed)
-        return {
-            "trajectory_error": round(trajectory.mean_error, 4),
-            "trajectory_miss_rate": round(trajectory.miss_rate, 4),
-            "proxy_fd": round(fd, 4),
-            "probe_accuracy": round(probe.held_out_accuracy, 4),
-        }
+        return scores | {PROBE: round(probe.held_out_accuracy, 4)}
 
 
 def _fingerprint(config: Config, settings: ConvergenceSettings) -> str:
@@ -822,9 +826,11 @@ def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any
         summary = convergence_summary(evaluations)
         return {"settings": settings_json, "results": {"evaluations": evaluations, "summary": summary}}
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer trains
+    device = torch.device(default_device())  # where Trainer trains
     evaluate = ConvergenceEvaluator(config, settings, device)
-    settings_json["proxy_classifier_accuracy"] = round(evaluate.classifier.validation_accuracy, 4)
+    if "proxy_fd" in evaluate.metrics:
+        accuracy = evaluate.metrics["proxy_fd"].classifier.validation_accuracy
+        settings_json["proxy_classifier_accuracy"] = round(accuracy, 4)
     for step in evaluation_steps(config.train.steps, settings.eval_every):
         if all(str(step) in evaluations[arm] for arm in arms):
             continue
@@ -874,8 +880,10 @@ def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: 
 
     summary = convergence_summary(evaluations)
     colors = {"baseline": "tab:blue", "mimo": "tab:orange"}
-    fig, axes = plt.subplots(1, len(HIGHER_IS_BETTER), figsize=(5 * len(HIGHER_IS_BETTER), 3.6), dpi=110)
-    for ax, metric in zip(axes, HIGHER_IS_BETTER, strict=True):
+    metrics = list(dict.fromkeys(m for arm in evaluations.values() for v in arm.values() for m in _summarised(v)))
+    metrics = metrics or [PROBE]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), dpi=110, squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for arm, style in (("baseline", "o-"), ("mimo", "s-")):
             points = sorted((int(s), v[metric]) for s, v in evaluations.get(arm, {}).items())
             if points:
@@ -894,7 +902,7 @@ def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: 
         if metric == "proxy_fd":
             ax.set_yscale("log")  # it falls by orders of magnitude early, then the arms differ by a few units
         ax.set_xlabel("training step")
-        ax.set_ylabel(METRIC_LABELS[metric], fontsize=8)
+        ax.set_ylabel(_label(metric), fontsize=8)
         ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.9, wspace=0.3)  # tight_layout costs ~1 s a call
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1036,17 +1044,9 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
             reach += f" (the baseline reached MiMo's final value at step {r['baseline_steps_to_mimo_final']:.0f})"
         speedup = "–" if r["speedup"] is None else _speedup_text(r)
         lines.append(
-            f"| {METRIC_LABELS[metric]} | {r['baseline_final']:.3f} ({r['baseline_final_step']}) | {at_step} "
+            f"| {_label(metric)} | {r['baseline_final']:.3f} ({r['baseline_final_step']}) | {at_step} "
             f"| {r['baseline_steps_to_reach']:.0f} | {reach} | {speedup} |"
         )
-    finals = {arm: v[max(v, key=int)] for arm, v in results["evaluations"].items() if v}
-    if finals:
-        lines += [
-            "",
-            "Objects lost in the samples at the last evaluation (trajectory miss rate): "
-            + ", ".join(f"{arm} {final['trajectory_miss_rate']:.0%}" for arm, final in finals.items())
-            + ".",
-        ]
     return [*lines, "", f"![convergence curves]({image})"]
 
 
@@ -1187,7 +1187,7 @@ def run_benchmark(name: str, args: Sequence[str] | None = None) -> dict[str, Any
         torch.set_num_threads(options.threads)
     options.results_dir = options.out or default_results_dir()
     options.result_name = _result_name(name, options)
-    machine = machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    machine = machine_info(torch.device(default_device()))
     share = CpuShare()
 
     def publish(payload: dict[str, Any]) -> dict[str, Any]:

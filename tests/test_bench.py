@@ -130,12 +130,12 @@ def test_steps_to_reach_interpolates_the_last_crossing():
 
 def test_speedup_does_not_credit_mimo_for_a_baseline_that_got_worse():
     def curve(values):
-        return {str(step): {"trajectory_error": v, "proxy_fd": v, "probe_accuracy": -v} for step, v in values.items()}
+        return {str(step): {"trajectory": v, "proxy_fd": v, "probe_accuracy": -v} for step, v in values.items()}
 
     # The baseline reached 6 by step 180 (interpolated) and ended there; MiMo reaches 6 only at step 250.
     baseline = curve({100: 10.0, 200: 5.0, 300: 6.0})
     mimo = curve({100: 9.0, 200: 7.0, 300: 5.0})
-    row = convergence_summary({"baseline": baseline, "mimo": mimo})["trajectory_error"]
+    row = convergence_summary({"baseline": baseline, "mimo": mimo})["trajectory"]
     assert row["baseline_steps_to_reach"] == pytest.approx(180.0)
     assert row["mimo_steps_to_reach"] == pytest.approx(250.0)
     assert row["speedup"] == pytest.approx(180 / 250, abs=0.01)
@@ -144,16 +144,16 @@ def test_speedup_does_not_credit_mimo_for_a_baseline_that_got_worse():
 
 def test_a_mimo_that_never_catches_up_is_measured_against_the_baseline_at_its_own_final_value():
     def curve(values):
-        return {str(step): {"trajectory_error": v, "proxy_fd": v, "probe_accuracy": -v} for step, v in values.items()}
+        return {str(step): {"trajectory": v, "proxy_fd": v, "probe_accuracy": -v} for step, v in values.items()}
 
     # MiMo ends at 7, which the baseline reached at step 250 (interpolated): MiMo is 250 / 400 as fast.
     baseline = curve({100: 10.0, 200: 8.0, 300: 6.0, 400: 4.0})
     mimo = curve({100: 10.0, 200: 9.0, 300: 8.0, 400: 7.0})
-    row = convergence_summary({"baseline": baseline, "mimo": mimo})["trajectory_error"]
+    row = convergence_summary({"baseline": baseline, "mimo": mimo})["trajectory"]
     assert row["mimo_steps_to_reach"] is None
     assert row["baseline_steps_to_mimo_final"] == pytest.approx(250.0)
     assert row["speedup"] == pytest.approx(250 / 400, abs=0.01)
     assert not row["speedup_is_lower_bound"] and not row["speedup_is_upper_bound"]
     # a baseline already better than MiMo's final value at its first evaluation: only an upper bound
     early = convergence_summary({"baseline": curve({100: 6.0, 200: 4.0}), "mimo": curve({100: 9.0, 200: 7.0})})
-    assert early["trajectory_error"]["speedup_is_upper_bound"]
+    assert early["trajectory"]["speedup_is_upper_bound"]

@@ -10,7 +10,8 @@ import torch
 
 from conftest import micro_config
 from mimo.cli import main
-from mimo.evaluation.evaluate import balanced_indices, history_features, probe_run
+from mimo.evaluation.evaluate import probe_run
+from mimo.evaluation.protocols import balanced_indices, history_features
 from mimo.train.checkpoint import load_trained_model
 from mimo.train.trainer import train
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mimo.config import DiffusionConfig
 from mimo.diffusion.flow import integrate, interpolate, sample_noise_levels, velocity_target
 
 SHAPE = (3, 2, 1, 4, 4)  # (B, T, C, H, W)
@@ -79,10 +80,11 @@ def test_unknown_solver_is_rejected():
 
 @pytest.mark.parametrize("method", ["uniform", "logit_normal"])
 def test_noise_levels_are_in_the_unit_interval_independent_per_frame_and_reproducible(method):
-    levels = sample_noise_levels((4000, 3), method, torch.Generator().manual_seed(0))
+    diffusion = DiffusionConfig(timestep_sampling=method)
+    levels = sample_noise_levels((4000, 3), diffusion, torch.Generator().manual_seed(0))
     assert levels.shape == (4000, 3)
     assert ((levels > 0) & (levels < 1)).all()
-    assert torch.equal(levels, sample_noise_levels((4000, 3), method, torch.Generator().manual_seed(0)))
+    assert torch.equal(levels, sample_noise_levels((4000, 3), diffusion, torch.Generator().manual_seed(0)))
     correlation = torch.corrcoef(levels.T)[0, 1].abs().item()
     assert correlation < 0.1  # frames draw their own levels
     assert abs(levels.mean().item() - 0.5) < 0.02  # both are symmetric about 1/2
@@ -91,7 +93,8 @@ def test_noise_levels_are_in_the_unit_interval_independent_per_frame_and_reprodu
 
 
 def test_logit_normal_levels_follow_their_mean_and_std():
-    levels = sample_noise_levels((20000,), "logit_normal", torch.Generator().manual_seed(1), 0.5, 0.7)
+    diffusion = DiffusionConfig(timestep_sampling="logit_normal", logit_mean=0.5, logit_std=0.7)
+    levels = sample_noise_levels((20000,), diffusion, torch.Generator().manual_seed(1))
     logits = torch.logit(levels.double())
     assert abs(logits.mean().item() - 0.5) < 0.03
     assert abs(logits.std().item() - 0.7) < 0.03

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mimo.data import video_folder
+from mimo.config import ConfigError, DataConfig
+from mimo.data import build_dataset, video_folder
 from mimo.data.media import write_video
 from mimo.data.video_folder import (
     BadVideoWarning,
@@ -27,7 +28,6 @@ from mimo.data.video_folder import (
     kinetics_records,
     read_clip,
     ucf101_records,
-    video_dataset,
 )
 
 RAMP_BASE, RAMP_STEP, RAMP_FRAMES = 10, 6, 40
@@ -269,13 +269,17 @@ def test_kinetics_csv_names_files_by_youtube_id_and_times(tmp_path: Path) -> Non
         kinetics_records(tmp_path / "videos", tmp_path / "bad.csv")
 
 
-def test_video_dataset_builds_each_kind(class_root: Path) -> None:
-    clips = ClipSampling(num_frames=4, size=32)
-    assert video_dataset("folder", class_root, clips)[0]["label"] == -1
-    labelled = video_dataset("class_folders", class_root, clips)
+def test_the_dataset_registry_builds_each_video_layout(class_root: Path) -> None:
+    def dataset(name: str, root: Path):
+        config = DataConfig(dataset=name, path=str(root), num_frames=4, frame_size=32)
+        return build_dataset(config, "eval")
+
+    assert dataset("video_folder", class_root)[0]["label"] == -1
+    labelled = dataset("class_folders", class_root)
     assert labelled.classes == ["jump", "walk"] and labelled.describe()["clips"]["num_frames"] == 4
-    with pytest.raises(ValueError, match="kinetics600"):
-        video_dataset("ucf", class_root, clips)
+    assert dataset("kinetics600", class_root).classes == ["jump", "walk"]  # no annotations: class folders
+    with pytest.raises(ConfigError, match="kinetics600"):
+        dataset("ucf", class_root)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        video_dataset("folder", class_root / "nowhere", clips)
+        dataset("video_folder", class_root / "nowhere")
     assert VideoRecord(class_root).label == -1

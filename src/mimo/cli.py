@@ -61,17 +61,15 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _data_encode(args: argparse.Namespace) -> None:
-    import torch
-
     from mimo.data import build_dataset
     from mimo.data.latents import encode_dataset
     from mimo.models.autoencoder import build_autoencoder
+    from mimo.train.distributed import default_device
 
     config = load_config(args.config, args.overrides)
     dataset = build_dataset(config.data, "eval")  # deterministic clips: the same latents on every run
     options = {"path": args.vae} if args.vae else {}
     autoencoder = build_autoencoder(args.autoencoder, **options)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     manifest = encode_dataset(
         dataset,
         autoencoder,
@@ -79,30 +77,26 @@ def _data_encode(args: argparse.Namespace) -> None:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         num_workers=config.data.num_workers,
-        device=device,
+        device=default_device(args.device),
     )
     clips = sum(shard["count"] for shard in manifest["shards"])
     print(f"{clips} clips in {manifest['num_shards']} shards")
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
 
 
-def _device(requested: str | None) -> str:
-    import torch
-
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _eval(args: argparse.Namespace) -> None:
     from mimo.evaluation.evaluate import evaluate_run
+    from mimo.train.distributed import default_device
 
-    results = evaluate_run(args.checkpoint, args.overrides, args.out, _device(args.device))
+    results = evaluate_run(args.checkpoint, args.overrides, args.out, default_device(args.device))
     print(json.dumps(results["metrics"], indent=1))
 
 
 def _probe(args: argparse.Namespace) -> None:
     from mimo.evaluation.evaluate import probe_run
+    from mimo.train.distributed import default_device
 
-    results = probe_run(args.checkpoint, args.overrides, args.reference, args.out, _device(args.device))
+    results = probe_run(args.checkpoint, args.overrides, args.reference, args.out, default_device(args.device))
     print(json.dumps({k: results[k] for k in ("layer", "accuracy", "chance_accuracy", "cknna", "reference")}, indent=1))
 
 

@@ -1,8 +1,11 @@
-"""Configuration as data: frozen dataclasses, YAML files that are small diffs, one validation.
+"""Configuration as data: frozen dataclasses, YAML files that are small diffs, validation beside each section.
 
 A YAML file may name a `base:` file (relative to itself) whose values it overrides; command-line
 overrides `section.key=value` come last. Every impossible value is rejected by `validate` before
-any work starts, with a message that names the key and the fix.
+any work starts, with a message that names the key and the fix: each section's `validate` checks
+its own keys (and how they meet other sections). Option sets with an implementation (datasets,
+noise-level samplers, sampling grids, solvers, REPA modes, parallel modes, metrics) are declared
+beside it and imported here when validating, which keeps this module free of torch and of cycles.
 """
 
 from __future__ import annotations
@@ -27,16 +30,30 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "XL": (28, 1152, 16),
 }
 TASKS = ("unconditional", "class_conditional", "prediction")
-# video_folder: any folder of videos (unlabelled); class_folders: one sub-folder per class
-DATASETS = ("synthetic", "video_folder", "class_folders", "ucf101", "kinetics600", "latents")
-MAX_SYNTHETIC_OBJECTS = 8  # the palette of mimo.data.synthetic: every object of a clip has its own colour
 CLEAN_CONDITIONING = ("independent_ln", "clean_timestep")
 MIMO_TARGETS = ("current", "next", "current+next")
 MASK_LOSS_ON = ("dropped", "all")
-TIMESTEP_SAMPLING = ("logit_normal", "uniform")
-SOLVERS = ("euler", "heun")
 PRECISIONS = ("fp32", "bf16")
-REPA_MODES = ("none", "history", "future", "both")
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _check_choice(value: str, choices, key: str) -> None:
+    _check(value in choices, key, f"unknown value '{value}'; choose one of {list(choices)}")
+
+
+def _check_heads(width: int, heads: int, rope: bool, width_key: str, heads_key: str) -> None:
+    """Attention splits the width over the heads; rotary positions need an even head dimension of at least 6."""
+    _check(width % heads == 0, width_key, f"width {width} must be divisible by {heads_key} {heads}")
+    head_dim = width // heads
+    _check(
+        not rope or (head_dim % 2 == 0 and head_dim >= 6),
+        heads_key,
+        f"rotary positions need an even head dimension of at least 6, got {head_dim}; change {heads_key}",
+    )
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,21 @@ class ModelConfig:
         """(depth, width, heads) after applying explicit overrides to the preset."""
         depth, width, heads = PRESETS[self.preset]
         return self.depth or depth, self.width or width, self.heads or heads
+
+    def validate(self, config: Config) -> None:
+        _check_choice(self.preset, PRESETS, "model.preset")
+        depth, width, heads = self.size()
+        _check(depth >= 1 and width >= 1 and heads >= 1, "model.depth/width/heads", "must be positive")
+        _check_heads(width, heads, self.rope, "model.width", "model.heads")
+        _check(self.patch_size >= 1, "model.patch_size", "must be a positive integer")
+        frame_size = config.data.frame_size
+        _check(
+            frame_size % self.patch_size == 0,
+            "model.patch_size",
+            f"patch size {self.patch_size} does not divide the frame size {frame_size}; "
+            f"choose a divisor of {frame_size} or change data.frame_size",
+        )
+        _check_choice(self.clean_conditioning, CLEAN_CONDITIONING, "model.clean_conditioning")
 
 
 @dataclass(frozen=True)
@@ -75,12 +107,36 @@ class DataConfig:
     fold: int = 1  # ucf101: split files trainlist0N / testlist0N, N in 1..3
     annotations: str | None = None  # kinetics600: the CSV (label,youtube_id,time_start,time_end,split)
 
+    def validate(self, config: Config) -> None:
+        from mimo.data import DATASETS
+        from mimo.data.synthetic import PALETTE  # every object of a clip has its own colour
+
+        _check_choice(self.dataset, DATASETS, "data.dataset")
+        _check(
+            self.dataset == "synthetic" or self.path, "data.path", f"dataset '{self.dataset}' needs data.path=FOLDER"
+        )
+        _check(self.num_frames >= 2, "data.num_frames", f"a clip needs at least 2 frames, got {self.num_frames}")
+        _check(self.frame_size >= 1 and self.channels >= 1, "data.frame_size/channels", "must be positive")
+        _check(self.num_clips >= 1, "data.num_clips", "must be positive")
+        _check(1 <= self.max_objects <= len(PALETTE), "data.max_objects", f"choose 1 to {len(PALETTE)}")
+        _check(self.frame_stride >= 1, "data.frame_stride", "must be at least 1")
+        _check(self.num_workers >= 0, "data.num_workers", "must be 0 or more")
+        _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+        _check(self.split in ("train", "test"), "data.split", f"choose 'train' or 'test', got '{self.split}'")
+        _check(1 <= self.fold <= 3, "data.fold", f"UCF-101 has folds 1 to 3, got {self.fold}")
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
     timestep_sampling: str = "logit_normal"  # SiT / FAR; "uniform" as in rectified flow
     logit_mean: float = 0.0
     logit_std: float = 1.0
+
+    def validate(self, config: Config) -> None:
+        from mimo.diffusion.flow import NOISE_LEVEL_SAMPLERS
+
+        _check_choice(self.timestep_sampling, NOISE_LEVEL_SAMPLERS, "diffusion.timestep_sampling")
+        _check(self.logit_std > 0, "diffusion.logit_std", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -99,6 +155,26 @@ class MimoConfig:
     def enabled(self) -> bool:
         return self.weight > 0
 
+    def validate(self, config: Config) -> None:
+        depth, width, heads = config.model.size()
+        _check(self.weight >= 0, "mimo.weight", f"λ must be 0 (baseline) or positive, got {self.weight}")
+        _check(0 <= self.mask_ratio < 1, "mimo.mask_ratio", f"r must be in [0, 1), got {self.mask_ratio}")
+        _check(
+            self.decoder_layer is None or 1 <= self.decoder_layer <= depth,
+            "mimo.decoder_layer",
+            f"l must be in 1..{depth} (the backbone depth), got {self.decoder_layer}",
+        )
+        _check_choice(self.targets, MIMO_TARGETS, "mimo.targets")
+        _check_choice(self.loss_on, MASK_LOSS_ON, "mimo.loss_on")
+        _check(self.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
+        decoder_width, decoder_heads = self.decoder_width or width // 2, self.decoder_heads or heads
+        _check_heads(decoder_width, decoder_heads, config.model.rope, "mimo.decoder_width", "mimo.decoder_heads")
+        _check(
+            not (self.enabled and self.loss_on == "dropped" and self.mask_ratio == 0),
+            "mimo.mask_ratio",
+            "with r = 0 nothing is dropped, so a loss on dropped positions is empty; set mimo.loss_on=all or r > 0",
+        )
+
 
 @dataclass(frozen=True)
 class RepaConfig:
@@ -111,6 +187,48 @@ class RepaConfig:
     allow_download: bool = False  # without encoder_path, fetch weights (torch.hub / Hugging Face); needs internet
     features_path: str | None = None  # features cached by mimo.data.encoder_features; the encoder is then not run
     projector_dim: int = 2048  # REPA's projector width
+
+    def validate(self, config: Config) -> None:
+        from mimo.models.repa import REPA_MODES
+
+        depth = config.model.size()[0]
+        _check_choice(self.mode, REPA_MODES, "repa.mode")
+        _check(
+            self.mode == "none" or 1 <= self.layer <= depth, "repa.layer", f"must be in 1..{depth}, got {self.layer}"
+        )
+        _check(self.weight >= 0, "repa.weight", "must be 0 or more")
+        _check(self.projector_dim >= 1, "repa.projector_dim", "must be positive")
+        _check(
+            self.encoder_image_size is None or self.encoder_image_size >= 1,
+            "repa.encoder_image_size",
+            "must be positive",
+        )
+        kind, _, name = self.encoder.partition(":")
+        _check(
+            self.encoder == "random" or (kind in ("timm", "dinov2") and name != ""),
+            "repa.encoder",
+            f"unknown encoder '{self.encoder}'; use 'random', 'timm:MODEL_NAME' or 'dinov2:ARCH' (e.g. dinov2:vitb14)",
+        )
+        if self.mode == "none" or self.features_path:
+            return
+        _check(
+            kind == "random" or self.encoder_path or self.allow_download,
+            "repa.encoder_path",
+            f"encoder '{self.encoder}' needs its weights: set repa.encoder_path=FILE (a local checkpoint), or "
+            "repa.allow_download=true on a machine with internet, or repa.features_path=DIR of cached features",
+        )
+        _check(
+            config.data.dataset != "latents",
+            "repa.features_path",
+            "the encoder sees pixels, but data.dataset=latents gives latents: extract features from the pixel "
+            "dataset (mimo.data.encoder_features.extract_features) and set repa.features_path=DIR",
+        )
+        _check(
+            kind == "random" or config.data.channels == 3,
+            "repa.encoder",
+            f"a ViT encoder needs RGB frames, but data.channels={config.data.channels}; cache features from RGB "
+            "frames and set repa.features_path=DIR",
+        )
 
 
 @dataclass(frozen=True)
@@ -142,6 +260,43 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # or "skip" the step
     tensorboard: bool = True
 
+    def validate(self, config: Config) -> None:
+        from mimo.train.distributed import PARALLEL_MODES
+
+        _check_choice(self.task, TASKS, "train.task")
+        num_frames = config.data.num_frames
+        if self.task == "prediction":
+            _check(
+                1 <= self.context_frames < num_frames,
+                "train.context_frames",
+                f"context length {self.context_frames} must be at least 1 and less than the clip length "
+                f"{num_frames} (data.num_frames), so that some frames are generated",
+            )
+        if self.task == "class_conditional":
+            _check(
+                config.data.num_classes >= 1, "data.num_classes", "class-conditional training needs num_classes >= 1"
+            )
+        _check(self.steps >= 0, "train.steps", f"must be 0 or more, got {self.steps}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be 0 or more, got {self.warmup_steps}")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be 0 (off) or positive")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
+        _check(self.grad_accumulation >= 1, "train.grad_accumulation", "must be at least 1")
+        _check_choice(self.precision, PRECISIONS, "train.precision")
+        _check_choice(self.parallel, PARALLEL_MODES, "train.parallel")
+        _check_choice(self.on_nonfinite, ("stop", "skip"), "train.on_nonfinite")
+        for key in ("log_every", "sample_every", "checkpoint_every"):
+            _check(getattr(self, key) >= 0, f"train.{key}", "must be 0 (off) or positive")
+        _check(
+            self.max_seconds is None or self.max_seconds > 0,
+            "train.max_seconds",
+            "must be positive (or null for no limit)",
+        )
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -152,16 +307,29 @@ class SampleConfig:
     num_videos: int = 8
     num_frames: int | None = None  # None: the training clip length
     use_cache: bool = True
+    grid: str = "uniform"  # the noise levels stepped through (mimo.diffusion.flow.SAMPLING_GRIDS)
 
+    def validate(self, config: Config) -> None:
+        from mimo.diffusion.flow import SAMPLING_GRIDS, SOLVERS
 
-EVAL_METRICS = ("fvd", "proxy_fd", "trajectory", "psnr", "ssim")
+        _check(self.steps >= 1, "sample.steps", f"must be at least 1, got {self.steps}")
+        _check_choice(self.solver, SOLVERS, "sample.solver")
+        _check_choice(self.grid, SAMPLING_GRIDS, "sample.grid")
+        _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")
+        _check(self.window is None or self.window >= 1, "sample.window", "must be at least 1 clean frame")
+        _check(self.num_videos >= 1, "sample.num_videos", "must be at least 1")
+        _check(
+            self.num_frames is None or self.num_frames > config.context_frames,
+            "sample.num_frames",
+            f"must exceed the {config.context_frames} context frames",
+        )
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     num_videos: int = 64  # generated videos per seed (FAR's UCF-101 protocol: 2048)
     seeds: str = "0"  # comma-separated sampling seeds; mean ± std over them (FAR: "0,2,4,6")
-    metrics: str = "auto"  # comma-separated of EVAL_METRICS; auto: fvd on real data, proxy_fd + trajectory on synthetic
+    metrics: str = "auto"  # comma-separated names of mimo.evaluation.metrics.METRICS; auto: as metric_list says
     batch_size: int = 16
     balanced_classes: bool = True  # real clips balanced over classes (FAR's UCF-101 protocol)
     start_at_zero: bool = False  # real clips start at the first frame (FAR's UCF-101 protocol)
@@ -173,9 +341,30 @@ class EvalConfig:
         return [int(seed) for seed in str(self.seeds).split(",") if seed.strip()]
 
     def metric_list(self, dataset: str) -> list[str]:
+        """The metrics to report; auto: FVD on real data, proxy FD, trajectory error and PSNR on the built-in videos."""
         if self.metrics == "auto":
             return ["proxy_fd", "trajectory", "psnr"] if dataset == "synthetic" else ["fvd"]
         return [metric.strip() for metric in self.metrics.split(",") if metric.strip()]
+
+    def validate(self, config: Config) -> None:
+        from mimo.evaluation.metrics import METRICS
+
+        depth = config.model.size()[0]
+        _check(self.num_videos >= 1 and self.batch_size >= 1, "eval.num_videos/batch_size", "must be at least 1")
+        try:
+            seeds = self.seed_list()
+        except ValueError:
+            seeds = []
+        _check(bool(seeds), "eval.seeds", f"give comma-separated integers, e.g. 0,2,4,6; got '{self.seeds}'")
+        for name in self.metric_list(config.data.dataset):
+            _check_choice(name, METRICS, "eval.metrics")
+            _check(
+                not METRICS[name].needs_motion or config.data.dataset == "synthetic",
+                "eval.metrics",
+                f"'{name}' needs the true motion of the built-in videos (data.dataset=synthetic)",
+            )
+        _check(self.probe_layer is None or 1 <= self.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
+        _check(self.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
 
 
 @dataclass(frozen=True)
@@ -298,160 +487,7 @@ def with_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
-def _check(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
-
-
 def validate(config: Config) -> None:
-    """Reject every impossible value before any work starts."""
-    m, d, t, s, k, r = config.model, config.data, config.train, config.sample, config.mimo, config.repa
-    _check(m.preset in PRESETS, "model.preset", f"unknown preset '{m.preset}'; choose one of {list(PRESETS)}")
-    depth, width, heads = m.size()
-    _check(depth >= 1 and width >= 1 and heads >= 1, "model.depth/width/heads", "must be positive")
-    _check(width % heads == 0, "model.width", f"width {width} must be divisible by heads {heads}")
-    head_dim = width // heads
-    _check(
-        not m.rope or (head_dim % 2 == 0 and head_dim >= 6),
-        "model.heads",
-        f"rotary embedding needs an even head dimension of at least 6, got {head_dim}; change model.heads",
-    )
-    _check(m.patch_size >= 1, "model.patch_size", "must be a positive integer")
-    _check(
-        d.frame_size % m.patch_size == 0,
-        "model.patch_size",
-        f"patch size {m.patch_size} does not divide the frame size {d.frame_size}; "
-        f"choose a divisor of {d.frame_size} or change data.frame_size",
-    )
-    _check(
-        m.clean_conditioning in CLEAN_CONDITIONING,
-        "model.clean_conditioning",
-        f"unknown value '{m.clean_conditioning}'; choose one of {list(CLEAN_CONDITIONING)}",
-    )
-    _check(d.dataset in DATASETS, "data.dataset", f"unknown dataset '{d.dataset}'; choose one of {list(DATASETS)}")
-    _check(d.dataset == "synthetic" or d.path, "data.path", f"dataset '{d.dataset}' needs data.path=FOLDER")
-    _check(d.num_frames >= 2, "data.num_frames", f"a clip needs at least 2 frames, got {d.num_frames}")
-    _check(d.frame_size >= 1 and d.channels >= 1, "data.frame_size/channels", "must be positive")
-    _check(d.num_clips >= 1, "data.num_clips", "must be positive")
-    _check(1 <= d.max_objects <= MAX_SYNTHETIC_OBJECTS, "data.max_objects", f"choose 1 to {MAX_SYNTHETIC_OBJECTS}")
-    _check(d.frame_stride >= 1, "data.frame_stride", "must be at least 1")
-    _check(d.num_workers >= 0, "data.num_workers", "must be 0 or more")
-    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
-    _check(d.split in ("train", "test"), "data.split", f"choose 'train' or 'test', got '{d.split}'")
-    _check(1 <= d.fold <= 3, "data.fold", f"UCF-101 has folds 1 to 3, got {d.fold}")
-    _check(t.task in TASKS, "train.task", f"unknown task '{t.task}'; choose one of {list(TASKS)}")
-    if t.task == "prediction":
-        _check(
-            1 <= t.context_frames < d.num_frames,
-            "train.context_frames",
-            f"context length {t.context_frames} must be at least 1 and less than the clip length "
-            f"{d.num_frames} (data.num_frames), so that some frames are generated",
-        )
-    if t.task == "class_conditional":
-        _check(d.num_classes >= 1, "data.num_classes", "class-conditional training needs num_classes >= 1")
-    _check(t.steps >= 0, "train.steps", f"must be 0 or more, got {t.steps}")
-    _check(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}")
-    _check(t.lr > 0, "train.lr", f"must be positive, got {t.lr}")
-    _check(t.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
-    _check(t.warmup_steps >= 0, "train.warmup_steps", f"must be 0 or more, got {t.warmup_steps}")
-    _check(t.grad_clip >= 0, "train.grad_clip", "must be 0 (off) or positive")
-    _check(0 <= t.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {t.ema_decay}")
-    _check(0 <= t.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
-    _check(t.grad_accumulation >= 1, "train.grad_accumulation", "must be at least 1")
-    _check(t.precision in PRECISIONS, "train.precision", f"choose one of {list(PRECISIONS)}")
-    _check(t.parallel in ("ddp", "fsdp"), "train.parallel", f"unknown mode '{t.parallel}'; choose 'ddp' or 'fsdp'")
-    _check(t.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "choose 'stop' or 'skip'")
-    for key in ("log_every", "sample_every", "checkpoint_every"):
-        _check(getattr(t, key) >= 0, f"train.{key}", "must be 0 (off) or positive")
-    _check(t.max_seconds is None or t.max_seconds > 0, "train.max_seconds", "must be positive (or null for no limit)")
-    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1")
-    _check(
-        config.diffusion.timestep_sampling in TIMESTEP_SAMPLING,
-        "diffusion.timestep_sampling",
-        f"choose one of {list(TIMESTEP_SAMPLING)}",
-    )
-    _check(config.diffusion.logit_std > 0, "diffusion.logit_std", "must be positive")
-    _check(k.weight >= 0, "mimo.weight", f"λ must be 0 (baseline) or positive, got {k.weight}")
-    _check(0 <= k.mask_ratio < 1, "mimo.mask_ratio", f"r must be in [0, 1), got {k.mask_ratio}")
-    _check(
-        k.decoder_layer is None or 1 <= k.decoder_layer <= depth,
-        "mimo.decoder_layer",
-        f"l must be in 1..{depth} (the backbone depth), got {k.decoder_layer}",
-    )
-    _check(k.targets in MIMO_TARGETS, "mimo.targets", f"choose one of {list(MIMO_TARGETS)}")
-    _check(
-        "next" not in k.targets or d.num_frames >= 2,
-        "mimo.targets",
-        "a 'next' target needs clips of at least 2 frames",
-    )
-    _check(k.loss_on in MASK_LOSS_ON, "mimo.loss_on", f"choose one of {list(MASK_LOSS_ON)}")
-    _check(k.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
-    decoder_width, decoder_heads = k.decoder_width or width // 2, k.decoder_heads or heads
-    _check(
-        decoder_width % decoder_heads == 0,
-        "mimo.decoder_width",
-        f"decoder width {decoder_width} must be divisible by mimo.decoder_heads {decoder_heads}",
-    )
-    decoder_head_dim = decoder_width // decoder_heads
-    _check(
-        not m.rope or (decoder_head_dim % 2 == 0 and decoder_head_dim >= 6),
-        "mimo.decoder_heads",
-        f"rotary positions need an even decoder head dimension of at least 6, got {decoder_head_dim}",
-    )
-    _check(
-        not (k.enabled and k.loss_on == "dropped" and k.mask_ratio == 0),
-        "mimo.mask_ratio",
-        "with r = 0 nothing is dropped, so a loss on dropped positions is empty; set mimo.loss_on=all or r > 0",
-    )
-    _check(r.mode in REPA_MODES, "repa.mode", f"choose one of {list(REPA_MODES)}")
-    _check(r.mode == "none" or 1 <= r.layer <= depth, "repa.layer", f"must be in 1..{depth}, got {r.layer}")
-    _check(r.weight >= 0, "repa.weight", "must be 0 or more")
-    _check(r.projector_dim >= 1, "repa.projector_dim", "must be positive")
-    _check(r.encoder_image_size is None or r.encoder_image_size >= 1, "repa.encoder_image_size", "must be positive")
-    kind, _, name = r.encoder.partition(":")
-    _check(
-        r.encoder == "random" or (kind in ("timm", "dinov2") and name != ""),
-        "repa.encoder",
-        f"unknown encoder '{r.encoder}'; use 'random', 'timm:MODEL_NAME' or 'dinov2:ARCH' (e.g. dinov2:vitb14)",
-    )
-    if r.mode != "none" and not r.features_path:
-        _check(
-            kind == "random" or r.encoder_path or r.allow_download,
-            "repa.encoder_path",
-            f"encoder '{r.encoder}' needs its weights: set repa.encoder_path=FILE (a local checkpoint), or "
-            "repa.allow_download=true on a machine with internet, or repa.features_path=DIR of cached features",
-        )
-        _check(
-            d.dataset != "latents",
-            "repa.features_path",
-            "the encoder sees pixels, but data.dataset=latents gives latents: extract features from the pixel "
-            "dataset (mimo.data.encoder_features.extract_features) and set repa.features_path=DIR",
-        )
-        _check(
-            kind == "random" or d.channels == 3,
-            "repa.encoder",
-            f"a ViT encoder needs RGB frames, but data.channels={d.channels}; cache features from RGB frames "
-            "and set repa.features_path=DIR",
-        )
-    e = config.eval
-    _check(e.num_videos >= 1 and e.batch_size >= 1, "eval.num_videos/batch_size", "must be at least 1")
-    try:
-        seeds = e.seed_list()
-    except ValueError:
-        seeds = []
-    _check(bool(seeds), "eval.seeds", f"give comma-separated integers, e.g. 0,2,4,6; got '{e.seeds}'")
-    unknown_metrics = set(e.metric_list(d.dataset)) - set(EVAL_METRICS)
-    _check(not unknown_metrics, "eval.metrics", f"unknown {sorted(unknown_metrics)}; choose from {list(EVAL_METRICS)}")
-    _check(e.probe_layer is None or 1 <= e.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
-    _check(e.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
-    _check(s.steps >= 1, "sample.steps", f"must be at least 1, got {s.steps}")
-    _check(s.solver in SOLVERS, "sample.solver", f"choose one of {list(SOLVERS)}")
-    _check(s.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")
-    _check(s.window is None or s.window >= 1, "sample.window", "must be at least 1 clean frame")
-    _check(s.num_videos >= 1, "sample.num_videos", "must be at least 1")
-    _check(
-        s.num_frames is None or s.num_frames > config.context_frames,
-        "sample.num_frames",
-        f"must exceed the {config.context_frames} context frames",
-    )
-
+    """Reject every impossible value before any work starts: each section checks its own keys."""
+    for section in fields(Config):
+        getattr(config, section.name).validate(config)

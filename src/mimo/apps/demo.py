@@ -17,9 +17,8 @@ import torch
 
 from mimo.config import Config, load_config
 from mimo.data.media import save_gif, video_grid
+from mimo.evaluation.metrics import METRICS, build_metrics, score_trajectory
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
-from mimo.metrics.frame_metrics import psnr
-from mimo.metrics.trajectory import TrajectoryError, trajectory_error
 from mimo.train.checkpoint import load_trained_model
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import train
@@ -36,14 +35,11 @@ class DemoReport:
     final_diffusion_loss: float
     final_mask_loss: float | None
     sample_seconds_per_frame: float
-    trajectory_error_px: float
-    trajectory_error_copy_last_px: float
-    trajectory_miss_rate: float
+    metrics: dict[str, float]  # eval.metrics of the samples (the registry of mimo.evaluation.metrics)
+    metrics_copy_last: dict[str, float]  # the same of the copy-last-frame predictor
     teacher_forced_trajectory_error_px: float
     long_trajectory_error_px: float
     long_trajectory_error_copy_last_px: float
-    psnr_db: float
-    psnr_copy_last_db: float
     files: dict[str, str]
 
 
@@ -76,12 +72,10 @@ def run_demo(
     copy_last = copy_last_frame(clips["video"], k)
     forced = teacher_forced(model, config, clips["video"][:, :length])
 
-    def trajectory(videos: torch.Tensor, frames: int) -> TrajectoryError:
-        return trajectory_error(videos[:, k:frames], clips["positions"][:, k:frames], clips["colors"], clips["valid"])
+    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, clips)
 
-    ours, ours_long = trajectory(samples, length), trajectory(long_samples, long_length)
-    copied, copied_long = trajectory(copy_last, length), trajectory(copy_last, long_length)
-    truth = clips["video"][:, k:length]
+    def trajectory(videos: torch.Tensor) -> float:
+        return round(score_trajectory(videos, clips, k).mean_error, 2)
 
     files = {
         "samples_gif": str(
@@ -93,8 +87,8 @@ def run_demo(
         "loss_plot": str(out_dir / "loss.png"),
         "checkpoint": str(result.checkpoint),
     }
-    metrics = read_metrics(out_dir)
-    last = metrics[-1] if metrics else result.losses
+    logged = read_metrics(out_dir)
+    last = logged[-1] if logged else result.losses
     report = DemoReport(
         train_seconds=round(result.seconds, 1),
         steps=result.step,
@@ -102,14 +96,11 @@ def run_demo(
         final_diffusion_loss=round(last.get("diffusion", float("nan")), 4),
         final_mask_loss=round(last["mask"], 4) if "mask" in last else None,
         sample_seconds_per_frame=round(seconds_per_frame, 4),
-        trajectory_error_px=round(ours.mean_error, 2),
-        trajectory_error_copy_last_px=round(copied.mean_error, 2),
-        trajectory_miss_rate=round(ours.miss_rate, 3),
-        teacher_forced_trajectory_error_px=round(trajectory(forced, length).mean_error, 2),
-        long_trajectory_error_px=round(ours_long.mean_error, 2),
-        long_trajectory_error_copy_last_px=round(copied_long.mean_error, 2),
-        psnr_db=round(psnr(samples[:, k:], truth).mean().item(), 2),
-        psnr_copy_last_db=round(psnr(copy_last[:, k:length], truth).mean().item(), 2),
+        metrics={name: round(metric(samples), 4) for name, metric in metrics.items()},
+        metrics_copy_last={name: round(metric(copy_last[:, :length]), 4) for name, metric in metrics.items()},
+        teacher_forced_trajectory_error_px=trajectory(forced),
+        long_trajectory_error_px=trajectory(long_samples),
+        long_trajectory_error_copy_last_px=trajectory(copy_last),
         files=files,
     )
     (out_dir / "demo_report.json").write_text(json.dumps(asdict(report), indent=1))
@@ -125,18 +116,16 @@ def _print(report: DemoReport, config: Config) -> None:
         f"(diffusion {report.final_diffusion_loss}, mask {report.final_mask_loss})"
     )
     print(f"sampling: {report.sample_seconds_per_frame:.3f} s per frame ({config.sample.steps} Euler steps, KV cache)")
+    print(f"frames {k + 1}-{t}:")
+    for name, value in report.metrics.items():
+        print(f"  {METRICS[name].label}: samples {value} vs copy-last-frame {report.metrics_copy_last[name]}")
     print(
-        f"trajectory error, frames {k + 1}-{t} (px, lower is better): samples {report.trajectory_error_px} "
-        f"vs copy-last-frame {report.trajectory_error_copy_last_px}; objects missed {report.trajectory_miss_rate:.1%}"
-    )
-    print(
-        "  each frame sampled from the true history instead (teacher-forced): "
+        "  trajectory error of each frame sampled from the true history instead (teacher-forced): "
         f"{report.teacher_forced_trajectory_error_px}"
     )
     print(
         f"trajectory error to frame {2 * t} (sliding window past the training length): "
         f"samples {report.long_trajectory_error_px} vs copy-last-frame {report.long_trajectory_error_copy_last_px}"
     )
-    print(f"PSNR of generated frames: samples {report.psnr_db} dB vs copy-last-frame {report.psnr_copy_last_db} dB")
     for name, path in report.files.items():
         print(f"{name}: {path}")

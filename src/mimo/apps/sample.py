@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from mimo.config import with_overrides
-from mimo.data import build_dataset, to_pixels
+from mimo.data import build_dataset, stack_clips, to_pixels
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.diffusion.sampler import sample_for_task
 from mimo.train.checkpoint import atomic_write_bytes, find_checkpoint, load_trained_model, read_state, save_tensors
+from mimo.train.distributed import default_device
 
 
 def sample_from_checkpoint(
@@ -30,16 +31,15 @@ def sample_from_checkpoint(
     Writes `samples.npz` (videos in [-1, 1], labels, and the real clips they were conditioned on),
     one MP4 per video, and `grid.gif` with the real clips above the samples.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     model, config = load_trained_model(checkpoint, use_ema=use_ema, device=device)
     config = with_overrides(config, overrides or [])
     count = num_videos or config.sample.num_videos
     eval_set = build_dataset(config.data, "eval", num_clips=count)
     if len(eval_set) < count:
         raise ValueError(f"the evaluation split has {len(eval_set)} clips, fewer than the {count} requested")
-    items = [eval_set[i] for i in range(count)]
-    video = torch.stack([item["video"] for item in items]).to(device)
-    labels = torch.stack([item["label"] for item in items]).to(device)
+    clips = stack_clips(eval_set, count)
+    video, labels = clips["video"].to(device), clips["label"].to(device)
     generator = torch.Generator().manual_seed(seed)
     samples = sample_for_task(model, config, video, labels, generator, num_frames=num_frames, progress=True).cpu()
     out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "samples_cli"

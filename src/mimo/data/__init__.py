@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from mimo.config import ConfigError, DataConfig
 from mimo.data.synthetic import MovingShapes
+from mimo.data.video_folder import (
+    ClipSampling,
+    VideoFolderDataset,
+    VideoRecord,
+    class_folder_records,
+    folder_records,
+    kinetics_records,
+    ucf101_records,
+)
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out synthetic clips come from a disjoint seed
-VIDEO_KINDS = {
-    "video_folder": "folder",
-    "class_folders": "class_folders",
-    "ucf101": "ucf101",
-    "kinetics600": "kinetics600",
-}
+SPLITS = ("train", "eval")
+DatasetBuilder = Callable[[DataConfig, str, int | None, bool], Dataset]
 
 
 def _check_latents(dataset, config: DataConfig) -> None:
@@ -31,6 +39,60 @@ def _check_latents(dataset, config: DataConfig) -> None:
         raise ConfigError(f"data.path: latents in {config.path} are {height}x{width}; only square frames are supported")
 
 
+def synthetic_dataset(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
+    """The built-in moving shapes; held-out clips come from a disjoint seed."""
+    seed = config.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
+    return MovingShapes(num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects)
+
+
+def latent_dataset(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
+    """Latents pre-extracted by `mimo data encode`, checked against the configured shape."""
+    from mimo.data.latents import LatentDataset
+
+    dataset = LatentDataset(config.path)
+    _check_latents(dataset, config)
+    return dataset
+
+
+def _video_files(read: Callable[[DataConfig], tuple[list[VideoRecord], list[str]]]) -> DatasetBuilder:
+    """A dataset of clips from video files, whose paths, labels and class names `read` finds at data.path."""
+
+    def build(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
+        clips = ClipSampling(
+            num_frames=config.num_frames,
+            frame_stride=config.frame_stride,
+            size=config.frame_size,
+            random_clips=split == "train",
+            seed=config.seed,
+            start_at_zero=start_at_zero,
+        )
+        records, classes = read(config)
+        return VideoFolderDataset(records, clips, classes, config.max_bad_fraction)
+
+    return build
+
+
+def _kinetics_records(config: DataConfig) -> tuple[list[VideoRecord], list[str]]:
+    """The CSV at data.annotations (which fixes the split) when given, else class folders."""
+    if config.annotations is None:
+        return class_folder_records(config.path)
+    return kinetics_records(config.path, config.annotations)
+
+
+# The one dataset registry: data.dataset names a key, and config validation imports it. A new dataset is
+# a builder (config, split, num_clips, start_at_zero) -> Dataset of {"video", "label"} dicts, added here.
+DATASETS: dict[str, DatasetBuilder] = {
+    "synthetic": synthetic_dataset,
+    "video_folder": _video_files(lambda config: (folder_records(config.path), [])),  # unlabelled
+    "class_folders": _video_files(lambda config: class_folder_records(config.path)),  # a sub-folder per class
+    # the official split files (data.split, data.fold); for all 13,320 videos, as generation papers train,
+    # use class_folders
+    "ucf101": _video_files(lambda config: ucf101_records(config.path, config.split, config.fold)),
+    "kinetics600": _video_files(_kinetics_records),
+    "latents": latent_dataset,
+}
+
+
 def build_dataset(
     config: DataConfig, split: str = "train", num_clips: int | None = None, start_at_zero: bool = False
 ) -> Dataset:
@@ -40,38 +102,18 @@ def build_dataset(
     Real videos: training clips start at random frames (torch's RNG, seeded per DataLoader worker),
     so unlike the synthetic and latent datasets their order is not bit-exact across a resume.
     """
-    if split not in ("train", "eval"):
+    if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if config.dataset == "synthetic":
-        seed = config.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
-        return MovingShapes(
-            num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects
-        )
-    if config.dataset == "latents":
-        from mimo.data.latents import LatentDataset
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown dataset '{config.dataset}'; choose one of {list(DATASETS)}")
+    return DATASETS[config.dataset](config, split, num_clips, start_at_zero)
 
-        dataset = LatentDataset(config.path)
-        _check_latents(dataset, config)
-        return dataset
-    from mimo.data.video_folder import ClipSampling, video_dataset
 
-    clips = ClipSampling(
-        num_frames=config.num_frames,
-        frame_stride=config.frame_stride,
-        size=config.frame_size,
-        random_clips=split == "train",
-        seed=config.seed,
-        start_at_zero=start_at_zero,
-    )
-    return video_dataset(
-        VIDEO_KINDS[config.dataset],
-        config.path,
-        clips,
-        split=config.split,
-        fold=config.fold,
-        annotations=config.annotations,
-        max_bad_fraction=config.max_bad_fraction,
-    )
+def stack_clips(dataset: Dataset, indices: Iterable[int] | int) -> dict[str, Tensor]:
+    """Items `indices` (or the first `indices`) of a dataset, each key stacked into a batch: held-out clips."""
+    indices = range(indices) if isinstance(indices, int) else indices
+    items = [dataset[i] for i in indices]
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
 def to_pixels(videos: Tensor, config: DataConfig, batch_size: int = 16) -> Tensor:

@@ -462,41 +462,7 @@ class VideoFolderDataset(Dataset):
         return {"num_videos": len(self), "classes": self.classes, "clips": asdict(self.clips)}
 
 
-DATASET_KINDS = ("folder", "class_folders", "ucf101", "kinetics600")
-
-
-def video_dataset(
-    kind: str,
-    root: str | Path,
-    clips: ClipSampling = ClipSampling(),
-    *,
-    split: str = "train",
-    fold: int = 1,
-    annotations: str | Path | None = None,
-    max_bad_fraction: float = 0.1,
-    min_attempts: int = 50,
-) -> VideoFolderDataset:
-    """One entry point for configs: `kind` is one of `DATASET_KINDS`.
-
-    ucf101 reads the official split files (`split` train/test, `fold` 1-3); for all 13,320 UCF-101
-    videos, as video generation papers train, use class_folders. kinetics600 reads the CSV at
-    `annotations` (which fixes the split) when given, else class folders.
-    """
-    if kind == "folder":
-        records, classes = folder_records(root), []
-    elif kind == "class_folders" or (kind == "kinetics600" and annotations is None):
-        records, classes = class_folder_records(root)
-    elif kind == "ucf101":
-        records, classes = ucf101_records(root, split, fold)
-    elif kind == "kinetics600":
-        records, classes = kinetics_records(root, annotations)
-    else:
-        raise ValueError(f"Unknown video dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}.")
-    return VideoFolderDataset(records, clips, classes, max_bad_fraction, min_attempts)
-
-
 __all__ = [
-    "DATASET_KINDS",
     "VIDEO_EXTENSIONS",
     "BadVideoError",
     "BadVideoWarning",
@@ -512,5 +478,4 @@ __all__ = [
     "read_clip",
     "to_unit_range",
     "ucf101_records",
-    "video_dataset",
 ]

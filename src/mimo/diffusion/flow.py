@@ -1,7 +1,8 @@
-"""Rectified flow: the interpolant, its velocity target, noise-level sampling and ODE steps.
+"""Rectified flow: the interpolant, its velocity target, the noise-level samplers, sampling grids and solvers.
 
 Noise level s ∈ [0, 1]: z_s = (1 - s)·x + s·ε, so s = 0 is the clean frame and s = 1 pure noise;
 the network predicts the velocity dz/ds = ε - x. Sampling integrates from s = 1 down to s = 0.
+A new noise-level sampler or sampling grid is a function here and an entry in its registry.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from mimo.config import DiffusionConfig
 
 
 def interpolate(clean: Tensor, noise: Tensor, noise_level: Tensor) -> Tensor:
@@ -22,33 +25,58 @@ def velocity_target(clean: Tensor, noise: Tensor) -> Tensor:
     return noise - clean
 
 
-def sample_noise_levels(
-    shape: tuple[int, ...],
-    method: str,
-    generator: torch.Generator | None = None,
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
+def logit_normal_levels(
+    shape: tuple[int, ...], generator: torch.Generator | None, diffusion: DiffusionConfig
 ) -> Tensor:
-    """Independent noise levels, one per frame: logit-normal (SiT, FAR) or uniform."""
-    if method == "uniform":
-        return torch.rand(shape, generator=generator)
-    if method == "logit_normal":
-        return torch.sigmoid(logit_mean + logit_std * torch.randn(shape, generator=generator))
-    raise ValueError(f"unknown noise-level sampling '{method}'; use 'logit_normal' or 'uniform'")
+    """s = sigmoid(m + σ·n), n ~ N(0, 1): most levels in the middle of [0, 1] (SD3, SiT, FAR)."""
+    return torch.sigmoid(diffusion.logit_mean + diffusion.logit_std * torch.randn(shape, generator=generator))
+
+
+def uniform_levels(shape: tuple[int, ...], generator: torch.Generator | None, diffusion: DiffusionConfig) -> Tensor:
+    """s ~ U[0, 1], as in rectified flow."""
+    return torch.rand(shape, generator=generator)
+
+
+NoiseLevelSampler = Callable[[tuple[int, ...], "torch.Generator | None", DiffusionConfig], Tensor]
+# Training noise levels by name (diffusion.timestep_sampling); config validation imports this.
+NOISE_LEVEL_SAMPLERS: dict[str, NoiseLevelSampler] = {"logit_normal": logit_normal_levels, "uniform": uniform_levels}
+
+
+def sample_noise_levels(
+    shape: tuple[int, ...], diffusion: DiffusionConfig, generator: torch.Generator | None = None
+) -> Tensor:
+    """Independent noise levels, one per frame, drawn by the sampler `diffusion.timestep_sampling` names."""
+    if diffusion.timestep_sampling not in NOISE_LEVEL_SAMPLERS:
+        raise ValueError(
+            f"unknown noise-level sampling '{diffusion.timestep_sampling}'; choose one of {list(NOISE_LEVEL_SAMPLERS)}"
+        )
+    return NOISE_LEVEL_SAMPLERS[diffusion.timestep_sampling](shape, generator, diffusion)
+
+
+def uniform_grid(steps: int) -> Tensor:
+    """`steps` equal steps from s = 1 to s = 0."""
+    return torch.linspace(1.0, 0.0, steps + 1)
+
+
+# Noise levels the sampler steps through, by name (sample.grid): (steps,) -> (steps + 1,) from 1 down to 0.
+SAMPLING_GRIDS: dict[str, Callable[[int], Tensor]] = {"uniform": uniform_grid}
+SOLVERS = ("euler", "heun")  # sample.solver; `integrate` implements both
 
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "euler") -> Tensor:
-    """Integrate dz/ds = v(z, s) from s = 1 (noise) to s = 0 on a uniform grid of `steps` steps.
+def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "euler", grid: str = "uniform") -> Tensor:
+    """Integrate dz/ds = v(z, s) from s = 1 (noise) to s = 0 on the grid `grid` of `steps` steps.
 
     `velocity(z, s)` gets s as a (B,) tensor. Heun is second order (one extra evaluation per step,
     none on the last step, which lands on s = 0 where Heun's corrector would need v at s = 0).
     """
-    if solver not in ("euler", "heun"):
-        raise ValueError(f"unknown solver '{solver}'; use 'euler' or 'heun'")
-    levels = torch.linspace(1.0, 0.0, steps + 1)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver '{solver}'; choose one of {list(SOLVERS)}")
+    if grid not in SAMPLING_GRIDS:
+        raise ValueError(f"unknown sampling grid '{grid}'; choose one of {list(SAMPLING_GRIDS)}")
+    levels = SAMPLING_GRIDS[grid](steps)
     z = noise
     for i in range(steps):
         s_now = levels[i].expand(z.shape[0]).to(z.device)

@@ -38,6 +38,7 @@ def sample_video(
     context: Tensor | None = None,
     steps: int = 50,
     solver: str = "euler",
+    grid: str = "uniform",
     cfg_scale: float = 1.0,
     window: int | None = None,
     generator: torch.Generator | None = None,
@@ -47,7 +48,8 @@ def sample_video(
     """Generate videos (B, num_frames, C, H, W); `context` (B, k, C, H, W) frames are given, not generated.
 
     `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
-    the null class. `window`: clean frames attended to (None: all). Noise comes from `generator`.
+    the null class. `solver` and `grid` name entries of mimo.diffusion.flow's SOLVERS and SAMPLING_GRIDS.
+    `window`: clean frames attended to (None: all). Noise comes from `generator`.
     """
     check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
     device = model.patch_embed.weight.device
@@ -105,7 +107,7 @@ def sample_video(
                 return _guided(out.velocity, cfg_scale, guided)
 
         noise = torch.randn(shape, generator=generator).to(device)
-        frames.append(integrate(velocity, noise, steps, solver))
+        frames.append(integrate(velocity, noise, steps, solver, grid))
         if cache is not None and position + 1 < num_frames:
             if cache.num_frames < window:
                 model.append_to_cache(doubled(frames[-1]), position, cache, labels)
@@ -134,6 +136,7 @@ def sample_for_task(
         context=context,
         steps=sample.steps,
         solver=sample.solver,
+        grid=sample.grid,
         cfg_scale=sample.cfg_scale,
         window=sample.window or config.data.num_frames - 1,
         generator=generator,

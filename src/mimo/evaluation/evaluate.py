@@ -20,71 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import reduce
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mimo.config import Config, with_overrides
-from mimo.data import build_dataset, to_pixels
+from mimo.data import to_pixels
 from mimo.data.media import plot_curves, save_gif, video_grid
-from mimo.diffusion.sampler import sample_for_task
+from mimo.evaluation.metrics import build_metrics, proxy_config, score_trajectory
+from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.cknna import cknna
-from mimo.metrics.frame_metrics import psnr, ssim
-from mimo.metrics.fvd import compute_fvd
-from mimo.metrics.i3d import load_i3d
 from mimo.metrics.probe import linear_probe
-from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier
-from mimo.metrics.trajectory import trajectory_error
-from mimo.models.dit import FrameCausalDiT
+from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.train.checkpoint import load_trained_model
 
 SHOWN_VIDEOS = 8
-
-
-def balanced_indices(labels: Tensor, count: int) -> list[int]:
-    """`count` indices taking classes in turn (round robin), so every class is equally represented."""
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels.tolist()):
-        by_class.setdefault(label, []).append(index)
-    queues = [iter(indices) for _, indices in sorted(by_class.items())]
-    chosen: list[int] = []
-    while len(chosen) < count and queues:
-        for queue in list(queues):
-            index = next(queue, None)
-            if index is None:
-                queues.remove(queue)
-            elif len(chosen) < count:
-                chosen.append(index)
-    return chosen
-
-
-def load_clips(config: Config, count: int) -> dict[str, Tensor]:
-    """`count` held-out clips (deterministic), class-balanced when the dataset has labels and asks for it."""
-    synthetic = config.data.dataset == "synthetic"
-    dataset = build_dataset(config.data, "eval", count if synthetic else None, config.eval.start_at_zero)
-    if len(dataset) < count:
-        raise ValueError(f"the evaluation data has {len(dataset)} clips, fewer than eval.num_videos={count}")
-    labels = getattr(dataset, "labels", None)
-    if isinstance(labels, Tensor) and config.eval.balanced_classes and bool((labels >= 0).all()):
-        indices = balanced_indices(labels, count)
-    else:
-        indices = list(range(count))
-    items = [dataset[i] for i in tqdm(indices, desc="real clips", leave=False)]
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
-
-
-def generate(model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int) -> Tensor:
-    """Samples for every clip, batched; one generator per seed so runs are reproducible."""
-    generator = torch.Generator().manual_seed(seed)
-    device = model.patch_embed.weight.device
-    batches = zip(
-        clips["video"].split(config.eval.batch_size), clips["label"].split(config.eval.batch_size), strict=True
-    )
-    samples = [
-        sample_for_task(model, config, video.to(device), label.to(device), generator).cpu()
-        for video, label in tqdm(list(batches), desc=f"sampling (seed {seed})")
-    ]
-    return torch.cat(samples)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -99,30 +47,17 @@ def evaluate_run(
     config = with_overrides(config, overrides or [])
     out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    metrics = config.eval.metric_list(config.data.dataset)
-    if "trajectory" in metrics and config.data.dataset != "synthetic":
-        raise ValueError("eval.metrics: the trajectory error needs the built-in videos (data.dataset=synthetic)")
     clips = load_clips(config, config.eval.num_videos)
-    real = to_pixels(clips["video"], config.data, config.eval.batch_size)
-    k = config.context_frames
-    extractor = load_i3d(config.eval.i3d_path, device=device) if "fvd" in metrics else None
-    proxy = load_proxy_classifier(proxy_config(config), device=device) if "proxy_fd" in metrics else None
+    real = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
+    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device)
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
     for seed in config.eval.seed_list():
         fake = to_pixels(generate(model, config, clips, seed), config.data, config.eval.batch_size)
-        if "fvd" in metrics:
-            per_seed["fvd"].append(compute_fvd(real, fake, extractor, config.eval.batch_size, device))
-        if "proxy_fd" in metrics:
-            per_seed["proxy_fd"].append(compute_fvd(real, fake, proxy.features, config.eval.batch_size, device))
+        for name, metric in metrics.items():
+            per_seed[name].append(metric(fake))
         if "trajectory" in metrics:
-            error = trajectory_error(fake[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
-            per_seed["trajectory"].append(error.mean_error)
-            per_frame.append(error.per_frame_error)
-        if "psnr" in metrics:
-            per_seed["psnr"].append(psnr(fake[:, k:], real[:, k:]).mean().item())
-        if "ssim" in metrics:
-            per_seed["ssim"].append(ssim(fake[:, k:], real[:, k:]).mean().item())
+            per_frame.append(score_trajectory(fake, real, config.context_frames).per_frame_error)
     results = {
         "checkpoint": str(checkpoint),
         "num_videos": config.eval.num_videos,
@@ -132,10 +67,11 @@ def evaluate_run(
     }
     if config.data.channels in (1, 3) or config.data.dataset == "latents":
         results["samples_gif"] = str(
-            save_gif(video_grid([real[:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2), out / "samples.gif")
+            save_gif(video_grid([real["video"][:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2), out / "samples.gif")
         )
     if per_frame:
         mean_curve = torch.stack(per_frame).mean(dim=0).tolist()
+        k = config.context_frames
         frames = list(range(k + 1, k + 1 + len(mean_curve)))
         results["trajectory_plot"] = str(
             plot_curves(
@@ -149,31 +85,6 @@ def evaluate_run(
         )
     _write_report(out, "eval", results)
     return results
-
-
-def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
-    """The cached proxy classifier for this frame size and object count (trained once on 16-frame clips; any
-    length works); `settings` override its training (steps, width)."""
-    return ProxyClassifierConfig(frame_size=config.data.frame_size, max_objects=config.data.max_objects, **settings)
-
-
-@torch.no_grad()
-def history_features(model: FrameCausalDiT, video: Tensor, batch_size: int = 16) -> dict[int, Tensor]:
-    """Per-frame features (N, T, D) of clean clips at every layer: tokens averaged within each frame.
-
-    The clean tokens never see noisy ones, so a single dummy noisy frame is enough to run the model.
-    """
-    layers = tuple(range(1, model.depth + 1))
-    device = model.patch_embed.weight.device
-    collected: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    for chunk in tqdm(video.split(batch_size), desc="history features", leave=False):
-        chunk = chunk.to(device)
-        dummy = torch.zeros_like(chunk[:, :1])
-        labels = torch.full((chunk.shape[0],), model.null_class, device=device) if model.num_classes else None
-        out = model(dummy, torch.ones(chunk.shape[0], 1, device=device), labels, clean=chunk, return_layers=layers)
-        for layer in layers:
-            collected[layer].append(reduce(out.clean_hidden[layer], "b t n d -> b t d", "mean").cpu())
-    return {layer: torch.cat(parts) for layer, parts in collected.items()}
 
 
 def probe_run(

@@ -1,15 +1,20 @@
-"""Evaluation protocols on the built-in videos: held-out clips, and continuing them autoregressively or
-teacher-forced, against the trivial predictor that repeats the last context frame."""
+"""Evaluation protocols: held-out clips; continuing them autoregressively or teacher-forced, against the
+trivial predictor that repeats the last context frame; the history features that probes read."""
 
 from __future__ import annotations
 
 import time
 
 import torch
+from einops import reduce
+from torch import Tensor
+from tqdm.auto import tqdm
 
 from mimo.config import Config
+from mimo.data import build_dataset, stack_clips
 from mimo.data.synthetic import MovingShapes
-from mimo.diffusion.sampler import sample_video
+from mimo.diffusion.sampler import sample_for_task, sample_video
+from mimo.models.dit import FrameCausalDiT
 
 EVAL_CLIPS = 32
 EVAL_SEED = 12345  # held-out clips: a seed no training clip uses
@@ -27,6 +32,7 @@ def autoregressive(
         context=context,
         steps=config.sample.steps,
         solver=config.sample.solver,
+        grid=config.sample.grid,
         window=config.data.num_frames - 1,
         generator=torch.Generator().manual_seed(0),
         progress=progress,
@@ -46,6 +52,7 @@ def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
             context=video[:, :t],
             steps=config.sample.steps,
             solver=config.sample.solver,
+            grid=config.sample.grid,
             window=config.data.num_frames - 1,
             generator=torch.Generator().manual_seed(0),
         )[:, -1:]
@@ -57,8 +64,7 @@ def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
 def held_out_clips(config: Config, num_frames: int, count: int = EVAL_CLIPS) -> dict[str, torch.Tensor]:
     """Built-in clips of a seed no training clip uses, stacked: video, positions, colors, valid, label."""
     dataset = MovingShapes(count, config.data.frame_size, num_frames, EVAL_SEED, config.data.max_objects)
-    items = [dataset[i] for i in range(count)]
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    return stack_clips(dataset, count)
 
 
 def copy_last_frame(video: torch.Tensor, context_frames: int) -> torch.Tensor:
@@ -66,3 +72,67 @@ def copy_last_frame(video: torch.Tensor, context_frames: int) -> torch.Tensor:
     copied = video[:, context_frames - 1 : context_frames].expand_as(video).clone()
     copied[:, :context_frames] = video[:, :context_frames]
     return copied
+
+
+def balanced_indices(labels: Tensor, count: int) -> list[int]:
+    """`count` indices taking classes in turn (round robin), so every class is equally represented."""
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels.tolist()):
+        by_class.setdefault(label, []).append(index)
+    queues = [iter(indices) for _, indices in sorted(by_class.items())]
+    chosen: list[int] = []
+    while len(chosen) < count and queues:
+        for queue in list(queues):
+            index = next(queue, None)
+            if index is None:
+                queues.remove(queue)
+            elif len(chosen) < count:
+                chosen.append(index)
+    return chosen
+
+
+def load_clips(config: Config, count: int) -> dict[str, Tensor]:
+    """`count` held-out clips (deterministic), class-balanced when the dataset has labels and asks for it."""
+    synthetic = config.data.dataset == "synthetic"
+    dataset = build_dataset(config.data, "eval", count if synthetic else None, config.eval.start_at_zero)
+    if len(dataset) < count:
+        raise ValueError(f"the evaluation data has {len(dataset)} clips, fewer than eval.num_videos={count}")
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, Tensor) and config.eval.balanced_classes and bool((labels >= 0).all()):
+        indices = balanced_indices(labels, count)
+    else:
+        indices = list(range(count))
+    return stack_clips(dataset, tqdm(indices, desc="real clips", leave=False))
+
+
+def generate(model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int) -> Tensor:
+    """Samples for every clip, batched; one generator per seed so runs are reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    device = model.patch_embed.weight.device
+    batches = zip(
+        clips["video"].split(config.eval.batch_size), clips["label"].split(config.eval.batch_size), strict=True
+    )
+    samples = [
+        sample_for_task(model, config, video.to(device), label.to(device), generator).cpu()
+        for video, label in tqdm(list(batches), desc=f"sampling (seed {seed})")
+    ]
+    return torch.cat(samples)
+
+
+@torch.no_grad()
+def history_features(model: FrameCausalDiT, video: Tensor, batch_size: int = 16) -> dict[int, Tensor]:
+    """Per-frame features (N, T, D) of clean clips at every layer: tokens averaged within each frame.
+
+    The clean tokens never see noisy ones, so a single dummy noisy frame is enough to run the model.
+    """
+    layers = tuple(range(1, model.depth + 1))
+    device = model.patch_embed.weight.device
+    collected: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for chunk in tqdm(video.split(batch_size), desc="history features", leave=False):
+        chunk = chunk.to(device)
+        dummy = torch.zeros_like(chunk[:, :1])
+        labels = torch.full((chunk.shape[0],), model.null_class, device=device) if model.num_classes else None
+        out = model(dummy, torch.ones(chunk.shape[0], 1, device=device), labels, clean=chunk, return_layers=layers)
+        for layer in layers:
+            collected[layer].append(reduce(out.clean_hidden[layer], "b t n d -> b t d", "mean").cpu())
+    return {layer: torch.cat(parts) for layer, parts in collected.items()}

@@ -55,13 +55,7 @@ def build_ctf_batch(
     batch, frames = video.shape[:2]
     first_noisy = config.context_frames
     target = video[:, first_noisy:]
-    noise_level = sample_noise_levels(
-        (batch, frames - first_noisy),
-        config.diffusion.timestep_sampling,
-        generator,
-        config.diffusion.logit_mean,
-        config.diffusion.logit_std,
-    ).to(video.device)
+    noise_level = sample_noise_levels((batch, frames - first_noisy), config.diffusion, generator).to(video.device)
     noise = torch.randn(target.shape, generator=generator).to(video.device)
     if num_classes:
         drop = torch.rand(batch, generator=generator).to(video.device) < config.train.label_dropout

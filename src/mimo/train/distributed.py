@@ -39,6 +39,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def default_device(requested: str | None = None) -> str:
+    """`requested`, else the GPU when there is one, else the CPU: where a job runs when not told."""
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs), or run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -125,6 +130,9 @@ def shard_fully(module: nn.Module) -> nn.Module:
     return module
 
 
+PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: replicated weights, or FSDP2-sharded (for L/XL)
+
+
 def wrap_for_training(objective: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
     """The module whose forward the trainer calls: DDP, FSDP2 (sharded in place) or the objective itself."""
     if info.world_size == 1:
@@ -134,7 +142,7 @@ def wrap_for_training(objective: nn.Module, parallel: str, info: DistInfo) -> nn
     if parallel == "ddp":
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(objective, device_ids=device_ids)
-    raise ValueError(f"unknown parallel mode '{parallel}'; choose 'ddp' or 'fsdp' (train.parallel)")
+    raise ValueError(f"unknown parallel mode '{parallel}'; choose one of {list(PARALLEL_MODES)} (train.parallel)")
 
 
 def is_sharded(module: nn.Module) -> bool:

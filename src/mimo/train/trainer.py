@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mimo.config import Config
-from mimo.data import build_dataset, to_pixels
+from mimo.data import build_dataset, stack_clips, to_pixels
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
@@ -364,9 +364,8 @@ class Trainer:
         path = None
         if model is not None:
             eval_set = build_dataset(self.config.data, "eval", num_clips=SAMPLE_VIDEOS)
-            items = [eval_set[i] for i in range(min(SAMPLE_VIDEOS, len(eval_set)))]
-            video = torch.stack([item["video"] for item in items]).to(self.device)
-            labels = torch.stack([item["label"] for item in items]).to(self.device)
+            clips = stack_clips(eval_set, min(SAMPLE_VIDEOS, len(eval_set)))
+            video, labels = clips["video"].to(self.device), clips["label"].to(self.device)
             samples = sample_for_task(model, self.config, video, labels, torch.Generator().manual_seed(0))
             path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
             real, samples = to_pixels(video.cpu(), self.config.data), to_pixels(samples.cpu(), self.config.data)

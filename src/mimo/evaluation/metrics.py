@@ -1,0 +1,194 @@
+"""The one registry of metrics on generated videos: `mimo eval`, the demo and the benchmarks all read it.
+
+A metric is prepared once on the held-out clips it is compared with, `METRICS[name](config, clips,
+device)` (a network loaded, the real set's statistics computed), then scores samples continued from
+those clips: `metric(samples) -> float`. Clips are dicts of stacked tensors with "video" in pixels
+(N, T, C, H, W) and, for the built-in videos, the objects' true "positions", "colors" and "valid".
+Samples are pixel videos (N, T', C, H, W) whose first `config.context_frames` frames were given;
+only the generated frames are scored. A new metric is a class with `@register_metric("name")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from mimo.config import Config
+from mimo.metrics.frame_metrics import load_lpips, lpips_distance, psnr, ssim
+from mimo.metrics.frechet import SqrtMethod
+from mimo.metrics.fvd import compute_fvd, extract_feature_statistics
+from mimo.metrics.i3d import load_i3d
+from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier
+from mimo.metrics.trajectory import TrajectoryError, trajectory_error
+
+
+class Metric:
+    """A score of samples against held-out clips; subclasses set what the class attributes say."""
+
+    name: str = ""  # the registry key (set by register_metric)
+    label: str = ""  # for tables and plots, with its unit and direction
+    higher_is_better: bool = False
+    needs_motion: bool = False  # needs the true object positions of the built-in videos
+
+    def __init__(self, config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: Any):
+        self.config, self.clips, self.device = config, clips, device
+        self.context_frames = config.context_frames
+
+    def __call__(self, samples: Tensor) -> float:
+        raise NotImplementedError
+
+    def generated(self, samples: Tensor) -> tuple[Tensor, Tensor]:
+        """The generated frames of `samples` and the true frames at the same positions."""
+        k, frames = self.context_frames, samples.shape[1]
+        return samples[:, k:], self.clips["video"][:, k:frames]
+
+
+METRICS: dict[str, type[Metric]] = {}
+
+
+def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
+    """Class decorator: `METRICS[name]` is the class; eval.metrics, the demo and the benchmarks can name it."""
+
+    def register(cls: type[Metric]) -> type[Metric]:
+        cls.name = name
+        METRICS[name] = cls
+        return cls
+
+    return register
+
+
+def build_metrics(
+    names: list[str], config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: dict[str, Any]
+) -> dict[str, Metric]:
+    """The named metrics prepared on `clips`; `options[name]` are keyword options of that metric."""
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; registered: {list(METRICS)}")
+    return {name: METRICS[name](config, clips, device, **options.get(name, {})) for name in names}
+
+
+def score_trajectory(samples: Tensor, clips: dict[str, Tensor], context_frames: int) -> TrajectoryError:
+    """How far the objects in the generated frames of `samples` are from where the clips' objects truly are."""
+    k, frames = context_frames, samples.shape[1]
+    return trajectory_error(samples[:, k:], clips["positions"][:, k:frames], clips["colors"], clips["valid"])
+
+
+@register_metric("fvd")
+class FVD(Metric):
+    """Fréchet Video Distance with the Kinetics-400 I3D (eval.i3d_path: StyleGAN-V's TorchScript instead)."""
+
+    label = "FVD (lower is better)"
+
+    def __init__(self, config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: Any):
+        super().__init__(config, clips, device)
+        self.batch_size = config.eval.batch_size
+        self.extractor = load_i3d(config.eval.i3d_path, device=device)
+        self.real = extract_feature_statistics(clips["video"], self.extractor, self.batch_size, device, "real features")
+
+    def __call__(self, samples: Tensor) -> float:
+        return compute_fvd(self.real, samples, self.extractor, self.batch_size, self.device)
+
+
+def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
+    """The cached proxy classifier for this frame size and object count (trained once on 16-frame clips; any
+    length works); `settings` override its training (steps, width)."""
+    return ProxyClassifierConfig(frame_size=config.data.frame_size, max_objects=config.data.max_objects, **settings)
+
+
+@register_metric("proxy_fd")
+class ProxyFD(Metric):
+    """Fréchet distance of a small classifier's features of the built-in videos (never reported as FVD).
+
+    Options: `classifier` (ProxyClassifierConfig settings: steps, width), `method` of the matrix square
+    root (eigh is exact for the rank-deficient covariances of a few hundred clips), `progress`.
+    """
+
+    label = "proxy Fréchet distance (lower is better)"
+
+    def __init__(
+        self,
+        config: Config,
+        clips: dict[str, Tensor],
+        device: str = "cpu",
+        classifier: dict[str, int] | None = None,
+        method: SqrtMethod = "sqrtm",
+        progress: bool = True,
+    ):
+        super().__init__(config, clips, device)
+        self.batch_size, self.method, self.progress = config.eval.batch_size, method, progress
+        self.classifier = load_proxy_classifier(proxy_config(config, **(classifier or {})), device, progress=progress)
+        self.real = extract_feature_statistics(
+            clips["video"], self.classifier.features, self.batch_size, device, "real features", progress
+        )
+
+    def __call__(self, samples: Tensor) -> float:
+        return compute_fvd(
+            self.real,
+            samples,
+            self.classifier.features,
+            self.batch_size,
+            self.device,
+            method=self.method,
+            progress=self.progress,
+        )
+
+
+@register_metric("trajectory")
+class Trajectory(Metric):
+    """Mean distance (px) of the objects in the generated frames from their true positions."""
+
+    label = "trajectory error (px, lower is better)"
+    needs_motion = True
+
+    def __call__(self, samples: Tensor) -> float:
+        return score_trajectory(samples, self.clips, self.context_frames).mean_error
+
+
+@register_metric("miss_rate")
+class MissRate(Metric):
+    """Share of the objects that the generated frames lost (no pixels of their colour)."""
+
+    label = "objects lost (lower is better)"
+    needs_motion = True
+
+    def __call__(self, samples: Tensor) -> float:
+        return score_trajectory(samples, self.clips, self.context_frames).miss_rate
+
+
+@register_metric("psnr")
+class PSNR(Metric):
+    """PSNR (dB) of the generated frames against the true ones."""
+
+    label = "PSNR (dB, higher is better)"
+    higher_is_better = True
+
+    def __call__(self, samples: Tensor) -> float:
+        return psnr(*self.generated(samples)).mean().item()
+
+
+@register_metric("ssim")
+class SSIM(Metric):
+    """SSIM of the generated frames against the true ones."""
+
+    label = "SSIM (higher is better)"
+    higher_is_better = True
+
+    def __call__(self, samples: Tensor) -> float:
+        return ssim(*self.generated(samples)).mean().item()
+
+
+@register_metric("lpips")
+class LPIPS(Metric):
+    """LPIPS-AlexNet of the generated frames against the true ones; needs `pip install lpips` and local weights."""
+
+    label = "LPIPS (lower is better)"
+
+    def __init__(self, config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: Any):
+        super().__init__(config, clips, device)
+        self.network = load_lpips(device=device)
+
+    def __call__(self, samples: Tensor) -> float:
+        fake, real = self.generated(samples)
+        return lpips_distance(fake.to(self.device), real.to(self.device), self.network).mean().item()
