@@ -57,7 +57,7 @@ def test_a_metric_registered_once_is_reported_by_the_demo_eval_and_the_benchmark
 
 
 def test_an_unregistered_metric_is_refused_by_the_config_and_by_build_metrics():
-    with pytest.raises(ConfigError, match="eval.metrics"):
+    with pytest.raises(ConfigError, match=r"eval\.metrics"):
         micro_config("eval.metrics=brightness")
     with pytest.raises(ValueError, match="brightness"):
         build_metrics(["brightness"], micro_config(), {"video": torch.zeros(1, 4, 3, 16, 16)})
