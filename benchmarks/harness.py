@@ -49,7 +49,6 @@ from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
-from mimo.objectives.masking import kept_count
 from mimo.train.checkpoint import find_checkpoint, load_trained_model
 from mimo.train.distributed import default_device
 from mimo.train.trainer import Trainer, train
@@ -58,8 +57,6 @@ BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent  # benchmarks are scripts of a checkout, never installed
 CONVERGENCE_CPU_CONFIG = REPO_ROOT / "configs" / "bench" / "convergence-cpu.yaml"
 BASELINE_OVERRIDES = ("mimo.weight=0", "mimo.mask_ratio=0")  # the CTF baseline ("ACDiT" in the paper)
-NOISE_EMBED_DIM = 256  # mimo.models.layers.NoiseLevelEmbedder's sinusoidal features
-DECODER_MLP_RATIO = 4.0  # mimo.models.layers.TransformerBlock's default
 SHARED_CPU_SHARE = 0.9  # a benchmark that got less CPU than this share of its threads' time ran on a shared machine
 GPU_PEAK_SIZE = 8192  # square bf16 matmul that saturates an H100 / A100
 CPU_PEAK_SIZE = 2048  # square fp32 matmul, large enough for MKL/OpenBLAS's best blocking on a CPU
@@ -153,77 +150,6 @@ def _cpu_seconds_per_thread(cpu_seconds: float) -> float:
 def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
     """Median over rounds of time / reference time in the same round: neighbours' load cancels within a round."""
     return statistics.median(t / r for t, r in zip(times, reference, strict=True))
-
-
-def _linear_flops(rows: int, fan_in: int, fan_out: int, input_grad: bool = True) -> tuple[int, int]:
-    """(forward, backward) FLOPs of a linear layer; backward skips the input gradient of a leaf input."""
-    forward = 2 * rows * fan_in * fan_out
-    return forward, forward * (2 if input_grad else 1)
-
-
-def _attention_flops(batch: int, heads: int, length: int, head_dim: int) -> tuple[int, int]:
-    """(forward, backward) FLOPs of dense attention: QKᵀ and AV, counted over the whole masked matrix."""
-    shape = (batch, heads, length, head_dim)
-    return sdpa_flop_count(shape, shape, shape), sdpa_backward_flop_count(shape, shape, shape, shape)
-
-
-def training_step_flops(config: Config, batch_size: int) -> dict[str, int]:
-    """Matmul and attention FLOPs of one training step (forward + backward) of the backbone and MiMo decoder.
-
-    Counted from the architecture: the CTF sequence holds T-1 clean frames of n kept tokens (n = N after
-    dropping round(r·N) positions) and T-k noisy frames of N tokens. Attention counts the dense matrix
-    that the masked kernel computes. Element-wise work (norms, rotary, optimizer) is not counted, as
-    in FlopCounterMode and in model-FLOP-utilisation figures.
-    """
-    if config.repa.mode != "none":
-        raise ValueError("training_step_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
-    m, mimo = config.model, config.mimo
-    depth, width, heads = m.size()
-    b, frames, patch = batch_size, config.data.num_frames, m.patch_size
-    positions = (config.data.frame_size // patch) ** 2
-    patch_dim = config.data.channels * patch**2
-    kept = kept_count(positions, mimo.mask_ratio) if mimo.mask_ratio > 0 else positions
-    clean_frames, noisy_frames = frames - 1, frames - config.context_frames
-    clean_tokens, noisy_tokens = clean_frames * kept, noisy_frames * positions
-    length = clean_tokens + noisy_tokens
-    hidden = int(width * m.mlp_ratio)
-    conditioned_frames = noisy_frames + (0 if m.clean_conditioning == "independent_ln" else clean_frames)
-
-    parts = [
-        _linear_flops(b * length, patch_dim, width, input_grad=False),  # patch embedding
-        _linear_flops(b * conditioned_frames, NOISE_EMBED_DIM, width, input_grad=False),
-        _linear_flops(b * conditioned_frames, width, width),
-        _linear_flops(b * noisy_frames, width, 2 * width),  # final adaLN
-        _linear_flops(b * noisy_tokens, width, patch_dim),
-    ]
-    for _ in range(depth):
-        parts += [
-            _linear_flops(b * conditioned_frames, width, 6 * width),  # adaLN
-            _linear_flops(b * length, width, 3 * width),
-            _attention_flops(b, heads, length, width // heads),
-            _linear_flops(b * length, width, width),
-            _linear_flops(b * length, width, hidden),
-            _linear_flops(b * length, hidden, width),
-        ]
-    if mimo.enabled:
-        dec_width = mimo.decoder_width or width // 2
-        dec_heads = mimo.decoder_heads or heads
-        dec_hidden = int(dec_width * DECODER_MLP_RATIO)
-        grid_tokens = clean_frames * positions  # mask tokens restore every position
-        targets = 2 if mimo.targets == "current+next" else 1
-        parts.append(_linear_flops(b * clean_tokens, width, dec_width))
-        for _ in range(mimo.decoder_depth):
-            parts += [
-                _linear_flops(b * grid_tokens, dec_width, 3 * dec_width),
-                _attention_flops(b, dec_heads, grid_tokens, dec_width // dec_heads),
-                _linear_flops(b * grid_tokens, dec_width, dec_width),
-                _linear_flops(b * grid_tokens, dec_width, dec_hidden),
-                _linear_flops(b * grid_tokens, dec_hidden, dec_width),
-            ]
-        parts.append(_linear_flops(b * grid_tokens, dec_width, targets * patch_dim))
-    forward = sum(f for f, _ in parts)
-    backward = sum(g for _, g in parts)
-    return {"forward": forward, "backward": backward, "total": forward + backward, "tokens_per_clip": length}
 
 
 def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -404,10 +330,11 @@ def bench_step(args: argparse.Namespace) -> dict[str, Any]:
                 wall[name].append(w)
                 cpu[name].append(c)
         configs = {name: t.config for name, t in trainers.items()}
+        step_flops = {name: t.objective.training_flops(args.batch_size) for name, t in trainers.items()}
     results = {}
-    base_flops = training_step_flops(configs["baseline"], args.batch_size)["total"]
+    base_flops = step_flops["baseline"]["total"]
     for name in arms:
-        flops = training_step_flops(configs[name], args.batch_size)
+        flops = step_flops[name]
         wall_ratio = paired_ratio(wall[name], wall["baseline"])
         results[name] = {
             "mask_ratio": configs[name].mimo.mask_ratio,
@@ -512,7 +439,7 @@ def _utilization_of(config: Config, batch_size: int, steps: int, peak: MatmulPea
         with memory:
             step()
         times = [timed(step, trainer.device) for _ in range(steps)]
-    analytic = training_step_flops(config, batch_size)["total"]
+        analytic = trainer.objective.training_flops(batch_size)["total"]
     wall, cpu = _median([t[0] for t in times], 6), _median([t[1] for t in times], 6)
     result = {
         "flops_analytic": analytic,

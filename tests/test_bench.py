@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from harness import convergence_summary, counted_flops, run_benchmark, steps_to_reach, training_step_flops
+from harness import convergence_summary, counted_flops, run_benchmark, steps_to_reach
 from mimo.config import ConfigError
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
@@ -52,7 +52,7 @@ def test_analytic_flops_match_flop_counter(make_config, clips, overrides):
     def step():
         objective(video, None, torch.Generator().manual_seed(0))["loss"].backward()
 
-    analytic = training_step_flops(config, batch_size=video.shape[0])
+    analytic = objective.training_flops(video.shape[0])
     assert counted_flops(step) == pytest.approx(analytic["total"], rel=1e-6)
     assert analytic["backward"] > analytic["forward"]
 

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from mimo.config import ModelConfig
 from mimo.models.attention import Attention, KVCache, RotaryEmbedding3D, frame_causal_mask
 from mimo.models.checks import check_model_inputs
+from mimo.models.flops import Flops, add, attention_flops, linear_flops
 from mimo.models.layers import (
     Mlp,
     NoiseLevelEmbedder,
@@ -317,3 +318,28 @@ class FrameCausalDiT(nn.Module):
             self._clean_condition(1, frame.shape[0], labels, frame),
         )
         self._run_blocks(tokens, groups, positions, None, cache, write_cache=True)
+
+    def training_flops(self, batch: int, clean_frames: int, clean_tokens: int, noisy_frames: int) -> Flops:
+        """(forward, backward) matmul FLOPs of one training forward over a CTF sequence of `clean_tokens`
+        history tokens in `clean_frames` frames and `noisy_frames` full noisy frames, per batch of `batch`."""
+        noisy_tokens = noisy_frames * self.tokens_per_frame
+        length = clean_tokens + noisy_tokens  # the sequence every block attends over
+        conditioned = noisy_frames + (0 if self.independent_clean else clean_frames)  # frames with adaLN inputs
+        head_dim = self.width // self.heads
+        parts = [
+            linear_flops(self.patch_embed, batch * length, input_grad=False),
+            linear_flops(self.noise_embed.mlp[0], batch * conditioned, input_grad=False),
+            linear_flops(self.noise_embed.mlp[2], batch * conditioned),
+            linear_flops(self.final.adaLN[-1], batch * noisy_frames),
+            linear_flops(self.final.linear, batch * noisy_tokens),
+        ]
+        for block in self.blocks:
+            parts += [
+                linear_flops(block.adaLN[-1], batch * conditioned),
+                linear_flops(block.attn.qkv, batch * length),
+                attention_flops(batch, self.heads, length, head_dim),
+                linear_flops(block.attn.proj, batch * length),
+                linear_flops(block.mlp.fc1, batch * length),
+                linear_flops(block.mlp.fc2, batch * length),
+            ]
+        return add(parts)

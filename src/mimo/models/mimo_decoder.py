@@ -14,6 +14,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from mimo.models.attention import RotaryEmbedding3D, frame_causal_mask
+from mimo.models.flops import Flops, add, attention_flops, linear_flops
 from mimo.models.layers import TransformerBlock, sincos_position_3d, token_positions
 
 MASK_TOKEN_STD = 0.02  # MAE's initialisation of the mask token
@@ -35,6 +36,7 @@ class MimoDecoder(nn.Module):
         super().__init__()
         self.grid = grid
         self.width = width
+        self.heads = heads
         self.num_targets = num_targets
         self.patch_dim = patch_dim
         self.embed = nn.Linear(backbone_width, width)
@@ -74,3 +76,19 @@ class MimoDecoder(nn.Module):
             x = block(x, rope, mask)
         out = self.head(self.norm(x))
         return rearrange(out, "b (t n) (k d) -> b t n k d", t=frames, k=self.num_targets)
+
+    def training_flops(self, batch: int, frames: int, kept_tokens: int) -> Flops:
+        """(forward, backward) matmul FLOPs from `kept_tokens` history tokens in `frames` frames: mask tokens
+        restore every position, so the blocks run over full frames."""
+        grid_tokens = frames * self.grid**2
+        parts = [linear_flops(self.embed, batch * kept_tokens)]
+        for block in self.blocks:
+            parts += [
+                linear_flops(block.attn.qkv, batch * grid_tokens),
+                attention_flops(batch, self.heads, grid_tokens, self.width // self.heads),
+                linear_flops(block.attn.proj, batch * grid_tokens),
+                linear_flops(block.mlp.fc1, batch * grid_tokens),
+                linear_flops(block.mlp.fc2, batch * grid_tokens),
+            ]
+        parts.append(linear_flops(self.head, batch * grid_tokens))
+        return add(parts)

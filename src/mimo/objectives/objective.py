@@ -22,10 +22,11 @@ from mimo.data.encoder_features import cached_feature_dim
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
 from mimo.models.dit import DiTOutput, FrameCausalDiT
 from mimo.models.encoders import build_encoder, encode_video
+from mimo.models.flops import add
 from mimo.models.layers import patchify
 from mimo.models.mimo_decoder import MimoDecoder
 from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
-from mimo.objectives.masking import TubeMask, tube_mask
+from mimo.objectives.masking import TubeMask, kept_count, tube_mask
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
 
@@ -137,6 +138,22 @@ class TrainingObjective(nn.Module):
         # The frozen encoder is not a submodule: it is never trained, never in the optimizer or a
         # checkpoint, and `.to()` does not move it (forward does).
         object.__setattr__(self, "encoder", encoder)
+
+    def training_flops(self, batch: int) -> dict[str, int]:
+        """Matmul and attention FLOPs of one training step (forward + backward) on `batch` clips: the backbone
+        over the CTF sequence (T-1 history frames of n kept tokens, n = N - round(r·N), and T-k noisy frames of
+        N tokens) and the MiMo decoder. REPA's projector and encoder are not counted."""
+        if self.repa_projector is not None:
+            raise ValueError("training_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
+        config, positions = self.config, self.backbone.tokens_per_frame
+        kept = kept_count(positions, config.mimo.mask_ratio) if config.mimo.mask_ratio > 0 else positions
+        clean_frames, noisy_frames = config.data.num_frames - 1, config.data.num_frames - config.context_frames
+        parts = [self.backbone.training_flops(batch, clean_frames, clean_frames * kept, noisy_frames)]
+        if self.decoder is not None:
+            parts.append(self.decoder.training_flops(batch, clean_frames, clean_frames * kept))
+        forward, backward = add(parts)
+        tokens = clean_frames * kept + noisy_frames * positions
+        return {"forward": forward, "backward": backward, "total": forward + backward, "tokens_per_clip": tokens}
 
     def forward(
         self,
