@@ -13,7 +13,12 @@ from torch import nn
 
 from conftest import FRAME_SIZE, NUM_FRAMES, micro_config
 from mimo.config import ConfigError, load_config
-from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, extract_features
+from mimo.data.encoder_features import (
+    ENCODER_FEATURES_KEY,
+    WithEncoderFeatures,
+    cached_feature_dim,
+    extract_features,
+)
 from mimo.data.synthetic import MovingShapes
 from mimo.models import build_backbone
 from mimo.models.encoders import (
@@ -47,9 +52,9 @@ def repa_config(mode: str, *overrides: str):
     return micro_config(*REPA, f"repa.mode={mode}", *overrides)
 
 
-def repa_objective(config, seed: int = 0) -> TrainingObjective:
+def repa_objective(config, seed: int = 0, feature_dim: int | None = None) -> TrainingObjective:
     torch.manual_seed(seed)
-    return TrainingObjective(config, build_backbone(config))
+    return TrainingObjective(config, build_backbone(config), feature_dim)
 
 
 def fixed_generator() -> torch.Generator:
@@ -238,7 +243,8 @@ def test_cached_features_round_trip_and_give_the_live_encoders_loss(tmp_path, gr
     assert torch.allclose(cached, live if grid is None else resize_grid(live, grid), atol=1e-6)
 
     live_objective = repa_objective(repa_config("both"))
-    cached_objective = repa_objective(repa_config("both", f"repa.features_path={out_dir}"))
+    cached_config = repa_config("both", f"repa.features_path={out_dir}")
+    cached_objective = repa_objective(cached_config, feature_dim=cached_feature_dim(out_dir))
     assert cached_objective.encoder is None
     cached_objective.load_state_dict(live_objective.state_dict())  # the same checkpoint keys either way
     assert repa_loss(cached_objective, video, cached) == pytest.approx(repa_loss(live_objective, video), abs=1e-5)

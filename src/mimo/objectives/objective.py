@@ -18,7 +18,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from mimo.config import Config
-from mimo.data.encoder_features import cached_feature_dim
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
 from mimo.models.dit import DiTOutput, FrameCausalDiT
 from mimo.models.encoders import build_encoder, encode_video
@@ -105,7 +104,9 @@ def masked_reconstruction_loss(prediction: Tensor, target: Tensor, dropped: Tens
 class TrainingObjective(nn.Module):
     """Backbone plus the training-only heads (MiMo decoder, REPA projector); forward returns the named losses."""
 
-    def __init__(self, config: Config, backbone: FrameCausalDiT):
+    def __init__(self, config: Config, backbone: FrameCausalDiT, encoder_feature_dim: int | None = None):
+        """`encoder_feature_dim`: E of the cached encoder features that replace the encoder under
+        repa.features_path (read where the features are loaded: mimo.data.encoder_features)."""
         super().__init__()
         self.config = config
         self.backbone = backbone
@@ -130,7 +131,12 @@ class TrainingObjective(nn.Module):
         encoder = None
         if repa.mode != "none":
             if repa.features_path:
-                self.repa_feature_dim = cached_feature_dim(repa.features_path)
+                if encoder_feature_dim is None:
+                    raise ValueError(
+                        f"repa.features_path={repa.features_path} replaces the encoder: pass encoder_feature_dim, "
+                        "the size of the cached features (mimo.data.encoder_features.cached_feature_dim)"
+                    )
+                self.repa_feature_dim = encoder_feature_dim
             else:
                 encoder = build_encoder(repa, backbone.channels)
                 self.repa_feature_dim = encoder.feature_dim
@@ -167,13 +173,26 @@ class TrainingObjective(nn.Module):
         `encoder_features` (B, T, h, w, E): cached features of the clips' frames for REPA; without
         them the frozen encoder runs on `video`.
         """
-        backbone = self.backbone
-        batch = build_ctf_batch(video, labels, self.config, backbone.num_classes, generator, backbone.grid)
+        batch = build_ctf_batch(video, labels, self.config, self.backbone.num_classes, generator, self.backbone.grid)
+        out = self.forward_backbone(batch)
+        losses = {"diffusion": self.forward_diffusion_loss(out, batch)}
+        total = losses["diffusion"]
+        if self.decoder is not None:
+            losses["mask"] = self.forward_mask_loss(out, batch, video)
+            total = total + self.config.mimo.weight * losses["mask"]
+        if self.repa_projector is not None:
+            losses["repa"] = self.forward_repa_loss(out, batch, video, encoder_features)
+            total = total + self.config.repa.weight * losses["repa"]
+        losses["loss"] = total  # L_total = L_diff + λ·L_mask (+ λ_repa·L_repa)
+        return losses
+
+    def forward_backbone(self, batch: CTFBatch) -> DiTOutput:
+        """The backbone over the CTF sequence, returning the hidden states the heads read."""
         keep = batch.mask.keep if batch.mask is not None else None
         return_layers = {self.decoder_layer} if self.decoder is not None else set()
         if self.repa_projector is not None:
             return_layers.add(self.config.repa.layer)
-        out = backbone(
+        return self.backbone(
             batch.noisy,
             batch.noise_level,
             labels=batch.labels,
@@ -182,22 +201,23 @@ class TrainingObjective(nn.Module):
             keep=keep,
             return_layers=tuple(sorted(return_layers)),
         )
-        losses = {"diffusion": (out.velocity - batch.velocity).pow(2).mean()}
-        total = losses["diffusion"]
-        if self.decoder is not None:
-            mimo = self.config.mimo
-            prediction = self.decoder(out.clean_hidden[self.decoder_layer], keep)
-            target = mimo_targets(video, backbone.patch_size, mimo.targets, mimo.normalize_targets)
-            dropped = batch.mask.dropped if batch.mask is not None and mimo.loss_on == "dropped" else None
-            losses["mask"] = masked_reconstruction_loss(prediction, target, dropped)
-            total = total + mimo.weight * losses["mask"]
-        if self.repa_projector is not None:
-            losses["repa"] = self.repa_loss(out, batch, video, encoder_features)
-            total = total + self.config.repa.weight * losses["repa"]
-        losses["loss"] = total
-        return losses
 
-    def repa_loss(self, out: DiTOutput, batch: CTFBatch, video: Tensor, encoder_features: Tensor | None) -> Tensor:
+    def forward_diffusion_loss(self, out: DiTOutput, batch: CTFBatch) -> Tensor:
+        """L_diff: flow matching, the predicted velocity against ε - x on the generated frames."""
+        return (out.velocity - batch.velocity).pow(2).mean()
+
+    def forward_mask_loss(self, out: DiTOutput, batch: CTFBatch, video: Tensor) -> Tensor:
+        """L_mask: the decoder's reconstruction of frames t (and t+1) from the masked history at layer l."""
+        mimo = self.config.mimo
+        keep = batch.mask.keep if batch.mask is not None else None
+        prediction = self.decoder(out.clean_hidden[self.decoder_layer], keep)
+        target = mimo_targets(video, self.backbone.patch_size, mimo.targets, mimo.normalize_targets)
+        dropped = batch.mask.dropped if batch.mask is not None and mimo.loss_on == "dropped" else None
+        return masked_reconstruction_loss(prediction, target, dropped)
+
+    def forward_repa_loss(
+        self, out: DiTOutput, batch: CTFBatch, video: Tensor, encoder_features: Tensor | None
+    ) -> Tensor:
         """L_repa: the tokens of `config.repa.mode` aligned with the encoder's features of the clean frames."""
         repa = self.config.repa
         if encoder_features is None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mimo.config import Config
 from mimo.data import build_dataset, stack_clips, to_pixels
-from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures
+from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.sampler import sample_for_task
@@ -105,7 +105,9 @@ class Trainer:
         torch.manual_seed(train.seed)  # initial weights, identical on every rank
         self.backbone = build_backbone(config).to(self.device)
         self.backbone.activation_checkpointing = train.activation_checkpointing
-        self.objective = TrainingObjective(config, self.backbone).to(self.device)
+        features = config.repa.features_path if config.repa.mode != "none" else None
+        feature_dim = cached_feature_dim(features) if features else None  # REPA's encoder replaced by its cache
+        self.objective = TrainingObjective(config, self.backbone, feature_dim).to(self.device)
         self.ema = EMA(self.backbone, train.ema_decay, train.ema_warmup)  # before compile: a plain copy
         if train.compile:
             for block in transformer_blocks(self.objective):
