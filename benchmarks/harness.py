@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
 from mimo.data import build_dataset, stack_clips
+from mimo.data.atomic import write_atomically
 from mimo.diffusion.sampler import sample_video
 from mimo.evaluation.metrics import METRICS, build_metrics, proxy_config
 from mimo.evaluation.protocols import generate, history_features, load_clips
@@ -120,9 +121,7 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path) -> Path:
     """Write `name.json` (atomically: a resumed benchmark never reads half a file) and refresh the README table."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(payload, indent=1) + "\n")
-    partial.replace(path)
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=1) + "\n"))
     (results_dir / "README.md").write_text(summary_table(results_dir))
     return path
 

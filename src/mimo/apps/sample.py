@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from mimo.config import with_overrides
 from mimo.data import build_dataset, stack_clips, to_pixels
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.diffusion.sampler import sample_for_task
-from mimo.train.checkpoint import atomic_write_bytes, find_checkpoint, load_trained_model, read_state, save_tensors
+from mimo.train.checkpoint import find_checkpoint, load_trained_model, read_state, save_json, save_tensors
 from mimo.train.distributed import default_device
 
 
@@ -66,5 +65,5 @@ def export_inference_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(out / "ema.safetensors", model.state_dict())
     exported = {"config": state["config"], "step": state["step"], "exported_from": str(source)}
-    atomic_write_bytes(out / "state.json", json.dumps(exported, indent=1).encode())
+    save_json(out / "state.json", exported)
     return out

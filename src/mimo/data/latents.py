@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from mimo.data.atomic import write_atomically
 from mimo.models.autoencoder import Autoencoder
 
 FORMAT_VERSION = 1
@@ -98,7 +97,7 @@ def encode_dataset(
                 shard_latents, latents = _split(latents, counts[shard])
                 shard_labels, labels = _split(labels, counts[shard])
                 tensors = {"latents": shard_latents, "labels": shard_labels}
-                _write_atomically(out_dir / shard_name(shard), partial(save_file, tensors))
+                write_atomically(out_dir / shard_name(shard), partial(save_file, tensors))
                 manifest["shards"] = _finished_shards(out_dir, counts)
                 _write_manifest(out_dir, manifest)
                 shard = next(pending, None)
@@ -151,21 +150,7 @@ def _finished_shards(out_dir: Path, counts: list[int]) -> list[dict[str, Any]]:
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    _write_atomically(out_dir / MANIFEST, lambda path: Path(path).write_text(json.dumps(manifest, indent=2)))
-
-
-def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write via a temporary file, fsync, rename: readers and resumes see the old file or the whole new one."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    with open(temporary, "rb+") as file:
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    write_atomically(out_dir / MANIFEST, lambda path: Path(path).write_text(json.dumps(manifest, indent=2)))
 
 
 def read_manifest(out_dir: str | Path, require_complete: bool = True) -> dict[str, Any]:

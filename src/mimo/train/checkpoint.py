@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mimo.config import Config, from_dict
+from mimo.data.atomic import fsync_directory, write_atomically
 from mimo.errors import CheckpointError
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
@@ -31,32 +32,14 @@ CHECKPOINT_DIR = "checkpoints"
 EARLIER_CHECKPOINT = "move {} out of the checkpoints folder and the run resumes from the one before it"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, then rename: readers see the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically (contiguous CPU copies; shared storage is split)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    copies = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    write_atomically(path, lambda temporary: save_file(copies, str(temporary), metadata))
+
+
+def save_json(path: Path, values: dict[str, Any]) -> None:
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps(values, indent=1)))
 
 
 def load_tensors(path: Path) -> dict[str, Tensor]:
@@ -143,13 +126,13 @@ def save_checkpoint(
         tensors, structure = optimizer_to_tensors(optimizer_state)
         save_tensors(staging / "optimizer.safetensors", tensors)
         state["optimizer"] = structure
-    atomic_write_bytes(staging / STATE_FILE, json.dumps(state, indent=1).encode())
-    _fsync_dir(staging)
+    save_json(staging / STATE_FILE, state)
+    fsync_directory(staging)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
-    _fsync_dir(root)
-    atomic_write_bytes(root / LATEST_FILE, final.name.encode())
+    fsync_directory(root)
+    write_atomically(root / LATEST_FILE, lambda temporary: temporary.write_text(final.name))
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
