@@ -17,7 +17,6 @@ from mimo.data.encoder_features import (
     ENCODER_FEATURES_KEY,
     WithEncoderFeatures,
     cached_feature_dim,
-    extract_features,
 )
 from mimo.data.synthetic import MovingShapes
 from mimo.models import build_backbone
@@ -27,6 +26,7 @@ from mimo.models.encoders import (
     build_encoder,
     dinov2_encoder,
     encode_video,
+    extract_features,
     timm_encoder,
 )
 from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid

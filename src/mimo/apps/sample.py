@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from mimo.config import with_overrides
-from mimo.data import build_dataset, stack_clips, to_pixels
+from mimo.data import build_dataset, stack_clips
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.diffusion.sampler import sample_for_task
+from mimo.models.autoencoder import to_pixels
 from mimo.train.checkpoint import find_checkpoint, load_trained_model, read_state, save_json, save_tensors
 from mimo.train.distributed import default_device
 

@@ -114,12 +114,3 @@ def stack_clips(dataset: Dataset, indices: Iterable[int] | int) -> dict[str, Ten
     indices = range(indices) if isinstance(indices, int) else indices
     items = [dataset[i] for i in indices]
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
-
-
-def to_pixels(videos: Tensor, config: DataConfig, batch_size: int = 16) -> Tensor:
-    """Videos in [-1, 1] pixels: latent clips are decoded with the autoencoder of their manifest."""
-    if config.dataset != "latents":
-        return videos
-    from mimo.data.latents import decode_latents
-
-    return decode_latents(videos, config.path, batch_size)

@@ -1,6 +1,7 @@
 """Frozen-encoder features of a dataset, cached on disk so that REPA training need not run the encoder.
 
-The features are stored by `mimo.data.latents.encode_dataset`, the same resumable shards and
+The features are stored by `mimo.models.encoders.extract_features` through
+`mimo.data.latents.encode_dataset`, the same resumable shards and
 manifest as latents, with each clip's features (T, h, w, E) in place of its latents and the
 encoder's description in place of the autoencoder's. One entry per clip, in the dataset's
 order, so the dataset must give the same clip for the same index every time (no random clips
@@ -18,64 +19,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from mimo.data.latents import LatentDataset, encode_dataset, read_manifest
-from mimo.models.encoders import FrameEncoder, encode_video
-from mimo.models.repa import resize_grid
+from mimo.data.latents import LatentDataset, read_manifest
 
 ENCODER_FEATURES_KEY = "encoder_features"
 FEATURES_NAME = "encoder_features"  # the manifest's "autoencoder.name" of cached features
-
-
-class _FeatureExtractor(nn.Module):
-    """A frozen encoder seen as an autoencoder's `encode`/`describe`, which is what encode_dataset calls."""
-
-    def __init__(self, encoder: FrameEncoder, grid: int | None):
-        super().__init__()
-        self.encoder = encoder
-        self.grid = grid
-
-    def encode(self, video: Tensor) -> Tensor:
-        features = encode_video(self.encoder, video)
-        return features if self.grid is None else resize_grid(features, self.grid)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": FEATURES_NAME, **self.encoder.describe(), "grid": self.grid}
-
-
-def extract_features(
-    dataset: Dataset,
-    encoder: FrameEncoder,
-    out_dir: str | Path,
-    grid: int | None = None,
-    shard_size: int = 1024,
-    batch_size: int = 16,
-    *,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    storage_dtype: torch.dtype = torch.float16,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Store `encoder`'s features of every clip of `dataset` (pixels in [-1, 1]) under `out_dir`.
-
-    `grid`: resize to the backbone's token grid (frame_size / patch_size) now, which makes the cache
-    smaller when the encoder's grid is finer; None keeps the encoder's grid. Rerun the same call
-    after an interruption to finish the missing shards. Returns the manifest.
-    """
-    return encode_dataset(
-        dataset,
-        _FeatureExtractor(encoder, grid),
-        out_dir,
-        shard_size,
-        batch_size,
-        num_workers=num_workers,
-        device=device,
-        storage_dtype=storage_dtype,
-        progress=progress,
-    )
 
 
 def read_features_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -84,7 +34,7 @@ def read_features_manifest(out_dir: str | Path) -> dict[str, Any]:
     if manifest["autoencoder"].get("name") != FEATURES_NAME:
         raise ValueError(
             f"{out_dir} holds latents of '{manifest['autoencoder'].get('name')}', not encoder features; "
-            "extract features with mimo.data.encoder_features.extract_features"
+            "extract features with mimo.models.encoders.extract_features"
         )
     return manifest
 

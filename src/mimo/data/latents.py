@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from mimo.data.atomic import write_atomically
-from mimo.models.autoencoder import Autoencoder
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -43,7 +43,7 @@ def shard_name(index: int) -> str:
 
 def encode_dataset(
     dataset: Dataset,
-    autoencoder: Autoencoder,
+    autoencoder: nn.Module,
     out_dir: str | Path,
     shard_size: int = 1024,
     batch_size: int = 16,
@@ -58,7 +58,8 @@ def encode_dataset(
     Rerun with the same arguments after an interruption to finish the missing shards; other
     settings in an existing `out_dir` are refused. `storage_dtype` float16 halves the disk
     footprint at a relative precision of 2^-11, far below a VAE's reconstruction error.
-    The autoencoder is moved to `device`. A dataset with `describe()` has its settings recorded.
+    `autoencoder` is a module with `encode(video)` and `describe()` (mimo.models.autoencoder.Autoencoder, or a
+    frozen encoder's features); it is moved to `device`. A dataset with `describe()` has its settings recorded.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size} and {batch_size}.")
@@ -221,12 +222,3 @@ class LatentDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         """Open file handles stay in their process; each DataLoader worker opens its own."""
         return {**self.__dict__, "_handles": {}}
-
-
-def decode_latents(latents: torch.Tensor, latents_dir: str | Path, batch_size: int = 16) -> torch.Tensor:
-    """Pixels in [-1, 1] of latent videos (B, T, c, h, w), decoded by the autoencoder that encoded `latents_dir`."""
-    from mimo.models.autoencoder import autoencoder_from_description
-
-    autoencoder = autoencoder_from_description(read_manifest(latents_dir)["autoencoder"])
-    with torch.no_grad():
-        return torch.cat([autoencoder.decode(chunk.cpu()) for chunk in latents.split(batch_size)]).clamp(-1, 1)

@@ -23,13 +23,13 @@ import torch
 from torch import Tensor
 
 from mimo.config import Config, with_overrides
-from mimo.data import to_pixels
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.evaluation.metrics import build_metrics, proxy_config, score_trajectory
 from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.cknna import cknna
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
+from mimo.models.autoencoder import to_pixels
 from mimo.train.checkpoint import load_trained_model
 
 SHOWN_VIDEOS = 8

@@ -18,6 +18,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from mimo.config import DataConfig
+from mimo.data.latents import read_manifest
+
 # Frames per VAE call: bounds activation memory of a 256 px SD-VAE to a few GB.
 DEFAULT_FRAMES_PER_CALL = 32
 
@@ -194,3 +197,12 @@ def autoencoder_from_description(description: dict[str, Any]) -> Autoencoder:
         return DiffusersAutoencoderKL(description["path"], scale=description["scale"], shift=description["shift"])
     common = {"name", "latent_channels", "downsample", "temporal_downsample"}  # facts, not constructor options
     return build_autoencoder(name, **{k: v for k, v in description.items() if k not in common})
+
+
+def to_pixels(videos: torch.Tensor, config: DataConfig, batch_size: int = 16) -> torch.Tensor:
+    """Videos in [-1, 1] pixels: latent clips (B, T, c, h, w) are decoded by the autoencoder their manifest names."""
+    if config.dataset != "latents":
+        return videos
+    autoencoder = autoencoder_from_description(read_manifest(config.path)["autoencoder"])
+    with torch.no_grad():
+        return torch.cat([autoencoder.decode(chunk.cpu()) for chunk in videos.split(batch_size)]).clamp(-1, 1)

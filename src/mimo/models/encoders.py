@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from mimo.config import RepaConfig
+from mimo.data.encoder_features import FEATURES_NAME
+from mimo.data.latents import encode_dataset
+from mimo.models.repa import resize_grid
 
 # DINOv2 and most timm ViTs normalise with the ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -245,3 +249,51 @@ def build_encoder(config: RepaConfig, channels: int = 3) -> FrameEncoder:
         if kind == "dinov2":
             return dinov2_encoder(name, config.encoder_path, config.encoder_image_size, config.allow_download)
     raise ValueError(f"unknown encoder '{config.encoder}'; use 'random', 'timm:MODEL_NAME' or 'dinov2:ARCH'")
+
+
+class _FeatureExtractor(nn.Module):
+    """A frozen encoder seen as an autoencoder's `encode`/`describe`, which is what encode_dataset calls."""
+
+    def __init__(self, encoder: FrameEncoder, grid: int | None):
+        super().__init__()
+        self.encoder = encoder
+        self.grid = grid
+
+    def encode(self, video: Tensor) -> Tensor:
+        features = encode_video(self.encoder, video)
+        return features if self.grid is None else resize_grid(features, self.grid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": FEATURES_NAME, **self.encoder.describe(), "grid": self.grid}
+
+
+def extract_features(
+    dataset: Dataset,
+    encoder: FrameEncoder,
+    out_dir: str | Path,
+    grid: int | None = None,
+    shard_size: int = 1024,
+    batch_size: int = 16,
+    *,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    storage_dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Store `encoder`'s features of every clip of `dataset` (pixels in [-1, 1]) under `out_dir`.
+
+    `grid`: resize to the backbone's token grid (frame_size / patch_size) now, which makes the cache
+    smaller when the encoder's grid is finer; None keeps the encoder's grid. Rerun the same call
+    after an interruption to finish the missing shards. Returns the manifest.
+    """
+    return encode_dataset(
+        dataset,
+        _FeatureExtractor(encoder, grid),
+        out_dir,
+        shard_size,
+        batch_size,
+        num_workers=num_workers,
+        device=device,
+        storage_dtype=storage_dtype,
+        progress=progress,
+    )

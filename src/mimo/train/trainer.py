@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mimo.config import Config
-from mimo.data import build_dataset, stack_clips, to_pixels
+from mimo.data import build_dataset, stack_clips
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import NonFiniteLossError
 from mimo.models import build_backbone
+from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
