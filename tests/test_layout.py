@@ -1,0 +1,77 @@
+"""The folders are the architecture: the library's lower layers never reach up to training, jobs,
+evaluation protocols or the CLI; data is read without model code; importing mimo has no side effects."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mimo
+
+PACKAGE = Path(mimo.__file__).parent
+LOWER_LAYERS = ("models", "diffusion", "objectives", "data", "metrics")
+UPPER_LAYERS = ("mimo.train", "mimo.apps", "mimo.evaluation", "mimo.cli")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an `import` or `from ... import` names in `path`, anywhere in the file, made absolute."""
+    package = ".".join(("mimo", *path.relative_to(PACKAGE).parent.parts))
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            names.update({module} | {f"{module}.{alias.name}" for alias in node.names})
+    return names
+
+
+def imports_under(folder: str) -> dict[str, set[str]]:
+    return {str(path.relative_to(PACKAGE)): imported_modules(path) for path in (PACKAGE / folder).rglob("*.py")}
+
+
+def reaching(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {
+        path: sorted(name for name in names if name.startswith(forbidden))
+        for path, names in imports_under(folder).items()
+    }
+    return {path: names for path, names in found.items() if names}
+
+
+def test_the_walker_sees_module_and_function_level_imports():
+    module = PACKAGE / "data" / "__init__.py"
+    assert "mimo.config" in imported_modules(module) and "mimo.data.video_folder" in imported_modules(module)
+    assert "mimo.train.trainer" in imported_modules(PACKAGE / "cli.py")  # imported inside a function
+
+
+@pytest.mark.parametrize("folder", LOWER_LAYERS)
+def test_lower_layers_never_import_training_jobs_evaluation_or_the_cli(folder):
+    assert reaching(folder, UPPER_LAYERS) == {}
+
+
+def test_data_is_read_without_model_code():
+    assert reaching("data", ("mimo.models", "mimo.objectives", "mimo.diffusion")) == {}
+
+
+def test_the_objective_reads_no_feature_manifest():
+    assert reaching("objectives", ("mimo.data.latents", "mimo.data.encoder_features")) == {}
+
+
+def test_importing_every_module_of_mimo_changes_no_environment_variable():
+    code = (
+        "import os, pkgutil, importlib, mimo; before = dict(os.environ); "
+        "names = [m.name for m in pkgutil.walk_packages(mimo.__path__, 'mimo.')]; "
+        "[importlib.import_module(name) for name in names]; "
+        "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}; "
+        "assert not changed, changed; print(len(names))"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == len(list(PACKAGE.rglob("*.py"))) - 1  # every module but mimo/__init__ itself
