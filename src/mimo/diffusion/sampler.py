@@ -29,6 +29,21 @@ def _guided(velocity: Tensor, cfg_scale: float, guided: bool) -> Tensor:
     return unconditional + cfg_scale * (conditional - unconditional)
 
 
+def _batch_size(batch_size: int | None, labels: Tensor | None, context: Tensor | None) -> int | None:
+    """Videos to generate: one per context clip, else one per label, else `batch_size`."""
+    if context is not None:
+        return context.shape[0]
+    return labels.shape[0] if labels is not None else batch_size
+
+
+def _guidance_labels(labels: Tensor | None, null_class: int, guided: bool, device: torch.device) -> Tensor | None:
+    """The labels the model sees: under guidance stacked as [conditional; null class], as `_guided` splits them."""
+    if labels is None:
+        return None
+    labels = labels.to(device)
+    return torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
+
+
 @torch.no_grad()
 def sample_video(
     model: FrameCausalDiT,
@@ -54,16 +69,10 @@ def sample_video(
     check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
     device = model.patch_embed.weight.device
     size = model.grid * model.patch_size
-    if context is not None:
-        batch_size = context.shape[0]
-    elif labels is not None:
-        batch_size = labels.shape[0]
+    batch_size = _batch_size(batch_size, labels, context)
     frames = [] if context is None else list(context.to(device).split(1, dim=1))
     guided = labels is not None and cfg_scale != 1.0
-    if labels is not None:
-        labels = labels.to(device)
-        if guided:
-            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
+    labels = _guidance_labels(labels, model.null_class, guided, device)
     copies = 2 if guided else 1
 
     def doubled(x: Tensor) -> Tensor:
