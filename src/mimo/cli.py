@@ -66,17 +66,34 @@ def _data_encode(args: argparse.Namespace) -> None:
     options = {"path": args.vae} if args.vae else {}
     autoencoder = build_autoencoder(args.autoencoder, **options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    manifest = encode_dataset(
-        dataset,
-        autoencoder,
-        args.out,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        num_workers=config.data.num_workers,
-        device=device,
-    )
-    clips = sum(shard["count"] for shard in manifest["shards"])
-    print(f"{clips} clips in {manifest['num_shards']} shards")
+    if args.layout == "videos":
+        from mimo.data.clip_windows import encode_videos
+
+        manifest = encode_videos(
+            dataset.records,
+            dataset.clips,
+            autoencoder,
+            args.out,
+            args.shard_size,
+            classes=dataset.classes,
+            num_workers=config.data.num_workers,
+            device=device,
+        )
+        frames = sum(shard["frames"] for shard in manifest["shards"])
+        videos = sum(shard["count"] for shard in manifest["shards"])
+        print(f"{videos} whole videos ({frames} frames) in {manifest['num_shards']} shards")
+    else:
+        manifest = encode_dataset(
+            dataset,
+            autoencoder,
+            args.out,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            num_workers=config.data.num_workers,
+            device=device,
+        )
+        clips = sum(shard["count"] for shard in manifest["shards"])
+        print(f"{clips} clips in {manifest['num_shards']} shards")
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
 
 
@@ -173,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--autoencoder", default="autoencoder_kl", help="registered autoencoder name")
     encode.add_argument("--vae", default=None, help="local folder of the pretrained VAE (diffusers format)")
     encode.add_argument("--out", required=True, help="output folder (resumes when interrupted)")
-    encode.add_argument("--shard-size", type=int, default=1024)
+    encode.add_argument(
+        "--layout",
+        choices=["videos", "clips"],
+        default="videos",
+        help="videos: every frame of every video, a fresh clip window at each read (FAR's loader); "
+        "clips: one fixed clip per video",
+    )
+    encode.add_argument("--shard-size", type=int, default=1024, help="items per shard (videos or clips)")
     encode.add_argument("--batch-size", type=int, default=16)
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=_data_encode)

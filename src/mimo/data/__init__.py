@@ -37,8 +37,9 @@ def build_dataset(
     """The dataset a config names; `split` is "train" (random clips) or "eval" (deterministic clips,
     from each video's first frame with `start_at_zero`, as FAR's UCF-101 protocol takes them).
 
-    Real videos: training clips start at random frames (torch's RNG, seeded per DataLoader worker),
-    so unlike the synthetic and latent datasets their order is not bit-exact across a resume.
+    Real videos and whole-video latents: training clips start at random frames (torch's RNG, seeded
+    per DataLoader worker), so unlike the synthetic data and stored clips their order is not
+    bit-exact across a resume.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -47,12 +48,6 @@ def build_dataset(
         return MovingShapes(
             num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects
         )
-    if config.dataset == "latents":
-        from mimo.data.latents import LatentDataset
-
-        dataset = LatentDataset(config.path)
-        _check_latents(dataset, config)
-        return dataset
     from mimo.data.video_folder import ClipSampling, video_dataset
 
     clips = ClipSampling(
@@ -63,6 +58,12 @@ def build_dataset(
         seed=config.seed,
         start_at_zero=start_at_zero,
     )
+    if config.dataset == "latents":
+        from mimo.data.clip_windows import open_latents
+
+        dataset = open_latents(config.path, clips)
+        _check_latents(dataset, config)
+        return dataset
     return video_dataset(
         VIDEO_KINDS[config.dataset],
         config.path,

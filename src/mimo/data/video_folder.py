@@ -230,6 +230,15 @@ def _to_rgb(frame: av.VideoFrame, size: int | None, reformatter: VideoReformatte
     return image[top : top + size, left : left + size]
 
 
+def clip_start(clips: ClipSampling, index: int, max_start: int) -> int:
+    """First frame in [0, max_start] of the clip of item `index`, as `clips` says (see `ClipSampling`)."""
+    if clips.start_at_zero:
+        return 0
+    if clips.random_clips:
+        return int(torch.randint(0, max_start + 1, ()))
+    return int(np.random.default_rng((clips.seed, index)).integers(0, max_start + 1))
+
+
 def to_unit_range(clip: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, C) -> float32 (T, C, H, W) in [-1, 1]."""
     video = rearrange(torch.from_numpy(np.ascontiguousarray(clip)), "t h w c -> t c h w")
@@ -418,11 +427,7 @@ class VideoFolderDataset(Dataset):
         raise TooManyBadVideosError(f"None of the {len(self)} videos could be decoded: {self.failures}.")
 
     def _start(self, index: int, max_start: int) -> int:
-        if self.clips.start_at_zero:
-            return 0
-        if self.clips.random_clips:
-            return int(torch.randint(0, max_start + 1, ()))
-        return int(np.random.default_rng((self.clips.seed, index)).integers(0, max_start + 1))
+        return clip_start(self.clips, index, max_start)
 
     def _record_failure(self, index: int, error: Exception) -> None:
         reason = error.reason if isinstance(error, BadVideoError) else "undecodable"
@@ -508,6 +513,7 @@ __all__ = [
     "VideoFolderDataset",
     "VideoRecord",
     "class_folder_records",
+    "clip_start",
     "find_videos",
     "folder_records",
     "kinetics_records",

@@ -1,0 +1,95 @@
+"""Whole-video latents: every frame encoded once, a fresh clip window cut at every read.
+
+The videos are ramps (frame t is grey level 10 + 6t, see test_video_folder), encoded with the
+identity autoencoder, so a latent window tells which frames it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from mimo.config import DataConfig
+from mimo.data import build_dataset
+from mimo.data.clip_windows import VideoLatentDataset, encode_videos, latent_bytes_per_frame, latent_disk_bytes
+from mimo.data.latents import read_manifest
+from mimo.data.video_folder import ClipSampling, class_folder_records
+from mimo.media import write_video
+from mimo.models.autoencoder import IdentityAutoencoder
+from test_video_folder import frame_indices, ramp
+
+LENGTHS = (40, 24, 31)  # frames of each video
+SIZE = 16
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def latents_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for index, length in enumerate(LENGTHS):
+        (root / f"class_{index % 2}").mkdir(exist_ok=True)
+        write_video(root / f"class_{index % 2}" / f"video_{index}.mp4", ramp(length, 32, 48))
+    write_video(root / "class_0" / "short.mp4", ramp(3, 32, 48))  # shorter than a clip: skipped
+    records, classes = class_folder_records(root)
+    clips = ClipSampling(num_frames=4, frame_stride=2, size=SIZE)
+    out = tmp_path_factory.mktemp("latents")
+    with pytest.warns(UserWarning, match="short.mp4"):
+        encode_videos(records, clips, IdentityAutoencoder(), out, videos_per_shard=2, classes=classes, progress=False)
+    return out
+
+
+def test_whole_videos_are_stored_frame_by_frame(latents_dir: Path) -> None:
+    manifest = read_manifest(latents_dir)
+    assert sum(shard["count"] for shard in manifest["shards"]) == len(LENGTHS)
+    assert sum(shard["frames"] for shard in manifest["shards"]) == sum(LENGTHS)
+    assert any("short.mp4" in path for shard in manifest["shards"] for path in shard["skipped"])
+
+
+def test_every_read_draws_a_fresh_window_of_strided_frames(latents_dir: Path) -> None:
+    torch.manual_seed(0)
+    dataset = VideoLatentDataset(latents_dir, ClipSampling(num_frames=4, frame_stride=2, size=None))
+    assert len(dataset) == len(LENGTHS)
+    starts = set()
+    for _ in range(12):
+        item = dataset[0]
+        assert item["video"].shape == (4, 3, SIZE, SIZE)
+        frames = frame_indices(item["video"])
+        assert np.all(np.diff(frames) == 2) and frames[-1] < LENGTHS[0]
+        starts.add(frames[0])
+    assert len(starts) > 3  # 33 possible starts: fixed clips would give one
+
+
+def test_evaluation_windows_depend_only_on_seed_and_index(latents_dir: Path) -> None:
+    def first_frames(clips: ClipSampling) -> list[int]:
+        dataset = VideoLatentDataset(latents_dir, clips)
+        return [frame_indices(dataset[i]["video"])[0] for i in range(len(dataset))]
+
+    seeded = ClipSampling(num_frames=4, frame_stride=2, random_clips=False, seed=5)
+    assert first_frames(seeded) == first_frames(seeded)
+    assert first_frames(ClipSampling(num_frames=4, random_clips=False, start_at_zero=True)) == [0, 0, 0]
+
+
+def test_training_on_latents_reads_windows_through_the_config(latents_dir: Path) -> None:
+    config = DataConfig(dataset="latents", path=str(latents_dir), frame_size=SIZE, num_frames=4, frame_stride=3)
+    item = build_dataset(config, "train")[1]
+    assert np.all(np.diff(frame_indices(item["video"])) == 3)
+
+
+def test_clips_longer_than_a_stored_video_name_the_fix(latents_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"data\.num_frames"):
+        VideoLatentDataset(latents_dir, ClipSampling(num_frames=20, frame_stride=2))
+
+
+def test_disk_cost_is_stored_frames_times_the_latent_frame_size(latents_dir: Path) -> None:
+    stored = 0
+    for file in sorted(latents_dir.glob("shard_*.safetensors")):
+        with safe_open(file, framework="pt") as handle:
+            stored += handle.get_tensor("latents").nbytes
+    assert stored == latent_disk_bytes(sum(LENGTHS), (3, SIZE, SIZE))
+    # UCF-101 through the SD-VAE at 256 px: 4 x 32 x 32 float16 latents, 8 KiB a frame
+    assert latent_bytes_per_frame((4, 32, 32)) == 8192
