@@ -97,6 +97,17 @@ def _data_encode(args: argparse.Namespace) -> None:
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from mimo.data.check import check_data
+
+    report = check_data(load_config(args.config, args.overrides).data, workers=args.workers)
+    print(report)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report.to_dict(), file, indent=1)
+    return 0 if report.ok else 1
+
+
 def _device(requested: str | None) -> str:
     import torch
 
@@ -201,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch-size", type=int, default=16)
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=_data_encode)
+    check = data.add_parser("check", help="found / missing / unreadable videos and classes against the expected counts")
+    check.add_argument("config", nargs="?", help="YAML naming the video dataset (or data.key=value overrides)")
+    check.add_argument("--workers", type=int, default=4, help="files opened in parallel")
+    check.add_argument("--json", default=None, help="also write the report to this JSON file")
+    check.set_defaults(run=_data_check)
     return parser
 
 
@@ -216,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
     try:
-        args.run(args)
+        code = args.run(args)
     except (
         ConfigError,
         FileNotFoundError,
@@ -230,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mimo {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
