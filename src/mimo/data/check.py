@@ -75,14 +75,17 @@ class DataCheckReport:
         lines = [
             f"{self.dataset} at {self.path} ({self.expectation})",
             f"videos: {self.found_videos:,} found of {expected} expected; {len(self.missing):,} missing, "
-            f"{len(self.unreadable):,} unreadable, {len(self.too_short):,} shorter than a clip ({self.clip_span} frames)",
+            f"{len(self.unreadable):,} unreadable, {len(self.too_short):,} shorter than a clip "
+            f"({self.clip_span} frames)",
             f"classes: {self.found_classes} found of {self.expected_classes or '?'} expected",
             f"frames: {self.total_frames:,}; whole-video SD-VAE latents (float16): "
             f"{self.latent_disk_bytes / 1e9:.2f} GB",
         ]
         for name, paths in (("missing", self.missing), ("too short", self.too_short), ("unreadable", self.unreadable)):
             if paths:
-                shown = [f"{p} ({self.unreadable[p]})" if name == "unreadable" else p for p in list(paths)[:EXAMPLES_SHOWN]]
+                shown = [
+                    f"{p} ({self.unreadable[p]})" if name == "unreadable" else p for p in list(paths)[:EXAMPLES_SHOWN]
+                ]
                 lines.append(f"{name}, e.g.: {', '.join(shown)}")
         lines.append("OK" if self.ok else "NOT OK: fix the data (or the config's data.path) before encoding")
         return "\n".join(lines)
@@ -100,7 +103,13 @@ def _listed_and_found(data: DataConfig) -> tuple[list[VideoRecord], list[str], l
             listed = [line.split()[0].lower() for line in _lines(split_dir / f"{data.split}list0{data.fold}.txt")]
             found = {"/".join(r.path.parts[-2:]).lower() for r in records}
             expected = UCF101_SPLIT_VIDEOS[(data.fold, data.split)]
-            return records, classes, [e for e in listed if e not in found], expected, f"UCF-101 {data.split}list0{data.fold}"
+            return (
+                records,
+                classes,
+                [e for e in listed if e not in found],
+                expected,
+                f"UCF-101 {data.split}list0{data.fold}",
+            )
         if kind == "kinetics600" and data.annotations:
             records, classes = kinetics_records(data.path, data.annotations)
             with open(data.annotations, newline="") as file:
@@ -146,7 +155,9 @@ def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
         probes = list(pool.map(_probe, [record.path for record in records]))
     span = (data.num_frames - 1) * data.frame_stride + 1
     unreadable = {str(r.path): reason for r, (_, reason) in zip(records, probes, strict=True) if reason}
-    too_short = [str(r.path) for r, (frames, reason) in zip(records, probes, strict=True) if not reason and frames < span]
+    too_short = [
+        str(r.path) for r, (frames, reason) in zip(records, probes, strict=True) if not reason and frames < span
+    ]
     total_frames = sum(frames for frames, _ in probes)
     latent_side = data.frame_size // SD_VAE_DOWNSAMPLE
     expected_classes = data.num_classes if classes else None
@@ -168,4 +179,3 @@ def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
         latent_disk_bytes=latent_disk_bytes(total_frames, (SD_VAE_CHANNELS, latent_side, latent_side)),
         expectation=expectation,
     )
-
