@@ -108,6 +108,38 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _fvd(args: argparse.Namespace) -> None:
+    from mimo.metrics.fvd_protocol import FVDProtocol, fvd_between, write_fvd_report
+
+    protocol = FVDProtocol(
+        num_frames=args.frames,
+        frame_stride=args.stride,
+        resolution=args.resolution,
+        max_videos=args.max_videos,
+        start_at_zero=not args.seeded_start,
+        seed=args.seed,
+        normaliser=args.normaliser,
+    )
+    extractor = None
+    if args.i3d:
+        from mimo.metrics.i3d import load_i3d
+
+        extractor = load_i3d(args.i3d, device=_device(args.device))
+    report = fvd_between(
+        args.real,
+        args.fake,
+        protocol,
+        extractor,
+        extractor_source=args.i3d,
+        batch_size=args.batch_size,
+        device=_device(args.device),
+        save_real_statistics=args.save_real_stats,
+    )
+    if args.out:
+        write_fvd_report(report, args.out)
+    print(json.dumps(report, indent=1))
+
+
 def _device(requested: str | None) -> str:
     import torch
 
@@ -172,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
     evaluate.add_argument("--device", default=None)
     evaluate.set_defaults(run=_eval)
+
+    fvd = commands.add_parser("fvd", help="FVD between two folders of videos, .npz files or saved statistics")
+    fvd.add_argument("real", help="real videos: a folder, an .npz, or statistics saved by --save-real-stats")
+    fvd.add_argument("fake", help="generated videos: a folder or an .npz")
+    fvd.add_argument("--frames", type=int, default=16, help="frames per clip")
+    fvd.add_argument("--stride", type=int, default=1, help="frame stride of the real videos' clips")
+    fvd.add_argument("--resolution", type=int, default=224, help="shorter side resized, then centre-cropped")
+    fvd.add_argument("--max-videos", type=int, default=None, help="first N videos of each set (default: all)")
+    fvd.add_argument("--seeded-start", action="store_true", help="clips start at a seeded frame, not frame 0")
+    fvd.add_argument("--seed", type=int, default=0)
+    fvd.add_argument("--normaliser", choices=["tf-gan", "stylegan-v"], default="tf-gan", help="covariance divisor")
+    fvd.add_argument("--i3d", default=None, help="StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D")
+    fvd.add_argument("--save-real-stats", default=None, help="write the real set's statistics (+ card) here")
+    fvd.add_argument("--out", default=None, help="report JSON (a .md card beside it)")
+    fvd.add_argument("--batch-size", type=int, default=16)
+    fvd.add_argument("--device", default=None)
+    fvd.set_defaults(run=_fvd)
 
     probe = commands.add_parser("probe", help="linear probes and CKNNA of the history features, per layer")
     probe.add_argument("checkpoint", help="run folder or checkpoint")

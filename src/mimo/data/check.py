@@ -18,7 +18,7 @@ from typing import Any
 
 import av
 
-from mimo.config import DataConfig
+from mimo.config import ConfigError, DataConfig
 from mimo.data import VIDEO_KINDS
 from mimo.data.clip_windows import latent_disk_bytes
 from mimo.data.video_folder import (
@@ -144,7 +144,7 @@ def _probe(path: Path) -> tuple[int, str | None]:
 def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
     """Found / missing / unreadable videos and classes of the video dataset `data` names."""
     if data.dataset not in VIDEO_KINDS:
-        raise ValueError(
+        raise ConfigError(
             f"data.dataset={data.dataset!r} is not a folder of videos; check the config the latents were encoded "
             f"from (one of {', '.join(VIDEO_KINDS)})"
         )
