@@ -76,6 +76,7 @@ class DataConfig:
     split: str = "train"  # ucf101: the official split file to read (train/test)
     fold: int = 1  # ucf101: split files trainlist0N / testlist0N, N in 1..3
     annotations: str | None = None  # kinetics600: the CSV (label,youtube_id,time_start,time_end,split)
+    videos: str | None = None  # latents: the YAML naming the videos they were encoded from (FVD's real set by default)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,9 @@ class EvalConfig:
     balanced_classes: bool = True  # real clips balanced over classes (FAR's UCF-101 protocol)
     start_at_zero: bool = False  # real clips start at the first frame (FAR's UCF-101 protocol)
     i3d_path: str | None = None  # StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D port
+    videos: str | None = None  # YAML whose data section names FVD's real videos; None: the training videos
+    num_frames: int | None = None  # generated length; past data.num_frames the quality is also scored per window
+    drift_hop: int | None = None  # frames between the scored windows of a long video; None: a quarter window
     probe_layer: int | None = None  # backbone layer whose history features are probed; None: mimo's decoder layer
     probe_clips: int = 512
 
@@ -445,6 +449,12 @@ def validate(config: Config) -> None:
     unknown_metrics = set(e.metric_list(d.dataset)) - set(EVAL_METRICS)
     _check(not unknown_metrics, "eval.metrics", f"unknown {sorted(unknown_metrics)}; choose from {list(EVAL_METRICS)}")
     _check(e.probe_layer is None or 1 <= e.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
+    _check(
+        e.num_frames is None or e.num_frames > config.context_frames,
+        "eval.num_frames",
+        f"must exceed the {config.context_frames} context frames",
+    )
+    _check(e.drift_hop is None or e.drift_hop >= 1, "eval.drift_hop", "must be at least 1 frame")
     _check(e.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
     _check(s.steps >= 1, "sample.steps", f"must be at least 1, got {s.steps}")
     _check(s.solver in SOLVERS, "sample.solver", f"choose one of {list(SOLVERS)}")

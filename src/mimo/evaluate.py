@@ -26,11 +26,15 @@ from tqdm.auto import tqdm
 
 from mimo.config import Config, with_overrides
 from mimo.data import build_dataset, to_pixels
+from mimo.data.real_set import SOURCE_KEYS, pixel_size, to_model_space, with_real_videos
 from mimo.diffusion.sampler import sample_for_task
 from mimo.media import plot_curves, save_gif, video_grid
 from mimo.metrics.cknna import cknna
+from mimo.metrics.drift import per_frame as per_frame_curve
+from mimo.metrics.drift import window_starts, window_statistics, windowed_distances
 from mimo.metrics.frame_metrics import psnr, ssim
-from mimo.metrics.fvd import compute_fvd
+from mimo.metrics.fvd import FeatureExtractor, compute_fvd
+from mimo.metrics.fvd_protocol import I3D_PORT_SOURCE, FVDProtocol, extractor_identity, protocol_card
 from mimo.metrics.i3d import load_i3d
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier
@@ -39,6 +43,8 @@ from mimo.models.dit import FrameCausalDiT
 from mimo.train.trainer import load_trained_model
 
 SHOWN_VIDEOS = 8
+WINDOW_METRICS = ("fvd", "proxy_fd")  # distances between sets: scored on windows of the training length
+DRIFT_METRICS = (*WINDOW_METRICS, "psnr", "ssim")  # the metrics with a curve along long videos
 
 
 def balanced_indices(labels: Tensor, count: int) -> list[int]:
@@ -73,7 +79,9 @@ def load_clips(config: Config, count: int) -> dict[str, Tensor]:
     return {key: torch.stack([item[key] for item in items]) for key in items[0]}
 
 
-def generate(model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int) -> Tensor:
+def generate(
+    model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int, num_frames: int | None = None
+) -> Tensor:
     """Samples for every clip, batched; one generator per seed so runs are reproducible."""
     generator = torch.Generator().manual_seed(seed)
     device = model.patch_embed.weight.device
@@ -81,7 +89,7 @@ def generate(model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], se
         clips["video"].split(config.eval.batch_size), clips["label"].split(config.eval.batch_size), strict=True
     )
     samples = [
-        sample_for_task(model, config, video.to(device), label.to(device), generator).cpu()
+        sample_for_task(model, config, video.to(device), label.to(device), generator, num_frames).cpu()
         for video, label in tqdm(list(batches), desc=f"sampling (seed {seed})")
     ]
     return torch.cat(samples)
@@ -92,9 +100,18 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(
-    checkpoint: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None, device: str = "cpu"
+    checkpoint: str | Path,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    extractor: FeatureExtractor | None = None,
+    extractor_source: str | None = None,
 ) -> dict[str, Any]:
-    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures."""
+    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures.
+
+    The real clips are decoded from the video files (`mimo.data.real_set`); `extractor` replaces the
+    I3D of FVD (`extractor_source` names it on the protocol card).
+    """
     model, config = load_trained_model(checkpoint, device=device)
     config = with_overrides(config, overrides or [])
     out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "eval"
@@ -102,34 +119,76 @@ def evaluate_run(
     metrics = config.eval.metric_list(config.data.dataset)
     if "trajectory" in metrics and config.data.dataset != "synthetic":
         raise ValueError("eval.metrics: the trajectory error needs the built-in videos (data.dataset=synthetic)")
-    clips = load_clips(config, config.eval.num_videos)
-    real = to_pixels(clips["video"], config.data, config.eval.batch_size)
-    k = config.context_frames
-    extractor = load_i3d(config.eval.i3d_path, device=device) if "fvd" in metrics else None
+    batch, k = config.eval.batch_size, config.context_frames
+    length = config.eval.num_frames or config.data.num_frames
+    real_config = with_real_videos(config, length, pixel_size(config))
+    clips = load_clips(real_config, config.eval.num_videos)
+    real = clips["video"]
+    clips = {**clips, "video": to_model_space(real, config, batch)}
+    if "fvd" in metrics and extractor is None:
+        extractor, extractor_source = load_i3d(config.eval.i3d_path, device=device), config.eval.i3d_path
     proxy = load_proxy_classifier(proxy_config(config), device=device) if "proxy_fd" in metrics else None
+    features_of = {"fvd": extractor, "proxy_fd": proxy and proxy.features}
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
+    window = config.data.num_frames  # past the training length, quality is also scored along the video
+    starts = window_starts(length, window, config.eval.drift_hop or max(1, window // 4)) if length > window else []
+    drift_real = {
+        name: window_statistics(real, starts, window, features_of[name], batch, device)
+        for name in WINDOW_METRICS
+        if name in metrics and starts
+    }
+    drift: dict[str, list[list[float]]] = {name: [] for name in metrics if starts and name in DRIFT_METRICS}
     for seed in config.eval.seed_list():
-        fake = to_pixels(generate(model, config, clips, seed), config.data, config.eval.batch_size)
-        if "fvd" in metrics:
-            per_seed["fvd"].append(compute_fvd(real, fake, extractor, config.eval.batch_size, device))
-        if "proxy_fd" in metrics:
-            per_seed["proxy_fd"].append(compute_fvd(real, fake, proxy.features, config.eval.batch_size, device))
+        fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
+        for name, real_windows in drift_real.items():
+            drift[name].append(windowed_distances(real_windows, fake, starts, window, features_of[name], batch, device))
+        for name in WINDOW_METRICS:
+            if name in metrics:
+                per_seed[name].append(compute_fvd(real, fake, features_of[name], batch, device))
         if "trajectory" in metrics:
             error = trajectory_error(fake[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
             per_seed["trajectory"].append(error.mean_error)
             per_frame.append(error.per_frame_error)
-        if "psnr" in metrics:
-            per_seed["psnr"].append(psnr(fake[:, k:], real[:, k:]).mean().item())
-        if "ssim" in metrics:
-            per_seed["ssim"].append(ssim(fake[:, k:], real[:, k:]).mean().item())
+        for name, frame_metric in (("psnr", psnr), ("ssim", ssim)):
+            if name in metrics:
+                values = frame_metric(fake[:, k:], real[:, k:])  # (B, T - k)
+                per_seed[name].append(values.mean().item())
+                if name in drift:
+                    drift[name].append(per_frame_curve(values))
+    if "fvd" in metrics and config.data.dataset == "latents":  # the paper's "VAE reconstruction (upper bound)" row
+        reconstruction = to_pixels(clips["video"], config.data, batch)
+        per_seed["fvd_vae_reconstruction"] = [compute_fvd(real, reconstruction, extractor, batch, device)]
     results = {
         "checkpoint": str(checkpoint),
         "num_videos": config.eval.num_videos,
         "seeds": config.eval.seed_list(),
         "sample_steps": config.sample.steps,
+        "num_frames": length,
         "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
     }
+    if extractor is not None:
+        protocol = FVDProtocol(
+            num_frames=length,
+            frame_stride=real_config.data.frame_stride,
+            resolution=real_config.data.frame_size,
+            max_videos=config.eval.num_videos,
+            start_at_zero=config.eval.start_at_zero,
+            seed=real_config.data.seed,
+        )
+        identity = extractor_identity(extractor, extractor_source or I3D_PORT_SOURCE)
+        results["protocol"] = protocol_card(
+            protocol,
+            identity,
+            len(real),
+            len(real),
+            sampling_seeds=config.eval.seed_list(),
+            real_videos={key: getattr(real_config.data, key) for key in SOURCE_KEYS},
+            sample_steps=config.sample.steps,
+            cfg_scale=config.sample.cfg_scale,
+        )
+    if starts:
+        results["drift"] = _drift_report(drift, starts, window, k, out)
     if config.data.channels in (1, 3) or config.data.dataset == "latents":
         results["samples_gif"] = str(
             save_gif(video_grid([real[:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2), out / "samples.gif")
@@ -149,6 +208,26 @@ def evaluate_run(
         )
     _write_report(out, "eval", results)
     return results
+
+
+def _drift_report(
+    curves: dict[str, list[list[float]]], starts: list[int], window: int, context: int, out: Path
+) -> dict[str, Any]:
+    """Mean-over-seeds curves along the video, as JSON values and one plot per metric.
+
+    Window metrics are placed at the window's last frame; frame metrics at every generated frame
+    (1-based frame numbers, so the first generated frame of a 5-frame context is frame 6).
+    """
+    report: dict[str, Any] = {"window": window, "window_last_frame": [s + window for s in starts]}
+    for name, per_seed in curves.items():
+        mean = torch.tensor(per_seed).mean(dim=0).tolist()
+        if name in WINDOW_METRICS:
+            frames, title = report["window_last_frame"], f"{name} of {window}-frame windows along the video"
+        else:
+            frames, title = list(range(context + 1, context + 1 + len(mean))), f"{name} per generated frame"
+        plot = plot_curves({name: (frames, mean)}, out / f"drift_{name}.png", "frame", name, title, log_y=False)
+        report[name] = {"frame": frames, "mean": mean, "per_seed": per_seed, "plot": str(plot)}
+    return report
 
 
 def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
@@ -245,6 +324,12 @@ def _write_report(out: Path, name: str, results: dict[str, Any]) -> None:
         for metric, values in results["metrics"].items():
             seeds = ", ".join(f"{v:.4g}" for v in values["per_seed"])
             lines.append(f"| {metric} | {values['mean']:.4g} | {values['std']:.3g} | {seeds} |")
+        if "protocol" in results:
+            lines += ["", "| protocol | value |", "|---|---|"]
+            lines += [f"| {key} | {value} |" for key, value in results["protocol"].items()]
+        for curve in results.get("drift", {}).values():
+            if isinstance(curve, dict):
+                lines += ["", f"![drift]({Path(curve['plot']).name})"]
     else:
         lines += [f"chance accuracy {results['chance_accuracy']:.3f}; CKNNA reference: {results['reference']}", ""]
         lines += ["| layer | probe accuracy | CKNNA |", "|---|---|---|"]
