@@ -27,17 +27,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from mimo.sampling import sample_from_checkpoint
+    options = {"out_dir": args.out, "num_frames": args.frames, "overrides": args.overrides, "seed": args.seed}
+    options["use_ema"] = not args.no_ema
+    if args.context:
+        from mimo.continuation import continue_video
 
-    paths = sample_from_checkpoint(
-        args.checkpoint,
-        out_dir=args.out,
-        num_videos=args.num_videos,
-        num_frames=args.frames,
-        overrides=args.overrides,
-        seed=args.seed,
-        use_ema=not args.no_ema,
-    )
+        paths = continue_video(
+            args.checkpoint, args.context, label=args.label, context_frames=args.context_frames, **options
+        )
+    else:
+        from mimo.sampling import sample_from_checkpoint
+
+        paths = sample_from_checkpoint(args.checkpoint, num_videos=args.num_videos, **options)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--frames", type=int, default=None, help="length; longer than training uses the window")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    sample.add_argument("--context", default=None, help="a video file of yours to continue (its first frames)")
+    sample.add_argument("--context-frames", type=int, default=None, help="frames of --context given (default: run's)")
+    sample.add_argument("--label", type=int, default=None, help="class of the continuation (class-conditional runs)")
     sample.set_defaults(run=_sample)
 
     export = commands.add_parser("export", help="write an inference-only checkpoint (EMA backbone, no decoder)")

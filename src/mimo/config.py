@@ -137,6 +137,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one
+    init_from: str | None = None  # a new run starts from this run's weights (fine-tuning); see train/init_from.py
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
