@@ -169,6 +169,7 @@ class EvalConfig:
     batch_size: int = 16
     balanced_classes: bool = True  # real clips balanced over classes (FAR's UCF-101 protocol)
     start_at_zero: bool = False  # real clips start at the first frame (FAR's UCF-101 protocol)
+    fvd_normaliser: str = "tf-gan"  # covariance divisor: n-1 (original FVD) or "stylegan-v" (n, FAR and DFoT)
     i3d_path: str | None = None  # StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D port
     videos: str | None = None  # YAML whose data section names FVD's real videos; None: the training videos
     num_frames: int | None = None  # generated length; past data.num_frames the quality is also scored per window

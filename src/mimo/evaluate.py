@@ -24,7 +24,7 @@ from einops import reduce
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mimo.config import Config, with_overrides
+from mimo.config import Config, ConfigError, with_overrides
 from mimo.data import build_dataset, to_pixels
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, to_model_space, with_real_videos
 from mimo.diffusion.sampler import sample_for_task
@@ -34,7 +34,13 @@ from mimo.metrics.drift import per_frame as per_frame_curve
 from mimo.metrics.drift import window_starts, window_statistics, windowed_distances
 from mimo.metrics.frame_metrics import psnr, ssim
 from mimo.metrics.fvd import FeatureExtractor, compute_fvd
-from mimo.metrics.fvd_protocol import I3D_PORT_SOURCE, FVDProtocol, extractor_identity, protocol_card
+from mimo.metrics.fvd_protocol import (
+    I3D_PORT_SOURCE,
+    FVDProtocol,
+    FVDProtocolError,
+    extractor_identity,
+    protocol_card,
+)
 from mimo.metrics.i3d import load_i3d
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier
@@ -122,12 +128,25 @@ def evaluate_run(
     batch, k = config.eval.batch_size, config.context_frames
     length = config.eval.num_frames or config.data.num_frames
     real_config = with_real_videos(config, length, pixel_size(config))
+    try:
+        protocol = FVDProtocol(
+            num_frames=length,
+            frame_stride=real_config.data.frame_stride,
+            resolution=real_config.data.frame_size,
+            max_videos=config.eval.num_videos,
+            start_at_zero=config.eval.start_at_zero,
+            seed=real_config.data.seed,
+            normaliser=config.eval.fvd_normaliser,
+        )
+    except FVDProtocolError as error:
+        raise ConfigError(f"eval.fvd_normaliser: {error}") from error
     clips = load_clips(real_config, config.eval.num_videos)
     real = clips["video"]
     clips = {**clips, "video": to_model_space(real, config, batch)}
     if "fvd" in metrics and extractor is None:
         extractor, extractor_source = load_i3d(config.eval.i3d_path, device=device), config.eval.i3d_path
     proxy = load_proxy_classifier(proxy_config(config), device=device) if "proxy_fd" in metrics else None
+    normaliser = protocol.normaliser
     features_of = {"fvd": extractor, "proxy_fd": proxy and proxy.features}
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
@@ -142,10 +161,13 @@ def evaluate_run(
     for seed in config.eval.seed_list():
         fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
         for name, real_windows in drift_real.items():
-            drift[name].append(windowed_distances(real_windows, fake, starts, window, features_of[name], batch, device))
+            features = features_of[name]
+            drift[name].append(
+                windowed_distances(real_windows, fake, starts, window, features, batch, device, normaliser)
+            )
         for name in WINDOW_METRICS:
             if name in metrics:
-                per_seed[name].append(compute_fvd(real, fake, features_of[name], batch, device))
+                per_seed[name].append(compute_fvd(real, fake, features_of[name], batch, device, normaliser))
         if "trajectory" in metrics:
             error = trajectory_error(fake[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
             per_seed["trajectory"].append(error.mean_error)
@@ -158,7 +180,7 @@ def evaluate_run(
                     drift[name].append(per_frame_curve(values))
     if "fvd" in metrics and config.data.dataset == "latents":  # the paper's "VAE reconstruction (upper bound)" row
         reconstruction = to_pixels(clips["video"], config.data, batch)
-        per_seed["fvd_vae_reconstruction"] = [compute_fvd(real, reconstruction, extractor, batch, device)]
+        per_seed["fvd_vae_reconstruction"] = [compute_fvd(real, reconstruction, extractor, batch, device, normaliser)]
     results = {
         "checkpoint": str(checkpoint),
         "num_videos": config.eval.num_videos,
@@ -168,14 +190,6 @@ def evaluate_run(
         "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
     }
     if extractor is not None:
-        protocol = FVDProtocol(
-            num_frames=length,
-            frame_stride=real_config.data.frame_stride,
-            resolution=real_config.data.frame_size,
-            max_videos=config.eval.num_videos,
-            start_at_zero=config.eval.start_at_zero,
-            seed=real_config.data.seed,
-        )
         identity = extractor_identity(extractor, extractor_source or I3D_PORT_SOURCE)
         results["protocol"] = protocol_card(
             protocol,

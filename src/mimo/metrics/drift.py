@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mimo.metrics.frechet import FeatureStatistics
+from mimo.metrics.frechet import DEFAULT_COVARIANCE_NORMALISER, CovarianceNormaliser, FeatureStatistics
 from mimo.metrics.fvd import FeatureExtractor, compute_fvd, extract_feature_statistics
 
 
@@ -40,10 +40,11 @@ def windowed_distances(
     extractor: FeatureExtractor,
     batch_size: int,
     device: str,
+    normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
 ) -> list[float]:
     """The Fréchet distance of each window of `fake` to the real window at the same frames."""
     return [
-        compute_fvd(stats, fake[:, s : s + window], extractor, batch_size, device, progress=False)
+        compute_fvd(stats, fake[:, s : s + window], extractor, batch_size, device, normaliser, progress=False)
         for stats, s in zip(real, starts, strict=True)
     ]
 
