@@ -6,6 +6,8 @@ identity autoencoder, so a latent window tells which frames it holds.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,16 @@ def test_disk_cost_is_stored_frames_times_the_latent_frame_size(latents_dir: Pat
     assert stored == latent_disk_bytes(sum(LENGTHS), (3, SIZE, SIZE))
     # UCF-101 through the SD-VAE at 256 px: 4 x 32 x 32 float16 latents, 8 KiB a frame
     assert latent_bytes_per_frame((4, 32, 32)) == 8192
+
+
+def test_encoding_resumes_the_shards_an_interruption_left(latents_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "latents"
+    shutil.copytree(latents_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"], manifest["complete"] = manifest["shards"][:1], False  # killed after the first shard
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    records, classes = class_folder_records(Path(read_manifest(latents_dir)["shards"][0]["skipped"][0]).parents[1])
+    clips = ClipSampling(num_frames=4, frame_stride=2, size=SIZE)
+    # the second shard's file is there but unlisted (killed before the manifest was written): encoded again
+    encode_videos(records, clips, IdentityAutoencoder(), copy, videos_per_shard=2, classes=classes, progress=False)
+    assert read_manifest(copy)["shards"] == read_manifest(latents_dir)["shards"]

@@ -150,8 +150,10 @@ def encode_videos(
     autoencoder.to(device).eval()
     videos = _WholeVideos(records, clips.size, clips.span)
     for shard, count in enumerate(tqdm(counts, desc="encoding shards", disable=not progress)):
-        if (out_dir / shard_name(shard)).exists():
+        path = out_dir / shard_name(shard)
+        if path.exists() and shard_name(shard) in {entry["file"] for entry in manifest["shards"]}:
             continue
+        path.unlink(missing_ok=True)  # written, but killed before the manifest listed it: encode it again
         start = shard * videos_per_shard
         subset = torch.utils.data.Subset(videos, range(start, start + count))
         loader = DataLoader(subset, batch_size=None, num_workers=num_workers)
@@ -171,9 +173,9 @@ def encode_videos(
             "offsets": torch.tensor(np.cumsum(lengths), dtype=torch.int64),
             "labels": torch.tensor(labels, dtype=torch.int64),
         }
-        _write_atomically(out_dir / shard_name(shard), lambda path, t=tensors: save_file(t, path))
+        _write_atomically(path, lambda temporary, t=tensors: save_file(t, temporary))
         written = {"file": shard_name(shard), "count": len(labels), "frames": sum(lengths), "skipped": skipped}
-        manifest["shards"] = [*manifest.get("shards", []), written]
+        manifest["shards"] = [*manifest["shards"], written]
         _write_manifest(out_dir, manifest)
     manifest["complete"] = True
     _write_manifest(out_dir, manifest)
