@@ -74,3 +74,13 @@ def test_the_command_exits_zero_only_when_the_data_is_complete(tmp_path: Path, c
 def test_a_path_that_is_not_a_folder_says_which_key(tmp_path: Path, capsys) -> None:
     assert main(["data", "check", "data.dataset=class_folders", f"data.path={tmp_path / 'nowhere'}"]) == 2
     assert "data.path" in capsys.readouterr().err
+
+
+def test_a_latent_config_is_checked_through_the_videos_it_names(tmp_path: Path, capsys) -> None:
+    _videos(tmp_path / "videos", ["a/1.mp4", "b/2.mp4"])
+    videos = tmp_path / "videos.yaml"
+    videos.write_text(f"data: {{dataset: class_folders, path: {tmp_path / 'videos'}, num_frames: 4, num_classes: 2}}")
+    latents = ["data.dataset=latents", f"data.path={tmp_path / 'latents'}"]
+    assert main(["data", "check", *latents, f"data.videos={videos}"]) == 0
+    assert main(["data", "check", *latents]) == 2
+    assert "data.videos" in capsys.readouterr().err

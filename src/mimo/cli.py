@@ -99,9 +99,9 @@ def _data_encode(args: argparse.Namespace) -> None:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from mimo.data.check import check_data
+    from mimo.data.check import check_config
 
-    report = check_data(load_config(args.config, args.overrides).data, workers=args.workers)
+    report = check_config(load_config(args.config, args.overrides), workers=args.workers)
     print(report)
     if args.json:
         with open(args.json, "w") as file:

@@ -18,7 +18,7 @@ from typing import Any
 
 import av
 
-from mimo.config import ConfigError, DataConfig
+from mimo.config import Config, ConfigError, DataConfig
 from mimo.data import VIDEO_KINDS
 from mimo.data.clip_windows import latent_disk_bytes
 from mimo.data.video_folder import (
@@ -141,13 +141,21 @@ def _probe(path: Path) -> tuple[int, str | None]:
         return 0, f"{type(error).__name__}: {error}"
 
 
+def check_config(config: Config, workers: int = 4) -> DataCheckReport:
+    """`check_data` of a config's videos: its own, or for latents the videos `data.videos` names."""
+    from mimo.data.real_set import training_videos
+
+    videos = training_videos(config)
+    if videos is None or videos.dataset not in VIDEO_KINDS:
+        raise ConfigError(
+            f"data.dataset={config.data.dataset!r} is not a folder of videos; check the config of the videos "
+            f"(one of {', '.join(VIDEO_KINDS)}), or set data.videos=YAML naming the videos of these latents"
+        )
+    return check_data(videos, workers)
+
+
 def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
     """Found / missing / unreadable videos and classes of the video dataset `data` names."""
-    if data.dataset not in VIDEO_KINDS:
-        raise ConfigError(
-            f"data.dataset={data.dataset!r} is not a folder of videos; check the config the latents were encoded "
-            f"from (one of {', '.join(VIDEO_KINDS)})"
-        )
     if not data.path or not Path(data.path).is_dir():
         raise FileNotFoundError(f"data.path={data.path!r} is not a folder; point it at the dataset's videos")
     records, classes, missing, expected, expectation = _listed_and_found(data)
