@@ -45,6 +45,19 @@ def latents_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def columns_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 12-frame video whose columns are grey levels 0, 8, 16, ... stored uncropped (16 x 24)."""
+    root = tmp_path_factory.mktemp("columns")
+    columns = np.broadcast_to((np.arange(48, dtype=np.uint8) * 5)[None, None, :, None], (12, 32, 48, 3)).copy()
+    (root / "class_0").mkdir()
+    write_video(root / "class_0" / "columns.mp4", columns)
+    records, _ = class_folder_records(root)
+    out = tmp_path_factory.mktemp("column_latents")
+    encode_videos(records, ClipSampling(num_frames=4, size=SIZE), IdentityAutoencoder(), out, progress=False)
+    return out
+
+
 def test_whole_videos_are_stored_frame_by_frame(latents_dir: Path) -> None:
     manifest = read_manifest(latents_dir)
     assert sum(shard["count"] for shard in manifest["shards"]) == len(LENGTHS)
@@ -87,12 +100,25 @@ def test_clips_longer_than_a_stored_video_name_the_fix(latents_dir: Path) -> Non
         VideoLatentDataset(latents_dir, ClipSampling(num_frames=20, frame_stride=2))
 
 
+def test_each_read_cuts_a_fresh_square_out_of_uncropped_frames(columns_dir: Path) -> None:
+    torch.manual_seed(0)
+    dataset = VideoLatentDataset(columns_dir, ClipSampling(num_frames=4, size=None))
+    assert dataset.shapes[0][2:] == (SIZE, 24)  # shorter side resized, the longer one kept in proportion
+    left_columns = {round(dataset[0]["video"][0, 0, 0, 0].item(), 2) for _ in range(20)}
+    assert len(left_columns) > 3  # 9 possible places: a stored centre crop would give one
+    evaluation = VideoLatentDataset(columns_dir, ClipSampling(num_frames=4, random_clips=False))
+    assert evaluation[0]["video"].shape == (4, 3, SIZE, SIZE)
+    with safe_open(next(columns_dir.glob("shard_*.safetensors")), framework="pt") as handle:
+        stored = handle.get_tensor("video_0")
+    assert torch.equal(evaluation[0]["video"], stored[:4, :, :, 4:20].float())  # the centre square
+
+
 def test_disk_cost_is_stored_frames_times_the_latent_frame_size(latents_dir: Path) -> None:
     stored = 0
     for file in sorted(latents_dir.glob("shard_*.safetensors")):
         with safe_open(file, framework="pt") as handle:
-            stored += handle.get_tensor("latents").nbytes
-    assert stored == latent_disk_bytes(sum(LENGTHS), (3, SIZE, SIZE))
+            stored += sum(handle.get_tensor(key).nbytes for key in handle.keys() if key.startswith("video_"))  # noqa: SIM118
+    assert stored == latent_disk_bytes(sum(LENGTHS), (3, SIZE, 24))  # 32 x 48 videos: stored 16 x 24, uncropped
     # UCF-101 through the SD-VAE at 256 px: 4 x 32 x 32 float16 latents, 8 KiB a frame
     assert latent_bytes_per_frame((4, 32, 32)) == 8192
 

@@ -76,6 +76,7 @@ def _data_encode(args: argparse.Namespace) -> None:
             autoencoder,
             args.out,
             args.shard_size,
+            crop=args.crop,
             classes=dataset.classes,
             num_workers=config.data.num_workers,
             device=device,
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="videos",
         help="videos: every frame of every video, a fresh clip window at each read (FAR's loader); "
         "clips: one fixed clip per video",
+    )
+    encode.add_argument(
+        "--crop",
+        choices=["random", "centre"],
+        default="random",
+        help="videos layout: store frames uncropped and cut a random square at every read (FAR), or the centre one",
     )
     encode.add_argument("--shard-size", type=int, default=1024, help="items per shard (videos or clips)")
     encode.add_argument("--batch-size", type=int, default=16)

@@ -222,12 +222,21 @@ def _to_rgb(frame: av.VideoFrame, size: int | None, reformatter: VideoReformatte
     """
     if size is None:
         return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-    scale = size / min(frame.height, frame.width)
-    height, width = max(size, round(frame.height * scale)), max(size, round(frame.width * scale))
-    resized = reformatter.reformat(frame, width, height, "rgb24", interpolation="BILINEAR", threads=1)
-    image = resized.to_ndarray()
-    top, left = (height - size) // 2, (width - size) // 2
+    image = resize_shorter_side(frame, size, reformatter)
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
     return image[top : top + size, left : left + size]
+
+
+def resize_shorter_side(
+    frame: av.VideoFrame, size: int, reformatter: VideoReformatter, multiple: int = 1
+) -> np.ndarray:
+    """uint8 (H', W', 3): the shorter side resized to `size`, the longer one in proportion, rounded to a
+    multiple of `multiple` (an autoencoder's downsampling, so that latents can be cropped on their grid)."""
+    scale = size / min(frame.height, frame.width)
+    height = max(size, multiple * round(frame.height * scale / multiple))
+    width = max(size, multiple * round(frame.width * scale / multiple))
+    resized = reformatter.reformat(frame, width, height, "rgb24", interpolation="BILINEAR", threads=1)
+    return resized.to_ndarray()
 
 
 def clip_start(clips: ClipSampling, index: int, max_start: int) -> int:
