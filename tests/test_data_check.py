@@ -84,3 +84,13 @@ def test_a_latent_config_is_checked_through_the_videos_it_names(tmp_path: Path, 
     assert main(["data", "check", *latents, f"data.videos={videos}"]) == 0
     assert main(["data", "check", *latents]) == 2
     assert "data.videos" in capsys.readouterr().err
+
+
+def test_the_disk_cost_of_whole_video_latents_follows_the_frames_and_their_aspect(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    write_video(tmp_path / "a" / "wide.mp4", ramp(12, 16, 32))  # 2:1, 12 frames
+    report = check_data(DataConfig(dataset="class_folders", path=str(tmp_path), frame_size=32, num_frames=4))
+    assert report.total_frames == 12
+    # SD-VAE latents of a 32 px clip: 4 x 4 x 4 centre squares, 4 x 4 x 8 uncropped; 2 bytes a value
+    assert report.centre_crop_disk_bytes == 12 * 4 * 4 * 4 * 2
+    assert report.latent_disk_bytes == 12 * 4 * 4 * 8 * 2

@@ -58,7 +58,8 @@ class DataCheckReport:
     found_classes: int = 0
     total_frames: int = 0
     clip_span: int = 1
-    latent_disk_bytes: int = 0
+    latent_disk_bytes: int = 0  # whole-video SD-VAE latents, stored uncropped (mimo data encode's default)
+    centre_crop_disk_bytes: int = 0  # the same with --crop centre
     expectation: str = ""
 
     @property
@@ -79,7 +80,7 @@ class DataCheckReport:
             f"({self.clip_span} frames)",
             f"classes: {self.found_classes} found of {self.expected_classes or '?'} expected",
             f"frames: {self.total_frames:,}; whole-video SD-VAE latents (float16): "
-            f"{self.latent_disk_bytes / 1e9:.2f} GB",
+            f"{self.latent_disk_bytes / 1e9:.2f} GB ({self.centre_crop_disk_bytes / 1e9:.2f} GB with --crop centre)",
         ]
         for name, paths in (("missing", self.missing), ("too short", self.too_short), ("unreadable", self.unreadable)):
             if paths:
@@ -125,20 +126,22 @@ def _listed_and_found(data: DataConfig) -> tuple[list[VideoRecord], list[str], l
     return records, classes, [], None, "class folders"
 
 
-def _probe(path: Path) -> tuple[int, str | None]:
-    """(frame count, None) of a readable file, or (0, reason): header opened and first frame decoded."""
+def _probe(path: Path) -> tuple[int, float, str | None]:
+    """(frame count, aspect ratio, None) of a readable file, or (0, 1, reason): header opened, first frame decoded."""
     try:
         if path.stat().st_size == 0:
-            return 0, "empty"
+            return 0, 1.0, "empty"
         with av.open(str(path)) as container:
             if not container.streams.video:
-                return 0, "no video stream"
+                return 0, 1.0, "no video stream"
             stream = container.streams.video[0]
-            if next(container.decode(stream), None) is None:
-                return 0, "no frame decodes"
-            return _claimed_num_frames(container, stream), None
+            first = next(container.decode(stream), None)
+            if first is None:
+                return 0, 1.0, "no frame decodes"
+            aspect = max(first.width, first.height) / min(first.width, first.height)
+            return _claimed_num_frames(container, stream), aspect, None
     except Exception as error:  # any failure is a finding to report, not a crash
-        return 0, f"{type(error).__name__}: {error}"
+        return 0, 1.0, f"{type(error).__name__}: {error}"
 
 
 def check_config(config: Config, workers: int = 4) -> DataCheckReport:
@@ -162,16 +165,19 @@ def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
     with ThreadPoolExecutor(max(1, workers)) as pool:
         probes = list(pool.map(_probe, [record.path for record in records]))
     span = (data.num_frames - 1) * data.frame_stride + 1
-    unreadable = {str(r.path): reason for r, (_, reason) in zip(records, probes, strict=True) if reason}
+    unreadable = {str(r.path): reason for r, (_, _, reason) in zip(records, probes, strict=True) if reason}
     too_short = [
-        str(r.path) for r, (frames, reason) in zip(records, probes, strict=True) if not reason and frames < span
+        str(r.path) for r, (frames, _, reason) in zip(records, probes, strict=True) if not reason and frames < span
     ]
-    total_frames = sum(frames for frames, _ in probes)
-    latent_side = data.frame_size // SD_VAE_DOWNSAMPLE
+    total_frames = sum(frames for frames, _, _ in probes)
+    side = data.frame_size // SD_VAE_DOWNSAMPLE  # whole-video latents: shorter side, longer one uncropped
+    uncropped = sum(
+        latent_disk_bytes(frames, (SD_VAE_CHANNELS, side, round(side * aspect))) for frames, aspect, _ in probes
+    )
     expected_classes = data.num_classes if classes else None
     if VIDEO_KINDS[data.dataset] == "kinetics600" and classes:
         expected_classes = KINETICS600_CLASSES
-    labels = {r.label for r, (_, reason) in zip(records, probes, strict=True) if not reason}
+    labels = {r.label for r, (_, _, reason) in zip(records, probes, strict=True) if not reason}
     return DataCheckReport(
         dataset=data.dataset,
         path=str(data.path),
@@ -184,6 +190,7 @@ def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
         found_classes=len(labels - {-1}),
         total_frames=total_frames,
         clip_span=span,
-        latent_disk_bytes=latent_disk_bytes(total_frames, (SD_VAE_CHANNELS, latent_side, latent_side)),
+        latent_disk_bytes=uncropped,
+        centre_crop_disk_bytes=latent_disk_bytes(total_frames, (SD_VAE_CHANNELS, side, side)),
         expectation=expectation,
     )
