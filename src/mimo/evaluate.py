@@ -30,8 +30,8 @@ from mimo.data.real_set import SOURCE_KEYS, pixel_size, to_model_space, with_rea
 from mimo.diffusion.sampler import sample_for_task
 from mimo.media import plot_curves, save_gif, video_grid
 from mimo.metrics.cknna import cknna
+from mimo.metrics.drift import default_hop, window_starts, window_statistics, windowed_distances
 from mimo.metrics.drift import per_frame as per_frame_curve
-from mimo.metrics.drift import window_starts, window_statistics, windowed_distances
 from mimo.metrics.frame_metrics import psnr, ssim
 from mimo.metrics.fvd import FeatureExtractor, compute_fvd
 from mimo.metrics.fvd_protocol import (
@@ -151,7 +151,7 @@ def evaluate_run(
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
     window = config.data.num_frames  # past the training length, quality is also scored along the video
-    starts = window_starts(length, window, config.eval.drift_hop or max(1, window // 4)) if length > window else []
+    starts = window_starts(length, window, config.eval.drift_hop or default_hop(window)) if length > window else []
     drift_real = {
         name: window_statistics(real, starts, window, features_of[name], batch, device)
         for name in WINDOW_METRICS

@@ -13,6 +13,12 @@ from torch import Tensor
 from mimo.metrics.frechet import DEFAULT_COVARIANCE_NORMALISER, CovarianceNormaliser, FeatureStatistics
 from mimo.metrics.fvd import FeatureExtractor, compute_fvd, extract_feature_statistics
 
+WINDOWS_PER_TRAINING_LENGTH = 4  # default hop: a quarter of the window, so each frame is scored in ~4 windows
+
+
+def default_hop(window: int) -> int:
+    return max(1, window // WINDOWS_PER_TRAINING_LENGTH)
+
 
 def window_starts(length: int, window: int, hop: int) -> list[int]:
     """First frames of the windows of `window` frames every `hop` frames, the last one ending at `length`."""

@@ -93,7 +93,7 @@ def protocol_card(
     }
 
 
-def _folder_batches(folder: Path, protocol: FVDProtocol, real: bool, batch_size: int) -> tuple[DataLoader, int]:
+def _folder_clips(folder: Path, protocol: FVDProtocol, real: bool) -> VideoFolderDataset:
     clips = ClipSampling(
         num_frames=protocol.num_frames,
         frame_stride=protocol.frame_stride if real else 1,
@@ -102,9 +102,7 @@ def _folder_batches(folder: Path, protocol: FVDProtocol, real: bool, batch_size:
         seed=protocol.seed,
         start_at_zero=protocol.start_at_zero,
     )
-    dataset = VideoFolderDataset(folder_records(folder), clips)
-    count = min(len(dataset), protocol.max_videos or len(dataset))
-    return DataLoader(Subset(dataset, range(count)), batch_size=batch_size), count
+    return VideoFolderDataset(folder_records(folder), clips)
 
 
 def load_npz_videos(path: Path, protocol: FVDProtocol) -> torch.Tensor:
@@ -191,11 +189,15 @@ def _statistics(
         if real and cached.is_file():
             statistics = FeatureStatistics.load(cached)
             return statistics, {**info, "kind": "folder", "clips": statistics.num_samples, "cache": str(cached)}
-        videos, count = _folder_batches(source, protocol, real, batch_size)
+        dataset = _folder_clips(source, protocol, real)
+        count = min(len(dataset), protocol.max_videos or len(dataset))
+        videos = DataLoader(Subset(dataset, range(count)), batch_size=batch_size)
         info |= {"kind": "folder", "clips": count}
     else:
         raise FileNotFoundError(f"{source} is neither a folder of videos, an .npz, nor saved statistics (.safetensors)")
     statistics = extract_feature_statistics(videos, extractor, batch_size, device, f"{source.name} features")
+    if info["kind"] == "folder":  # a bad file is replaced by the next one: say how many were
+        info["skipped_videos"] = str(dataset.failures)
     if real and info["kind"] == "folder":
         card = protocol_card(protocol, identity, statistics.num_samples, 0, real_set=str(source))
         info["cache"] = str(save_statistics(statistics, cached, card))
