@@ -67,33 +67,21 @@ def _data_encode(args: argparse.Namespace) -> None:
     options = {"path": args.vae} if args.vae else {}
     autoencoder = build_autoencoder(args.autoencoder, **options)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    common = {"num_workers": config.data.num_workers, "device": device}
     if args.layout == "videos":
         from mimo.data.clip_windows import encode_videos
 
+        if not hasattr(dataset, "records"):
+            raise ConfigError(f"data.dataset={config.data.dataset} is not a folder of videos; use --layout clips")
+        videos_of = {"crop": args.crop, "classes": dataset.classes}
         manifest = encode_videos(
-            dataset.records,
-            dataset.clips,
-            autoencoder,
-            args.out,
-            args.shard_size,
-            crop=args.crop,
-            classes=dataset.classes,
-            num_workers=config.data.num_workers,
-            device=device,
+            dataset.records, dataset.clips, autoencoder, args.out, args.shard_size, **videos_of, **common
         )
         frames = sum(shard["frames"] for shard in manifest["shards"])
         videos = sum(shard["count"] for shard in manifest["shards"])
         print(f"{videos} whole videos ({frames} frames) in {manifest['num_shards']} shards")
     else:
-        manifest = encode_dataset(
-            dataset,
-            autoencoder,
-            args.out,
-            shard_size=args.shard_size,
-            batch_size=args.batch_size,
-            num_workers=config.data.num_workers,
-            device=device,
-        )
+        manifest = encode_dataset(dataset, autoencoder, args.out, args.shard_size, args.batch_size, **common)
         clips = sum(shard["count"] for shard in manifest["shards"])
         print(f"{clips} clips in {manifest['num_shards']} shards")
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
