@@ -189,18 +189,16 @@ def evaluate_run(
         "num_frames": length,
         "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
     }
-    if extractor is not None:
-        identity = extractor_identity(extractor, extractor_source or I3D_PORT_SOURCE)
-        results["protocol"] = protocol_card(
-            protocol,
-            identity,
-            len(real),
-            len(real),
-            sampling_seeds=config.eval.seed_list(),
-            real_videos={key: getattr(real_config.data, key) for key in SOURCE_KEYS},
-            sample_steps=config.sample.steps,
-            cfg_scale=config.sample.cfg_scale,
-        )
+    results["protocol"] = protocol_card(
+        protocol,
+        _feature_extractor(extractor, extractor_source, proxy),
+        len(real),
+        len(real),
+        sampling_seeds=config.eval.seed_list(),
+        real_videos={key: getattr(real_config.data, key) for key in SOURCE_KEYS},
+        sample_steps=config.sample.steps,
+        cfg_scale=config.sample.cfg_scale,
+    )
     if starts:
         results["drift"] = _drift_report(drift, starts, window, k, out)
     if config.data.channels in (1, 3) or config.data.dataset == "latents":
@@ -222,6 +220,17 @@ def evaluate_run(
         )
     _write_report(out, "eval", results)
     return results
+
+
+def _feature_extractor(
+    extractor: FeatureExtractor | None, source: str | None, proxy: torch.nn.Module | None
+) -> dict[str, str]:
+    """The card's feature extractor: FVD's I3D (or its stand-in), else the proxy classifier, else none."""
+    if extractor is not None:
+        return extractor_identity(extractor, source or I3D_PORT_SOURCE)
+    if proxy is not None:
+        return extractor_identity(proxy, "proxy video classifier (mimo.metrics.proxy_classifier), not FVD")
+    return {"source": "none (no distribution metric)", "sha256": ""}
 
 
 def _drift_report(
