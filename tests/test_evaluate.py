@@ -57,6 +57,7 @@ def test_eval_reports_each_metric_per_seed_with_mean_and_std(micro_run, tmp_path
     assert results["metrics"]["psnr"]["per_seed"][0] != results["metrics"]["psnr"]["per_seed"][1]
     assert (out / "samples.gif").is_file() and (out / "trajectory_error.png").is_file()
     assert "| trajectory |" in (out / "eval.md").read_text()
+    assert results["protocol"]["num_frames"] == 4 and results["protocol"]["sampling_seeds"] == [0, 1]
 
 
 def test_history_features_ignore_the_dummy_noisy_frame(micro_run):

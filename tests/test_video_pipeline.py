@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mimo.cli import main
+from mimo.data.latents import read_manifest
 from mimo.data.media import to_uint8, write_video
 from mimo.data.synthetic import MovingShapes
 
@@ -41,7 +42,8 @@ def test_folder_to_latents_to_training_to_decoded_samples(video_root, vae_dir, t
     latents = tmp_path / "latents"
     data = [*_video_data(video_root), "data.max_bad_fraction=0.5"]
     assert main(["data", "encode", *data, "--vae", str(vae_dir), "--out", str(latents), "--shard-size", "3"]) == 0
-    assert "clips in" in capsys.readouterr().out
+    assert f"{GOOD_VIDEOS} whole videos" in capsys.readouterr().out  # the corrupt and the short file skipped
+    assert read_manifest(latents)["dataset"]["classes"] == ["class_0", "class_1"]
     run = tmp_path / "run"
     latent_data = ["data.dataset=latents", f"data.path={latents}", "data.frame_size=8", "data.channels=4"]
     train = [*latent_data, f"data.num_frames={FRAMES}", *MICRO_MODEL, "train.steps=2", f"train.out_dir={run}"]

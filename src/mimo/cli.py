@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mimo.config import load_config
-from mimo.errors import MimoError
+from mimo.errors import ConfigError, MimoError
 
 # OpenMP threads that busy-wait between PyTorch's small CPU ops make a tiny model ~10x slower as soon as
 # another process shares the cores (measured: 20.7 s vs 1.9 s per demo step on a loaded 2-core machine).
@@ -33,17 +33,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from mimo.apps.sample import sample_from_checkpoint
+    options = {"out_dir": args.out, "num_frames": args.frames, "overrides": args.overrides, "seed": args.seed}
+    options["use_ema"] = not args.no_ema
+    if args.context:
+        from mimo.apps.continuation import continue_video
 
-    paths = sample_from_checkpoint(
-        args.checkpoint,
-        out_dir=args.out,
-        num_videos=args.num_videos,
-        num_frames=args.frames,
-        overrides=args.overrides,
-        seed=args.seed,
-        use_ema=not args.no_ema,
-    )
+        paths = continue_video(
+            args.checkpoint, args.context, label=args.label, context_frames=args.context_frames, **options
+        )
+    else:
+        from mimo.apps.sample import sample_from_checkpoint
+
+        paths = sample_from_checkpoint(args.checkpoint, num_videos=args.num_videos, **options)
     for name, path in paths.items():
         print(f"{name}: {path}")
 
@@ -70,18 +71,68 @@ def _data_encode(args: argparse.Namespace) -> None:
     dataset = build_dataset(config.data, "eval")  # deterministic clips: the same latents on every run
     options = {"path": args.vae} if args.vae else {}
     autoencoder = build_autoencoder(args.autoencoder, **options)
-    manifest = encode_dataset(
-        dataset,
-        autoencoder,
-        args.out,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        num_workers=config.data.num_workers,
-        device=default_device(args.device),
-    )
-    clips = sum(shard["count"] for shard in manifest["shards"])
-    print(f"{clips} clips in {manifest['num_shards']} shards")
+    common = {"num_workers": config.data.num_workers, "device": default_device(args.device)}
+    if args.layout == "videos":
+        from mimo.data.clip_windows import encode_videos
+
+        if not hasattr(dataset, "records"):
+            raise ConfigError(f"data.dataset={config.data.dataset} is not a folder of videos; use --layout clips")
+        videos_of = {"crop": args.crop, "classes": dataset.classes}
+        manifest = encode_videos(
+            dataset.records, dataset.clips, autoencoder, args.out, args.shard_size, **videos_of, **common
+        )
+        frames = sum(shard["frames"] for shard in manifest["shards"])
+        videos = sum(shard["count"] for shard in manifest["shards"])
+        print(f"{videos} whole videos ({frames} frames) in {manifest['num_shards']} shards")
+    else:
+        manifest = encode_dataset(dataset, autoencoder, args.out, args.shard_size, args.batch_size, **common)
+        clips = sum(shard["count"] for shard in manifest["shards"])
+        print(f"{clips} clips in {manifest['num_shards']} shards")
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from mimo.data.check import check_config
+
+    report = check_config(load_config(args.config, args.overrides), workers=args.workers)
+    print(report)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report.to_dict(), file, indent=1)
+    return 0 if report.ok else 1
+
+
+def _fvd(args: argparse.Namespace) -> None:
+    from mimo.metrics.fvd_protocol import FVDProtocol, fvd_between, write_fvd_report
+    from mimo.train.distributed import default_device
+
+    protocol = FVDProtocol(
+        num_frames=args.frames,
+        frame_stride=args.stride,
+        resolution=args.resolution,
+        max_videos=args.max_videos,
+        start_at_zero=not args.seeded_start,
+        seed=args.seed,
+        normaliser=args.normaliser,
+    )
+    extractor = None
+    if args.i3d:
+        from mimo.metrics.i3d import load_i3d
+
+        extractor = load_i3d(args.i3d, device=default_device(args.device))
+    report = fvd_between(
+        args.real,
+        args.fake,
+        protocol,
+        extractor,
+        extractor_source=args.i3d,
+        batch_size=args.batch_size,
+        device=default_device(args.device),
+        save_real_statistics=args.save_real_stats,
+    )
+    if args.out:
+        write_fvd_report(report, args.out)
+    print(json.dumps(report, indent=1))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -137,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--frames", type=int, default=None, help="length; longer than training uses the window")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    sample.add_argument("--context", default=None, help="a video file of yours to continue (its first frames)")
+    sample.add_argument("--context-frames", type=int, default=None, help="frames of --context given (default: run's)")
+    sample.add_argument("--label", type=int, default=None, help="class of the continuation (class-conditional runs)")
     sample.set_defaults(run=_sample)
 
     export = commands.add_parser("export", help="write an inference-only checkpoint (EMA backbone, no decoder)")
@@ -154,6 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
     evaluate.add_argument("--device", default=None)
     evaluate.set_defaults(run=_eval)
+
+    fvd = commands.add_parser("fvd", help="FVD between two folders of videos, .npz files or saved statistics")
+    fvd.add_argument("real", help="real videos: a folder, an .npz, or statistics saved by --save-real-stats")
+    fvd.add_argument("fake", help="generated videos: a folder or an .npz")
+    fvd.add_argument("--frames", type=int, default=16, help="frames per clip")
+    fvd.add_argument("--stride", type=int, default=1, help="frame stride of the real videos' clips")
+    fvd.add_argument("--resolution", type=int, default=224, help="shorter side resized, then centre-cropped")
+    fvd.add_argument("--max-videos", type=int, default=None, help="first N videos of each set (default: all)")
+    fvd.add_argument("--seeded-start", action="store_true", help="clips start at a seeded frame, not frame 0")
+    fvd.add_argument("--seed", type=int, default=0)
+    fvd.add_argument("--normaliser", choices=["tf-gan", "stylegan-v"], default="tf-gan", help="covariance divisor")
+    fvd.add_argument("--i3d", default=None, help="StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D")
+    fvd.add_argument("--save-real-stats", default=None, help="write the real set's statistics (+ card) here")
+    fvd.add_argument("--out", default=None, help="report JSON (a .md card beside it)")
+    fvd.add_argument("--batch-size", type=int, default=16)
+    fvd.add_argument("--device", default=None)
+    fvd.set_defaults(run=_fvd)
 
     probe = commands.add_parser("probe", help="linear probes and CKNNA of the history features, per layer")
     probe.add_argument("checkpoint", help="run folder or checkpoint")
@@ -183,10 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--autoencoder", default="autoencoder_kl", help="registered autoencoder name")
     encode.add_argument("--vae", default=None, help="local folder of the pretrained VAE (diffusers format)")
     encode.add_argument("--out", required=True, help="output folder (resumes when interrupted)")
-    encode.add_argument("--shard-size", type=int, default=1024)
+    encode.add_argument(
+        "--layout",
+        choices=["videos", "clips"],
+        default="videos",
+        help="videos: every frame of every video, a fresh clip window at each read (FAR's loader); "
+        "clips: one fixed clip per video",
+    )
+    encode.add_argument(
+        "--crop",
+        choices=["random", "centre"],
+        default="random",
+        help="videos layout: store frames uncropped and cut a random square at every read (FAR), or the centre one",
+    )
+    encode.add_argument("--shard-size", type=int, default=1024, help="items per shard (videos or clips)")
     encode.add_argument("--batch-size", type=int, default=16)
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=_data_encode)
+    check = data.add_parser("check", help="found / missing / unreadable videos and classes against the expected counts")
+    check.add_argument("config", nargs="?", help="YAML naming the video dataset (or data.key=value overrides)")
+    check.add_argument("--workers", type=int, default=4, help="files opened in parallel")
+    check.add_argument("--json", default=None, help="also write the report to this JSON file")
+    check.set_defaults(run=_data_check)
     return parser
 
 
@@ -205,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
-        args.run(args)
+        code = args.run(args)
     except (MimoError, FileNotFoundError) as error:
         if args.debug:
             raise
@@ -214,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mimo {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

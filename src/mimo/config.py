@@ -106,6 +106,7 @@ class DataConfig:
     split: str = "train"  # ucf101: the official split file to read (train/test)
     fold: int = 1  # ucf101: split files trainlist0N / testlist0N, N in 1..3
     annotations: str | None = None  # kinetics600: the CSV (label,youtube_id,time_start,time_end,split)
+    videos: str | None = None  # latents: the YAML naming the videos they were encoded from (FVD's real set by default)
 
     def validate(self, config: Config) -> None:
         from mimo.data import DATASETS
@@ -252,6 +253,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one
+    init_from: str | None = None  # a new run starts from this run's weights (fine-tuning); see train/init_from.py
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
     checkpoint_every: int = 500
@@ -333,7 +335,11 @@ class EvalConfig:
     batch_size: int = 16
     balanced_classes: bool = True  # real clips balanced over classes (FAR's UCF-101 protocol)
     start_at_zero: bool = False  # real clips start at the first frame (FAR's UCF-101 protocol)
+    fvd_normaliser: str = "tf-gan"  # covariance divisor: n-1 (original FVD) or "stylegan-v" (n, FAR and DFoT)
     i3d_path: str | None = None  # StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D port
+    videos: str | None = None  # YAML whose data section names FVD's real videos; None: the training videos
+    num_frames: int | None = None  # generated length; past data.num_frames the quality is also scored per window
+    drift_hop: int | None = None  # frames between the scored windows of a long video; None: a quarter window
     probe_layer: int | None = None  # backbone layer whose history features are probed; None: mimo's decoder layer
     probe_clips: int = 512
 
@@ -348,6 +354,7 @@ class EvalConfig:
 
     def validate(self, config: Config) -> None:
         from mimo.evaluation.metrics import METRICS
+        from mimo.metrics.frechet import COVARIANCE_DDOF
 
         depth = config.model.size()[0]
         _check(self.num_videos >= 1 and self.batch_size >= 1, "eval.num_videos/batch_size", "must be at least 1")
@@ -365,6 +372,13 @@ class EvalConfig:
             )
         _check(self.probe_layer is None or 1 <= self.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
         _check(self.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
+        _check_choice(self.fvd_normaliser, COVARIANCE_DDOF, "eval.fvd_normaliser")
+        _check(
+            self.num_frames is None or self.num_frames > config.context_frames,
+            "eval.num_frames",
+            f"must exceed the {config.context_frames} context frames",
+        )
+        _check(self.drift_hop is None or self.drift_hop >= 1, "eval.drift_hop", "must be at least 1 frame")
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,24 @@ def synthetic_dataset(config: DataConfig, split: str, num_clips: int | None, sta
     return MovingShapes(num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects)
 
 
-def latent_dataset(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
-    """Latents pre-extracted by `mimo data encode`, checked against the configured shape."""
-    from mimo.data.latents import LatentDataset
+def _clip_sampling(config: DataConfig, split: str, start_at_zero: bool) -> ClipSampling:
+    """How clips are cut from a video: random windows for training, deterministic ones for evaluation."""
+    return ClipSampling(
+        num_frames=config.num_frames,
+        frame_stride=config.frame_stride,
+        size=config.frame_size,
+        random_clips=split == "train",
+        seed=config.seed,
+        start_at_zero=start_at_zero,
+    )
 
-    dataset = LatentDataset(config.path)
+
+def latent_dataset(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
+    """Latents stored by `mimo data encode` (whole videos: a fresh window at every read), checked against
+    the configured shape."""
+    from mimo.data.clip_windows import open_latents
+
+    dataset = open_latents(config.path, _clip_sampling(config, split, start_at_zero))
     _check_latents(dataset, config)
     return dataset
 
@@ -58,15 +71,8 @@ def _video_files(read: Callable[[DataConfig], tuple[list[VideoRecord], list[str]
     """A dataset of clips from video files, whose paths, labels and class names `read` finds at data.path."""
 
     def build(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
-        clips = ClipSampling(
-            num_frames=config.num_frames,
-            frame_stride=config.frame_stride,
-            size=config.frame_size,
-            random_clips=split == "train",
-            seed=config.seed,
-            start_at_zero=start_at_zero,
-        )
         records, classes = read(config)
+        clips = _clip_sampling(config, split, start_at_zero)
         return VideoFolderDataset(records, clips, classes, config.max_bad_fraction)
 
     return build
@@ -91,6 +97,7 @@ DATASETS: dict[str, DatasetBuilder] = {
     "kinetics600": _video_files(_kinetics_records),
     "latents": latent_dataset,
 }
+VIDEO_DATASETS = tuple(name for name in DATASETS if name not in ("synthetic", "latents"))  # read from video files
 
 
 def build_dataset(
@@ -99,8 +106,9 @@ def build_dataset(
     """The dataset a config names; `split` is "train" (random clips) or "eval" (deterministic clips,
     from each video's first frame with `start_at_zero`, as FAR's UCF-101 protocol takes them).
 
-    Real videos: training clips start at random frames (torch's RNG, seeded per DataLoader worker),
-    so unlike the synthetic and latent datasets their order is not bit-exact across a resume.
+    Real videos and whole-video latents: training clips start at random frames (torch's RNG, seeded
+    per DataLoader worker), so unlike the synthetic data and stored clips their order is not
+    bit-exact across a resume.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")

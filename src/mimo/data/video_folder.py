@@ -220,12 +220,30 @@ def _to_rgb(frame: av.VideoFrame, size: int | None, reformatter: VideoReformatte
     """
     if size is None:
         return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-    scale = size / min(frame.height, frame.width)
-    height, width = max(size, round(frame.height * scale)), max(size, round(frame.width * scale))
-    resized = reformatter.reformat(frame, width, height, "rgb24", interpolation="BILINEAR", threads=1)
-    image = resized.to_ndarray()
-    top, left = (height - size) // 2, (width - size) // 2
+    image = resize_shorter_side(frame, size, reformatter)
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
     return image[top : top + size, left : left + size]
+
+
+def resize_shorter_side(
+    frame: av.VideoFrame, size: int, reformatter: VideoReformatter, multiple: int = 1
+) -> np.ndarray:
+    """uint8 (H', W', 3): the shorter side resized to `size`, the longer one in proportion, rounded to a
+    multiple of `multiple` (an autoencoder's downsampling, so that latents can be cropped on their grid)."""
+    scale = size / min(frame.height, frame.width)
+    height = max(size, multiple * round(frame.height * scale / multiple))
+    width = max(size, multiple * round(frame.width * scale / multiple))
+    resized = reformatter.reformat(frame, width, height, "rgb24", interpolation="BILINEAR", threads=1)
+    return resized.to_ndarray()
+
+
+def clip_start(clips: ClipSampling, index: int, max_start: int) -> int:
+    """First frame in [0, max_start] of the clip of item `index`, as `clips` says (see `ClipSampling`)."""
+    if clips.start_at_zero:
+        return 0
+    if clips.random_clips:
+        return int(torch.randint(0, max_start + 1, ()))
+    return int(np.random.default_rng((clips.seed, index)).integers(0, max_start + 1))
 
 
 def to_unit_range(clip: np.ndarray) -> torch.Tensor:
@@ -416,11 +434,7 @@ class VideoFolderDataset(Dataset):
         raise TooManyBadVideosError(f"None of the {len(self)} videos could be decoded: {self.failures}.")
 
     def _start(self, index: int, max_start: int) -> int:
-        if self.clips.start_at_zero:
-            return 0
-        if self.clips.random_clips:
-            return int(torch.randint(0, max_start + 1, ()))
-        return int(np.random.default_rng((self.clips.seed, index)).integers(0, max_start + 1))
+        return clip_start(self.clips, index, max_start)
 
     def _record_failure(self, index: int, error: Exception) -> None:
         reason = error.reason if isinstance(error, BadVideoError) else "undecodable"
@@ -472,6 +486,7 @@ __all__ = [
     "VideoFolderDataset",
     "VideoRecord",
     "class_folder_records",
+    "clip_start",
     "find_videos",
     "folder_records",
     "kinetics_records",

@@ -3,7 +3,9 @@
 Evaluation follows the run's task: held-out real clips give the context frames (prediction) or the
 class labels (class-conditional), samples are generated per seed, and each metric is reported as
 mean ± std over seeds. Given context frames stay in the videos that are scored (K-600 protocol).
-Latent runs are decoded to pixels with the autoencoder named in the latents' manifest.
+The real set is always read from the video files (FVD against real pixels, as FAR and StyleGAN-V);
+latent samples are decoded with the autoencoder named in the latents' manifest, and the VAE
+reconstruction FVD is reported beside as the upper-bound row.
 
 Probing feeds clean clips to the frozen EMA model; history features do not depend on noisy frames,
 so they are deterministic. Tokens of each frame are averaged at every layer, frames are averaged
@@ -22,17 +24,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mimo.config import Config, with_overrides
+from mimo.config import Config, ConfigError, with_overrides
 from mimo.data.media import plot_curves, save_gif, video_grid
-from mimo.evaluation.metrics import build_metrics, proxy_config, score_trajectory
+from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
+from mimo.evaluation.metrics import Metric, build_metrics, proxy_config, score_trajectory
 from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.cknna import cknna
+from mimo.metrics.drift import default_hop, window_starts, window_statistics, windowed_distances
+from mimo.metrics.drift import per_frame as per_frame_curve
+from mimo.metrics.frame_metrics import psnr, ssim
+from mimo.metrics.fvd import FeatureExtractor
+from mimo.metrics.fvd_protocol import (
+    I3D_PORT_SOURCE,
+    FVDProtocol,
+    FVDProtocolError,
+    extractor_identity,
+    protocol_card,
+)
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
-from mimo.models.autoencoder import to_pixels
+from mimo.models.autoencoder import to_model_space, to_pixels
 from mimo.train.checkpoint import load_trained_model
 
 SHOWN_VIDEOS = 8
+WINDOW_METRICS = ("fvd", "proxy_fd")  # distances between sets: scored on windows of the training length
+FRAME_METRICS = {"psnr": psnr, "ssim": ssim}  # scored per frame: a curve along long videos
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -40,38 +56,86 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def evaluate_run(
-    checkpoint: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None, device: str = "cpu"
+    checkpoint: str | Path,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    extractor: FeatureExtractor | None = None,
+    extractor_source: str | None = None,
 ) -> dict[str, Any]:
-    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures."""
+    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures.
+
+    The real clips are decoded from the video files (`mimo.data.real_set`), whatever space the model
+    trains in; `extractor` replaces the I3D of FVD (`extractor_source` names it on the protocol card).
+    Past the training length (`eval.num_frames`), quality is also scored along the video (drift).
+    """
     model, config = load_trained_model(checkpoint, device=device)
     config = with_overrides(config, overrides or [])
     out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    clips = load_clips(config, config.eval.num_videos)
-    real = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
-    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device)
+    batch, k = config.eval.batch_size, config.context_frames
+    length = config.eval.num_frames or config.data.num_frames
+    real_config = with_real_videos(config, length, pixel_size(config))
+    protocol = _fvd_protocol(config, real_config, length)
+    real = load_clips(real_config, config.eval.num_videos)  # pixels read from the video files
+    clips = {**real, "video": to_model_space(real["video"], config.data, batch)}  # the context the model sees
+    options = {"fvd": {"extractor": extractor, "normaliser": protocol.normaliser}}
+    options["proxy_fd"] = {"normaliser": protocol.normaliser}
+    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device, **options)
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
+    window = config.data.num_frames
+    starts = window_starts(length, window, config.eval.drift_hop or default_hop(window)) if length > window else []
+    features_of = _set_features(metrics)
+    drift_real = {
+        name: window_statistics(real["video"], starts, window, features, batch, device)
+        for name, features in features_of.items()
+        if starts
+    }
+    drifting = [*drift_real, *FRAME_METRICS] if starts else []
+    drift: dict[str, list[list[float]]] = {name: [] for name in drifting if name in metrics}
     for seed in config.eval.seed_list():
-        fake = to_pixels(generate(model, config, clips, seed), config.data, config.eval.batch_size)
+        fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
         for name, metric in metrics.items():
             per_seed[name].append(metric(fake))
+        for name, real_windows in drift_real.items():
+            drift[name].append(
+                windowed_distances(
+                    real_windows, fake, starts, window, features_of[name], batch, device, protocol.normaliser
+                )
+            )
+        for name in drift.keys() & FRAME_METRICS.keys():
+            drift[name].append(per_frame_curve(FRAME_METRICS[name](*metrics[name].generated(fake))))
         if "trajectory" in metrics:
-            per_frame.append(score_trajectory(fake, real, config.context_frames).per_frame_error)
+            per_frame.append(score_trajectory(fake, real, k).per_frame_error)
+    if "fvd" in metrics and config.data.dataset == "latents":  # the paper's "VAE reconstruction (upper bound)" row
+        per_seed["fvd_vae_reconstruction"] = [metrics["fvd"](to_pixels(clips["video"], config.data, batch))]
     results = {
         "checkpoint": str(checkpoint),
         "num_videos": config.eval.num_videos,
         "seeds": config.eval.seed_list(),
         "sample_steps": config.sample.steps,
+        "num_frames": length,
         "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
     }
+    results["protocol"] = protocol_card(
+        protocol,
+        _feature_extractor(metrics, extractor_source or config.eval.i3d_path),
+        len(real["video"]),
+        len(real["video"]),
+        sampling_seeds=config.eval.seed_list(),
+        real_videos={key: getattr(real_config.data, key) for key in SOURCE_KEYS},
+        sample_steps=config.sample.steps,
+        cfg_scale=config.sample.cfg_scale,
+    )
+    if starts:
+        results["drift"] = _drift_report(drift, starts, window, k, out)
     if config.data.channels in (1, 3) or config.data.dataset == "latents":
         results["samples_gif"] = str(
             save_gif(video_grid([real["video"][:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2), out / "samples.gif")
         )
     if per_frame:
         mean_curve = torch.stack(per_frame).mean(dim=0).tolist()
-        k = config.context_frames
         frames = list(range(k + 1, k + 1 + len(mean_curve)))
         results["trajectory_plot"] = str(
             plot_curves(
@@ -85,6 +149,58 @@ def evaluate_run(
         )
     _write_report(out, "eval", results)
     return results
+
+
+def _fvd_protocol(config: Config, real_config: Config, length: int) -> FVDProtocol:
+    """What FVD's real and generated sets are: the card every report carries."""
+    try:
+        return FVDProtocol(
+            num_frames=length,
+            frame_stride=real_config.data.frame_stride,
+            resolution=real_config.data.frame_size,
+            max_videos=config.eval.num_videos,
+            start_at_zero=config.eval.start_at_zero,
+            seed=real_config.data.seed,
+            normaliser=config.eval.fvd_normaliser,
+        )
+    except FVDProtocolError as error:
+        raise ConfigError(f"eval.fvd_normaliser: {error}") from error
+
+
+def _set_features(metrics: dict[str, Metric]) -> dict[str, FeatureExtractor]:
+    """The feature extractors of the set-distance metrics in use (FVD's I3D, the proxy classifier)."""
+    return {name: metrics[name].features for name in WINDOW_METRICS if name in metrics}
+
+
+def _feature_extractor(metrics: dict[str, Metric], source: str | None) -> dict[str, str]:
+    """The card's feature extractor: FVD's I3D (or its stand-in), else the proxy classifier, else none."""
+    if "fvd" in metrics:
+        return extractor_identity(metrics["fvd"].extractor, source or I3D_PORT_SOURCE)
+    if "proxy_fd" in metrics:
+        return extractor_identity(
+            metrics["proxy_fd"].classifier, "proxy video classifier (mimo.metrics.proxy_classifier), not FVD"
+        )
+    return {"source": "none (no distribution metric)", "sha256": ""}
+
+
+def _drift_report(
+    curves: dict[str, list[list[float]]], starts: list[int], window: int, context: int, out: Path
+) -> dict[str, Any]:
+    """Mean-over-seeds curves along the video, as JSON values and one plot per metric.
+
+    Window metrics are placed at the window's last frame; frame metrics at every generated frame
+    (1-based frame numbers, so the first generated frame of a 5-frame context is frame 6).
+    """
+    report: dict[str, Any] = {"window": window, "window_last_frame": [s + window for s in starts]}
+    for name, per_seed in curves.items():
+        mean = torch.tensor(per_seed).mean(dim=0).tolist()
+        if name in WINDOW_METRICS:
+            frames, title = report["window_last_frame"], f"{name} of {window}-frame windows along the video"
+        else:
+            frames, title = list(range(context + 1, context + 1 + len(mean))), f"{name} per generated frame"
+        plot = plot_curves({name: (frames, mean)}, out / f"drift_{name}.png", "frame", name, title, log_y=False)
+        report[name] = {"frame": frames, "mean": mean, "per_seed": per_seed, "plot": str(plot)}
+    return report
 
 
 def probe_run(
@@ -156,6 +272,12 @@ def _write_report(out: Path, name: str, results: dict[str, Any]) -> None:
         for metric, values in results["metrics"].items():
             seeds = ", ".join(f"{v:.4g}" for v in values["per_seed"])
             lines.append(f"| {metric} | {values['mean']:.4g} | {values['std']:.3g} | {seeds} |")
+        if "protocol" in results:
+            lines += ["", "| protocol | value |", "|---|---|"]
+            lines += [f"| {key} | {value} |" for key, value in results["protocol"].items()]
+        for curve in results.get("drift", {}).values():
+            if isinstance(curve, dict):
+                lines += ["", f"![drift]({Path(curve['plot']).name})"]
     else:
         lines += [f"chance accuracy {results['chance_accuracy']:.3f}; CKNNA reference: {results['reference']}", ""]
         lines += ["| layer | probe accuracy | CKNNA |", "|---|---|---|"]

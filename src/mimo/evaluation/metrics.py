@@ -17,8 +17,8 @@ from torch import Tensor
 
 from mimo.config import Config
 from mimo.metrics.frame_metrics import load_lpips, lpips_distance, psnr, ssim
-from mimo.metrics.frechet import SqrtMethod
-from mimo.metrics.fvd import compute_fvd, extract_feature_statistics
+from mimo.metrics.frechet import DEFAULT_COVARIANCE_NORMALISER, CovarianceNormaliser, SqrtMethod
+from mimo.metrics.fvd import FeatureExtractor, compute_fvd, extract_feature_statistics
 from mimo.metrics.i3d import load_i3d
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier
 from mimo.metrics.trajectory import TrajectoryError, trajectory_error
@@ -77,18 +77,33 @@ def score_trajectory(samples: Tensor, clips: dict[str, Tensor], context_frames: 
 
 @register_metric("fvd")
 class FVD(Metric):
-    """Fréchet Video Distance with the Kinetics-400 I3D (eval.i3d_path: StyleGAN-V's TorchScript instead)."""
+    """Fréchet Video Distance with the Kinetics-400 I3D (eval.i3d_path: StyleGAN-V's TorchScript instead).
+
+    Options: `extractor` replaces the I3D (a stand-in in tests: then it is not FVD), `normaliser` the
+    covariance divisor (`mimo.metrics.frechet.COVARIANCE_DDOF`).
+    """
 
     label = "FVD (lower is better)"
 
-    def __init__(self, config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: Any):
+    def __init__(
+        self,
+        config: Config,
+        clips: dict[str, Tensor],
+        device: str = "cpu",
+        extractor: FeatureExtractor | None = None,
+        normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
+    ):
         super().__init__(config, clips, device)
-        self.batch_size = config.eval.batch_size
-        self.extractor = load_i3d(config.eval.i3d_path, device=device)
+        self.batch_size, self.normaliser = config.eval.batch_size, normaliser
+        self.extractor = extractor or load_i3d(config.eval.i3d_path, device=device)
         self.real = extract_feature_statistics(clips["video"], self.extractor, self.batch_size, device, "real features")
 
+    @property
+    def features(self) -> FeatureExtractor:
+        return self.extractor
+
     def __call__(self, samples: Tensor) -> float:
-        return compute_fvd(self.real, samples, self.extractor, self.batch_size, self.device)
+        return compute_fvd(self.real, samples, self.extractor, self.batch_size, self.device, self.normaliser)
 
 
 def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
@@ -115,13 +130,19 @@ class ProxyFD(Metric):
         classifier: dict[str, int] | None = None,
         method: SqrtMethod = "sqrtm",
         progress: bool = True,
+        normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
     ):
         super().__init__(config, clips, device)
         self.batch_size, self.method, self.progress = config.eval.batch_size, method, progress
+        self.normaliser = normaliser
         self.classifier = load_proxy_classifier(proxy_config(config, **(classifier or {})), device, progress=progress)
         self.real = extract_feature_statistics(
             clips["video"], self.classifier.features, self.batch_size, device, "real features", progress
         )
+
+    @property
+    def features(self) -> FeatureExtractor:
+        return self.classifier.features
 
     def __call__(self, samples: Tensor) -> float:
         return compute_fvd(
@@ -130,6 +151,7 @@ class ProxyFD(Metric):
             self.classifier.features,
             self.batch_size,
             self.device,
+            self.normaliser,
             method=self.method,
             progress=self.progress,
         )

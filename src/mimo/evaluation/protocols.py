@@ -105,15 +105,17 @@ def load_clips(config: Config, count: int) -> dict[str, Tensor]:
     return stack_clips(dataset, tqdm(indices, desc="real clips", leave=False))
 
 
-def generate(model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int) -> Tensor:
-    """Samples for every clip, batched; one generator per seed so runs are reproducible."""
+def generate(
+    model: FrameCausalDiT, config: Config, clips: dict[str, Tensor], seed: int, num_frames: int | None = None
+) -> Tensor:
+    """Samples of `num_frames` (default: the training length) for every clip, batched; one generator per seed."""
     generator = torch.Generator().manual_seed(seed)
     device = model.patch_embed.weight.device
     batches = zip(
         clips["video"].split(config.eval.batch_size), clips["label"].split(config.eval.batch_size), strict=True
     )
     samples = [
-        sample_for_task(model, config, video.to(device), label.to(device), generator).cpu()
+        sample_for_task(model, config, video.to(device), label.to(device), generator, num_frames).cpu()
         for video, label in tqdm(list(batches), desc=f"sampling (seed {seed})")
     ]
     return torch.cat(samples)

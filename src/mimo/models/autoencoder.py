@@ -206,3 +206,12 @@ def to_pixels(videos: torch.Tensor, config: DataConfig, batch_size: int = 16) ->
     autoencoder = autoencoder_from_description(read_manifest(config.path)["autoencoder"])
     with torch.no_grad():
         return torch.cat([autoencoder.decode(chunk.cpu()) for chunk in videos.split(batch_size)]).clamp(-1, 1)
+
+
+def to_model_space(videos: torch.Tensor, config: DataConfig, batch_size: int = 16) -> torch.Tensor:
+    """Pixel videos (B, T, 3, H, W) as the model sees them: encoded by the latents' autoencoder for latent runs."""
+    if config.dataset != "latents":
+        return videos
+    autoencoder = autoencoder_from_description(read_manifest(config.path)["autoencoder"])
+    with torch.no_grad():
+        return torch.cat([autoencoder.encode(chunk) for chunk in videos.split(batch_size)])

@@ -65,6 +65,7 @@ from mimo.train.distributed import (
     wrap_for_training,
 )
 from mimo.train.ema import EMA
+from mimo.train.init_from import initialise_from_run
 from mimo.train.logger import MetricsLogger, read_metrics
 
 SAMPLE_VIDEOS = 4  # clips shown in the periodic sample GIFs
@@ -300,6 +301,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         checkpoint = self.resume() if train.resume else None
+        if checkpoint is None and train.init_from:
+            left = initialise_from_run(self.objective, self.ema.module, train.init_from)
+            if self.dist.is_main:
+                fresh = sorted({name.split(".")[0] for name in left})
+                tqdm.write(f"initialised from {train.init_from}" + (f"; left new: {', '.join(fresh)}" if fresh else ""))
         previous_handlers = self._install_signal_handlers()
         batches = self.batches()
         last, interval = {}, {}
