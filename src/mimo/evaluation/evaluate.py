@@ -30,6 +30,7 @@ from mimo.metrics.cknna import cknna
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_pixels
+from mimo.models.dit import FrameCausalDiT
 from mimo.train.checkpoint import load_trained_model
 
 SHOWN_VIDEOS = 8
@@ -39,14 +40,22 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def _open_run(
+    checkpoint: str | Path, overrides: list[str] | None, out_dir: str | Path | None, job: str, device: str
+) -> tuple[FrameCausalDiT, Config, Path]:
+    """The run's EMA model and config (with `overrides`), and the output folder (default: RUN/`job`), created."""
+    model, config = load_trained_model(checkpoint, device=device)
+    config = with_overrides(config, overrides or [])
+    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / job
+    out.mkdir(parents=True, exist_ok=True)
+    return model, config, out
+
+
 def evaluate_run(
     checkpoint: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
     """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures."""
-    model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    model, config, out = _open_run(checkpoint, overrides, out_dir, "eval", device)
     clips = load_clips(config, config.eval.num_videos)
     real = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
     metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device)
@@ -95,10 +104,7 @@ def probe_run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot."""
-    model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "probe"
-    out.mkdir(parents=True, exist_ok=True)
+    model, config, out = _open_run(checkpoint, overrides, out_dir, "probe", device)
     clips = load_clips(config, config.eval.probe_clips)
     labels = clips["label"]
     if bool((labels < 0).any()):
