@@ -43,6 +43,7 @@ from mimo.train.trainer import Trainer
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent  # benchmarks are scripts of a checkout, never installed
 BASELINE_OVERRIDES = ("mimo.weight=0", "mimo.mask_ratio=0")  # the CTF baseline ("ACDiT" in the paper)
+GENERATED = "<!-- The tables below are rewritten by benchmarks/harness.py on every run; edit above this line. -->"
 SHARED_CPU_SHARE = 0.9  # a benchmark that got less CPU than this share of its threads' time ran on a shared machine
 
 
@@ -104,7 +105,19 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     write_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=1) + "\n"))
-    (results_dir / "README.md").write_text(summary_table(results_dir))
+    refresh_readme(results_dir)
+    return path
+
+
+def refresh_readme(results_dir: Path) -> Path:
+    """Rewrite the tables of `results_dir/README.md`; what is written above GENERATED (measurements described
+    in prose, with their dates) is kept."""
+    path = results_dir / "README.md"
+    text = path.read_text() if path.is_file() else ""
+    notes = text.split(GENERATED)[0] if GENERATED in text else "# Benchmark results\n\n"
+    write_atomically(
+        path, lambda temporary: temporary.write_text(notes + GENERATED + "\n\n" + summary_table(results_dir))
+    )
     return path
 
 
@@ -470,8 +483,6 @@ SECTIONS = {
 def summary_table(results_dir: Path) -> str:
     """The Markdown of every benchmark JSON in `results_dir` (the README the project's README copies from)."""
     lines = [
-        "# Benchmark results",
-        "",
         "Written by `mimo bench NAME` (`benchmarks/harness.py`) from the JSON files in this folder; regenerated on "
         "every run. Ratios compare arms measured in the same process, interleaved round by round.",
     ]
