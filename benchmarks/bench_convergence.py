@@ -150,7 +150,7 @@ class ConvergenceEvaluator:
         # eigh: exact for the rank-deficient covariances of a few hundred clips
         proxy = {"classifier": _classifier_settings(settings), "method": "eigh", "progress": False}
         self.metrics = build_metrics(list(names), config, self.held_out, str(device), proxy_fd=proxy)
-        self.layer = config.mimo.decoder_layer or config.model.size()[0]
+        self.layer = config.decoder_layer
 
     def __call__(self, model: FrameCausalDiT, config: Config) -> dict[str, float]:
         samples = generate(model, config, self.held_out, self.settings.seed)

@@ -119,7 +119,7 @@ def probe_run(
         if reference_features is not None
         else {}
     )
-    chosen = config.eval.probe_layer or config.mimo.decoder_layer or model.depth
+    chosen = config.eval.probe_layer or config.decoder_layer
     results = {
         "checkpoint": str(checkpoint),
         "num_clips": len(labels),
