@@ -391,6 +391,11 @@ class Config:
         return self.train.context_frames if self.train.task == "prediction" else 0
 
     @property
+    def sample_window(self) -> int:
+        """Clean frames the sampler attends to: sample.window, else the training length's history (T - 1)."""
+        return self.sample.window or self.data.num_frames - 1
+
+    @property
     def decoder_layer(self) -> int:
         """l, the 1-based backbone layer MiMo's decoder (and by default the probes) read: the last unless set."""
         return self.mimo.decoder_layer or self.model.size()[0]

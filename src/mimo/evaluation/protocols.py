@@ -33,7 +33,7 @@ def autoregressive(
         steps=config.sample.steps,
         solver=config.sample.solver,
         grid=config.sample.grid,
-        window=config.data.num_frames - 1,
+        window=config.sample_window,
         generator=torch.Generator().manual_seed(0),
         progress=progress,
     )
@@ -53,7 +53,7 @@ def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
             steps=config.sample.steps,
             solver=config.sample.solver,
             grid=config.sample.grid,
-            window=config.data.num_frames - 1,
+            window=config.sample_window,
             generator=torch.Generator().manual_seed(0),
         )[:, -1:]
         for t in range(k, video.shape[1])
