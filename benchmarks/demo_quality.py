@@ -21,15 +21,15 @@ import torch
 
 from harness import CpuShare, machine_info
 from mimo.data.media import plot_curves
+from mimo.evaluation.metrics import score_trajectory
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
-from mimo.metrics.trajectory import trajectory_error
 from mimo.train.checkpoint import list_checkpoints, load_trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def scores(videos: torch.Tensor, clips: dict[str, torch.Tensor], k: int) -> dict[str, float | list[float]]:
-    error = trajectory_error(videos[:, k:], clips["positions"][:, k:], clips["colors"], clips["valid"])
+    error = score_trajectory(videos, clips, k)
     return {
         "error_px": round(error.mean_error, 3),
         "miss_rate": round(error.miss_rate, 3),

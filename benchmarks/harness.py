@@ -1,15 +1,16 @@
-"""The harness the benchmark scripts share: the machine, timing, FLOP counting, the results folder and table.
+"""What the benchmark scripts share: the machine, timing, the arms' set-up, the results folder and its table.
 
-Each `bench_NAME.py` beside this file is a script (`python benchmarks/bench_NAME.py`, or `mimo bench NAME`
-from a checkout). `run_benchmark(name, args)` runs one: it writes `results/NAME.json` with the machine it
-ran on (CPU model, cores, threads, torch, date, load) and regenerates `results/README.md`, a table of all
-results found there. Arms that are compared run in one process, interleaved round by round, so a
-ratio never mixes two runs. On a shared machine wall time depends on the neighbours, so CPU time is
+Each `bench_NAME.py` beside this file is a script that measures one thing (`python benchmarks/bench_NAME.py`,
+or `mimo bench NAME` from a checkout): it declares its arguments (`add_arguments`), what `--tiny` shrinks
+(`TINY`) and how it measures (`measure`). `run_benchmark(name, args)` runs one: it writes `results/NAME.json`
+with the machine it ran on (CPU model, cores, threads, torch, date, load) and regenerates `results/README.md`,
+a table of all results found there. Arms that are compared run in one process, interleaved round by round,
+so a ratio never mixes two runs. On a shared machine wall time depends on the neighbours, so CPU time is
 recorded beside it and each result says which share of its threads' CPU time it actually got.
 
     step         MiMo at r = 0.25 / 0.5 / 0.75 against the CTF baseline: same model, same batch
     sampling     KV-cached against uncached generation at 8 / 16 / 32 frames, and the cost of one more frame
-    utilization  FLOPs of a step (analytic, cross-checked by FlopCounterMode) against a measured matmul peak
+    utilization  FLOPs of a step (the model's count, cross-checked by FlopCounterMode) against a measured matmul peak
     convergence  baseline and MiMo trained on the built-in videos, evaluated every K steps, speed-up factor
 """
 
@@ -17,51 +18,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import dataclasses
-import hashlib
-import itertools
+import importlib
 import json
 import os
 import platform
-import resource
 import statistics
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-# Before torch loads OpenMP: busy-waiting threads make small CPU ops ~10x slower on a shared machine (see mimo.cli).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
+from mimo.config import Config, with_overrides
 from mimo.data import build_dataset, stack_clips
 from mimo.data.atomic import write_atomically
-from mimo.diffusion.sampler import sample_video
-from mimo.evaluation.metrics import METRICS, build_metrics, proxy_config
-from mimo.evaluation.protocols import generate, history_features, load_clips
-from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
-from mimo.metrics.proxy_classifier import ProxyClassifierConfig
-from mimo.models import build_backbone
-from mimo.models.dit import FrameCausalDiT
-from mimo.train.checkpoint import find_checkpoint, load_trained_model
+from mimo.evaluation.metrics import METRICS
 from mimo.train.distributed import default_device
-from mimo.train.trainer import Trainer, train
+from mimo.train.trainer import Trainer
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent  # benchmarks are scripts of a checkout, never installed
-CONVERGENCE_CPU_CONFIG = REPO_ROOT / "configs" / "bench" / "convergence-cpu.yaml"
 BASELINE_OVERRIDES = ("mimo.weight=0", "mimo.mask_ratio=0")  # the CTF baseline ("ACDiT" in the paper)
+GENERATED = "<!-- The tables below are rewritten by benchmarks/harness.py on every run; edit above this line. -->"
 SHARED_CPU_SHARE = 0.9  # a benchmark that got less CPU than this share of its threads' time ran on a shared machine
-GPU_PEAK_SIZE = 8192  # square bf16 matmul that saturates an H100 / A100
-CPU_PEAK_SIZE = 2048  # square fp32 matmul, large enough for MKL/OpenBLAS's best blocking on a CPU
-MIB = 2**20
 
 
 # ----- the machine and the results folder ---------------------------------------------------------
@@ -122,7 +105,19 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     write_atomically(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=1) + "\n"))
-    (results_dir / "README.md").write_text(summary_table(results_dir))
+    refresh_readme(results_dir)
+    return path
+
+
+def refresh_readme(results_dir: Path) -> Path:
+    """Rewrite the tables of `results_dir/README.md`; what is written above GENERATED (measurements described
+    in prose, with their dates) is kept."""
+    path = results_dir / "README.md"
+    text = path.read_text() if path.is_file() else ""
+    notes = text.split(GENERATED)[0] if GENERATED in text else "# Benchmark results\n\n"
+    write_atomically(
+        path, lambda temporary: temporary.write_text(notes + GENERATED + "\n\n" + summary_table(results_dir))
+    )
     return path
 
 
@@ -141,7 +136,7 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _cpu_seconds_per_thread(cpu_seconds: float) -> float:
+def cpu_seconds_per_thread(cpu_seconds: float) -> float:
     """Process CPU time spread over torch's threads: the wall time the work would take on idle cores."""
     return max(cpu_seconds / torch.get_num_threads(), 1e-9)
 
@@ -151,125 +146,8 @@ def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
     return statistics.median(t / r for t, r in zip(times, reference, strict=True))
 
 
-def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _cpu_flash_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-# FlopCounterMode knows the GPU attention kernels but not the CPU flash kernel that masked SDPA uses on CPU.
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_attention_backward_flops,
-}
-
-
-def counted_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs that torch's FlopCounterMode sees while `fn` runs (matmuls and attention, forward and backward)."""
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
-@dataclass(frozen=True)
-class MatmulPeak:
-    """The dense matmul throughput this machine reaches: the best of several timed square matmuls.
-
-    `flops_by_cpu_time` (CPU only) divides by the process CPU time per thread instead of wall time:
-    the peak of the time the process actually got on its cores.
-    """
-
-    label: str
-    flops_per_s: float
-    median_flops_per_s: float
-    flops_by_cpu_time: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        gflops = {
-            "gflops": self.flops_per_s,
-            "median_gflops": self.median_flops_per_s,
-            "gflops_by_cpu_time": self.flops_by_cpu_time,
-        }
-        return {"matmul": self.label} | {k: _significant(v / 1e9) for k, v in gflops.items() if v is not None}
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> MatmulPeak:
-    """Time `repeats` (size × size) matmuls after a warm-up: measured, not looked up in a datasheet."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up: thread pool, kernel selection
-    times = [timed(lambda: a @ b, device) for _ in range(repeats)]
-    flops = 2 * size**3
-    by_cpu_time = None
-    if device.type == "cpu":
-        by_cpu_time = max(flops / _cpu_seconds_per_thread(cpu) for _, cpu in times)
-    return MatmulPeak(
-        label=f"{size}x{size} {str(dtype).removeprefix('torch.')} on {device.type}",
-        flops_per_s=max(flops / wall for wall, _ in times),
-        median_flops_per_s=statistics.median(flops / wall for wall, _ in times),
-        flops_by_cpu_time=by_cpu_time,
-    )
-
-
-def _release_freed_memory() -> None:
-    """Hand memory that glibc keeps after free() back to the OS, so resident size is live memory only."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA's allocator peak, or on Linux the resident high-water mark (VmHWM).
-
-    VmHWM is reset by writing 5 to /proc/self/clear_refs (after returning freed heap to the OS), so the
-    peak is the block's own; where that is not possible, ru_maxrss (the peak since the process started)
-    is reported and says so.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.method = "cuda.max_memory_allocated" if device.type == "cuda" else "VmHWM"
-
-    @staticmethod
-    def _status_kib(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        raise OSError(f"{key} not in /proc/self/status")
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-            return self
-        _release_freed_memory()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.before = self._status_kib("VmRSS") * 1024
-        except OSError:
-            self.method, self.before = "ru_maxrss (peak since process start)", 0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        elif self.method == "VmHWM":
-            self.peak = self._status_kib("VmHWM") * 1024
-        else:
-            self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "peak_mib": round(self.peak / MIB, 1),
-            "peak_above_start_mib": round((self.peak - self.before) / MIB, 1),
-            "method": self.method,
-        }
-
-
 # ----- shared set-up ------------------------------------------------------------------------------
-def _model_overrides(args: argparse.Namespace) -> list[str]:
+def model_overrides(args: argparse.Namespace) -> list[str]:
     """The config overrides of the model-size arguments every benchmark but convergence takes."""
     overrides = [
         f"model.preset={args.preset}",
@@ -293,80 +171,43 @@ def arm_trainer(config: Config, overrides: Sequence[str], run_dir: Path) -> Trai
     return Trainer(with_overrides(config, [*overrides, f"train.out_dir={run_dir}", "train.tensorboard=false"]))
 
 
-def _arms(ratios: Sequence[float]) -> dict[str, list[str]]:
+def arm_overrides(ratios: Sequence[float]) -> dict[str, list[str]]:
     arms = {"baseline": list(BASELINE_OVERRIDES)}
     arms.update({f"mimo_r{r:g}": [f"mimo.mask_ratio={r}"] for r in ratios})
     return arms
 
 
-def _significant(value: float, digits: int = 4) -> float:
+def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _median(values: Sequence[float], digits: int = 4) -> float:
+def rounded_median(values: Sequence[float], digits: int = 4) -> float:
     return round(statistics.median(values), digits)
 
 
-# ----- 1. training step ---------------------------------------------------------------------------
-def bench_step(args: argparse.Namespace) -> dict[str, Any]:
-    """Step time of MiMo at each mask ratio against the baseline, interleaved round by round on one batch."""
-    config = load_config(args.config, [*_model_overrides(args), f"train.batch_size={args.batch_size}"])
-    batch = fixed_batch(config, args.batch_size)
-    arms = _arms(args.ratios)
-    with tempfile.TemporaryDirectory() as scratch:
-        trainers = {name: arm_trainer(config, o, Path(scratch) / name) for name, o in arms.items()}
-        device = next(iter(trainers.values())).device
-        steps = {name: _step_of(trainer, batch) for name, trainer in trainers.items()}
-        for step in steps.values():
-            for _ in range(args.warmup):
-                step()
-        wall: dict[str, list[float]] = {name: [] for name in arms}
-        cpu: dict[str, list[float]] = {name: [] for name in arms}
-        names = list(arms)
-        for round_index in range(args.rounds):
-            for name in names[round_index % len(names) :] + names[: round_index % len(names)]:  # rotate the order
-                w, c = timed(steps[name], device)
-                wall[name].append(w)
-                cpu[name].append(c)
-        configs = {name: t.config for name, t in trainers.items()}
-        step_flops = {name: t.objective.training_flops(args.batch_size) for name, t in trainers.items()}
-    results = {}
-    base_flops = step_flops["baseline"]["total"]
-    for name in arms:
-        flops = step_flops[name]
-        wall_ratio = paired_ratio(wall[name], wall["baseline"])
-        results[name] = {
-            "mask_ratio": configs[name].mimo.mask_ratio,
-            "mimo_weight": configs[name].mimo.weight,
-            "tokens_per_clip": flops["tokens_per_clip"],
-            "flops_per_step": flops["total"],
-            "wall_s": [_significant(x, 6) for x in wall[name]],  # the ratios can be recomputed from these
-            "cpu_s": [_significant(x, 6) for x in cpu[name]],
-            "median_wall_s": _median(wall[name]),
-            "median_cpu_s": _median(cpu[name]),
-            "wall_ratio_to_baseline": round(wall_ratio, 3),
-            "cpu_ratio_to_baseline": round(paired_ratio(cpu[name], cpu["baseline"]), 3),
-            "flop_ratio_to_baseline": round(flops["total"] / base_flops, 3),
-            "faster_than_baseline_percent": round(100 * (1 - wall_ratio), 1),
-        }
-    settings = _settings(args, configs["baseline"], device, rounds=args.rounds, warmup=args.warmup)
-    return {"settings": settings, "results": results}
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model-size arguments of every benchmark but convergence (see `model_overrides`)."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML the model settings start from")
+    parser.add_argument("--preset", default="tiny", help="model size (config.PRESETS)")
+    parser.add_argument("--frame-size", type=int, default=32)
+    parser.add_argument("--patch-size", type=int, default=4)
+    parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
 
 
-def _repeat(batch: dict[str, torch.Tensor], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+def repeat_batch(batch: dict[str, torch.Tensor], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     """The same batch forever, moved to the device once (outside any timing)."""
     on_device = {k: v.to(device) for k, v in batch.items()}
     while True:
         yield on_device
 
 
-def _step_of(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
+def step_of(trainer: Trainer, batch: dict[str, torch.Tensor]) -> Callable[[], Any]:
     """One real optimiser step of `trainer` (loss, backward, clipping, AdamW, EMA) on `batch`."""
-    batches = _repeat(batch, trainer.device)
+    batches = repeat_batch(batch, trainer.device)
     return lambda: trainer.train_step(batches)
 
 
-def _settings(args: argparse.Namespace, config: Config, device: torch.device, **extra: Any) -> dict[str, Any]:
+def settings_of(args: argparse.Namespace, config: Config, device: torch.device, **extra: Any) -> dict[str, Any]:
     depth, width, heads = config.model.size()
     return {
         "preset": config.model.preset,
@@ -384,180 +225,22 @@ def _settings(args: argparse.Namespace, config: Config, device: torch.device, **
     }
 
 
-# ----- 2. sampling --------------------------------------------------------------------------------
-def bench_sampling(args: argparse.Namespace) -> dict[str, Any]:
-    """Cached against uncached generation at several lengths, interleaved, and the marginal cost of a frame."""
-    config = load_config(args.config, [*_model_overrides(args), "train.task=unconditional"])
-    device = torch.device(default_device())
-    torch.manual_seed(config.train.seed)
-    model = build_backbone(config).to(device).eval()  # untrained: the cost does not depend on the weights
-
-    def generate(frames: int, use_cache: bool) -> Callable[[], Any]:
-        generator = torch.Generator().manual_seed(0)
-        return lambda: sample_video(
-            model, frames, batch_size=args.batch_size, steps=args.steps, generator=generator, use_cache=use_cache
-        )
-
-    times: dict[tuple[int, bool], list[tuple[float, float]]] = {}
-    for _ in range(args.rounds):
-        for frames in args.lengths:
-            for use_cache in (True, False):
-                times.setdefault((frames, use_cache), []).append(timed(generate(frames, use_cache), device))
-    lengths = {}
-    for frames in args.lengths:
-        row = {}
-        for kind, use_cache in (("cached", True), ("uncached", False)):
-            row[f"{kind}_s"] = _median([wall for wall, _ in times[frames, use_cache]])
-            row[f"{kind}_cpu_s"] = _median([cpu for _, cpu in times[frames, use_cache]])
-            row[f"{kind}_frames_per_s"] = round(frames * args.batch_size / row[f"{kind}_s"], 3)
-        row["cached_speedup"] = round(row["uncached_s"] / row["cached_s"], 2)
-        row["cached_speedup_cpu_time"] = round(row["uncached_cpu_s"] / row["cached_cpu_s"], 2)
-        lengths[str(frames)] = row
-    marginal = []
-    for short, long in itertools.pairwise(sorted(args.lengths)):
-        row = {"frames": f"{short + 1}-{long}"}
-        for kind in ("cached", "uncached"):
-            for clock in ("s", "cpu_s"):
-                extra_seconds = lengths[str(long)][f"{kind}_{clock}"] - lengths[str(short)][f"{kind}_{clock}"]
-                row[f"{kind}_{clock}_per_frame"] = round(extra_seconds / (long - short), 4)
-        marginal.append(row)
-    settings = _settings(args, config, device, ode_steps=args.steps, solver="euler", rounds=args.rounds, window=None)
-    return {"settings": settings, "results": {"lengths": lengths, "marginal_cost": marginal}}
-
-
-# ----- 3. utilisation -----------------------------------------------------------------------------
-def _utilization_of(config: Config, batch_size: int, steps: int, peak: MatmulPeak) -> dict[str, Any]:
-    """FLOPs (analytic and counted), step time, achieved FLOP/s against `peak`, and peak memory of one config."""
-    batch = fixed_batch(config, batch_size)
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = arm_trainer(config, [], Path(scratch))
-        step = _step_of(trainer, batch)
-        step()  # warm-up; creates the optimizer state
-        counted = counted_flops(step)
-        memory = PeakMemory(trainer.device)
-        with memory:
-            step()
-        times = [timed(step, trainer.device) for _ in range(steps)]
-        analytic = trainer.objective.training_flops(batch_size)["total"]
-    wall, cpu = _median([t[0] for t in times], 6), _median([t[1] for t in times], 6)
-    result = {
-        "flops_analytic": analytic,
-        "flops_counted": counted,
-        "counted_over_analytic": round(counted / analytic, 4),
-        "median_wall_s": wall,
-        "median_cpu_s": cpu,
-        "achieved_gflops": _significant(analytic / wall / 1e9),
-        "fraction_of_peak": round(analytic / wall / peak.flops_per_s, 4),
-        "memory": memory.report(),
-    }
-    if peak.flops_by_cpu_time is not None:  # CPU time: what the process got, so sharing the cores cancels out
-        achieved = analytic / _cpu_seconds_per_thread(cpu)
-        result["achieved_gflops_by_cpu_time"] = _significant(achieved / 1e9)
-        result["fraction_of_peak_by_cpu_time"] = round(achieved / peak.flops_by_cpu_time, 4)
-    return result
-
-
-def bench_utilization(args: argparse.Namespace) -> dict[str, Any]:
-    """FLOP utilisation of a training step on this machine's device; bf16 MFU of large presets on a GPU."""
-    base = load_config(args.config, [*_model_overrides(args), f"train.batch_size={args.batch_size}"])
-    device = torch.device(default_device())
-    size = CPU_PEAK_SIZE if device.type == "cpu" else GPU_PEAK_SIZE
-    peak = matmul_peak(device, torch.float32, args.matmul_size or size, args.peak_repeats)
-    results: dict[str, Any] = {"peak": peak.to_json()}
-    for name, overrides in _arms([args.ratio]).items():
-        config = with_overrides(base, overrides)
-        results[name] = _utilization_of(config, args.batch_size, args.steps, peak)
-    if device.type == "cuda":
-        results["gpu_bf16"] = _gpu_bf16_utilization(args, device)
-    else:
-        results["gpu_bf16"] = {"skipped": "no CUDA device on this machine"}
-    return {"settings": _settings(args, base, device, timed_steps=args.steps), "results": results}
-
-
-def _gpu_bf16_utilization(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """bf16 training steps of the large presets (paper-sized sequences) against the bf16 matmul peak: MFU."""
-    peak = matmul_peak(device, torch.bfloat16, GPU_PEAK_SIZE, args.peak_repeats)
-    out: dict[str, Any] = {
-        "peak": peak.to_json(),
-        "frame_size": args.gpu_frame_size,
-        "patch_size": args.gpu_patch_size,
-        "num_frames": args.gpu_frames,
-        "batch_size": args.gpu_batch_size,
-    }
-    for preset in args.gpu_presets:
-        base = load_config(
-            args.config,
-            [
-                f"model.preset={preset}",
-                f"data.frame_size={args.gpu_frame_size}",
-                f"model.patch_size={args.gpu_patch_size}",
-                f"data.num_frames={args.gpu_frames}",
-                f"train.batch_size={args.gpu_batch_size}",
-                "train.precision=bf16",
-            ],
-        )
-        for name, overrides in _arms([args.ratio]).items():
-            out[f"{preset}/{name}"] = _utilization_of(
-                with_overrides(base, overrides), args.gpu_batch_size, args.steps, peak
-            )
-    return out
-
-
-# ----- 4. convergence -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ConvergenceSettings:
-    """The `benchmark:` section of a convergence config: when and on what both arms are evaluated."""
-
-    eval_every: int = 100  # K: training steps between evaluations
-    eval_clips: int = 64  # held-out clips continued from their context frames (trajectory error, proxy FD)
-    probe_clips: int = 512  # held-out clips whose history features are probed
-    proxy_classifier_steps: int | None = None  # proxy-FD classifier's training steps; None: its own default
-    proxy_classifier_width: int | None = None  # its width; None: its own default
-    probe_c: float | None = None  # inverse L2 strength of the probe; None sweeps mimo.metrics.probe.DEFAULT_C_GRID
-    seed: int = 0  # noise of the evaluation samples
-
-
-CONVERGENCE_METRICS = ("trajectory", "miss_rate", "proxy_fd")  # of the registry, unless eval.metrics names others
+# ----- convergence: the speed-up of MiMo over the baseline -------------------------------------
 PROBE = "probe_accuracy"  # of the history features: measured on the model, not on its samples
 PROBE_LABEL = "probe accuracy of history features (higher is better)"
 
 
-def _summarised(evaluation: dict[str, float]) -> list[str]:
+def summarised(evaluation: dict[str, float]) -> list[str]:
     """The metrics of an evaluation that have a direction: the registry's, and the probe."""
     return [name for name in evaluation if name in METRICS or name == PROBE]
 
 
-def _higher_is_better(metric: str) -> bool:
+def higher_is_better(metric: str) -> bool:
     return metric == PROBE or METRICS[metric].higher_is_better
 
 
-def _label(metric: str) -> str:
+def metric_label(metric: str) -> str:
     return PROBE_LABEL if metric == PROBE else METRICS[metric].label
-
-
-def load_convergence_config(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Config, ConvergenceSettings]:
-    """A training config (the MiMo arm) plus its `benchmark:` section, validated."""
-    values = read_yaml(path)
-    section = values.pop("benchmark", None) or {}
-    known = {f.name for f in fields(ConvergenceSettings)}
-    for key in section:
-        if key not in known:
-            raise ConfigError(f"unknown key 'benchmark.{key}' in {path}; valid keys: {', '.join(sorted(known))}")
-    settings = ConvergenceSettings(**section)
-    for key in ("eval_every", "proxy_classifier_steps", "proxy_classifier_width"):
-        if getattr(settings, key) is not None and getattr(settings, key) < 1:
-            raise ConfigError(f"benchmark.{key} must be at least 1, got {getattr(settings, key)}")
-    if settings.eval_clips < 2 or settings.probe_clips < 10:
-        raise ConfigError("benchmark.eval_clips must be at least 2 and benchmark.probe_clips at least 10")
-    config = with_overrides(from_dict(values), list(overrides))
-    if config.data.dataset != "synthetic" or config.train.task != "prediction":
-        raise ConfigError(
-            "the convergence benchmark measures motion on the built-in videos: set data.dataset=synthetic "
-            "and train.task=prediction"
-        )
-    if not config.mimo.enabled:
-        raise ConfigError("the config is the MiMo arm (the baseline is derived from it): set mimo.weight > 0")
-    return config, settings
 
 
 def evaluation_steps(total_steps: int, every: int) -> list[int]:
@@ -611,8 +294,8 @@ def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> 
     baseline_steps = sorted(baseline)
     mimo_steps = sorted(s for s in mimo if s <= final_step)
     summary = {}
-    for metric in _summarised(baseline[final_step]):
-        higher = _higher_is_better(metric)
+    for metric in summarised(baseline[final_step]):
+        higher = higher_is_better(metric)
         target = baseline[final_step][metric]
         baseline_curve = [baseline[s][metric] for s in baseline_steps]
         base = steps_to_reach(baseline_steps, baseline_curve, target, higher)
@@ -645,196 +328,9 @@ def convergence_summary(evaluations: dict[str, dict[str, dict[str, float]]]) -> 
     return summary
 
 
-def _classifier_settings(settings: ConvergenceSettings) -> dict[str, int]:
-    chosen = {"steps": settings.proxy_classifier_steps, "width": settings.proxy_classifier_width}
-    return {key: value for key, value in chosen.items() if value is not None}
-
-
-def proxy_classifier_config(config: Config, settings: ConvergenceSettings) -> ProxyClassifierConfig:
-    """The project's proxy-FD classifier for this frame size, as `mimo eval` uses it (any clip length).
-
-    Proxy FDs compare only under the same classifier, so its cache key is part of the fingerprint.
-    """
-    return proxy_config(config, **_classifier_settings(settings))
-
-
-class ConvergenceEvaluator:
-    """Held-out clips and the metrics of the registry (mimo.evaluation.metrics) prepared on them, once.
-
-    Clips, sampling and history features are those of `mimo eval` / `mimo probe` (mimo.evaluation.protocols).
-    """
-
-    def __init__(self, config: Config, settings: ConvergenceSettings, device: torch.device):
-        self.settings = settings
-        self.clips = load_clips(config, max(settings.eval_clips, settings.probe_clips))
-        self.held_out = {key: value[: settings.eval_clips] for key, value in self.clips.items()}
-        names = CONVERGENCE_METRICS if config.eval.metrics == "auto" else config.eval.metric_list(config.data.dataset)
-        # eigh: exact for the rank-deficient covariances of a few hundred clips
-        proxy = {"classifier": _classifier_settings(settings), "method": "eigh", "progress": False}
-        self.metrics = build_metrics(list(names), config, self.held_out, str(device), proxy_fd=proxy)
-        self.layer = config.mimo.decoder_layer or config.model.size()[0]
-
-    def __call__(self, model: FrameCausalDiT, config: Config) -> dict[str, float]:
-        samples = generate(model, config, self.held_out, self.settings.seed)
-        scores = {name: round(metric(samples), 4) for name, metric in self.metrics.items()}
-        probe_clips = self.clips["video"][: self.settings.probe_clips]
-        per_frame = history_features(model, probe_clips, config.eval.batch_size)[self.layer]  # (N, T, D)
-        labels = self.clips["label"][: self.settings.probe_clips]
-        c = DEFAULT_C_GRID if self.settings.probe_c is None else self.settings.probe_c
-        probe = linear_probe(per_frame.mean(dim=1), labels, c=c, seed=self.settings.seed)
-        return scores | {PROBE: round(probe.held_out_accuracy, 4)}
-
-
-def _fingerprint(config: Config, settings: ConvergenceSettings) -> str:
-    """What the cached evaluations depend on: the config, the benchmark section and the proxy classifier.
-
-    The config enters as its values that differ from the dataclass defaults, so a key added to the config
-    later does not orphan a run. Not the output folder, and not train.steps: a larger budget continues
-    the same runs.
-    """
-    defaults = Config().to_dict()
-    values = {
-        section: {key: value for key, value in entries.items() if value != defaults[section].get(key)}
-        for section, entries in config.to_dict().items()
-    }
-    for key in ("out_dir", "steps"):
-        values["train"].pop(key, None)
-    classifier = proxy_classifier_config(config, settings).cache_key()
-    text = json.dumps(
-        {"config": values, "benchmark": dataclasses.asdict(settings), "classifier": classifier}, sort_keys=True
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def bench_convergence(args: argparse.Namespace, publish: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-    """Train both arms in chunks of K steps (each a resumable `mimo` run folder), evaluating after each chunk.
-
-    Evaluations are kept in the result JSON: a restarted benchmark skips what is there and resumes each
-    run from its last checkpoint. Arms alternate chunk by chunk, so both curves grow together.
-    """
-    config, settings = load_convergence_config(
-        args.config, [*(TINY_CONVERGENCE_OVERRIDES if args.tiny else ()), *args.set]
-    )
-    if args.tiny:
-        settings = dataclasses.replace(settings, **TINY_CONVERGENCE_SETTINGS)
-    fingerprint = _fingerprint(config, settings)
-    previous_path = args.results_dir / f"{args.result_name}.json"
-    evaluations: dict[str, dict[str, dict[str, float]]] = {"baseline": {}, "mimo": {}}
-    if previous_path.is_file():
-        previous = json.loads(previous_path.read_text())
-        if previous["settings"].get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{previous_path} holds evaluations of another configuration; delete it (and its run folders in "
-                f"{args.runs_dir}) to start over, or pass --name to keep both"
-            )
-        evaluations = previous["results"]["evaluations"]
-    runs_dir = args.runs_dir / args.result_name
-    arms = {"baseline": with_overrides(config, list(BASELINE_OVERRIDES)), "mimo": config}
-    depth, width, heads = config.model.size()
-    settings_json = {
-        "config": str(args.config),
-        "fingerprint": fingerprint,
-        "runs": str(runs_dir),
-        "model": f"{config.model.preset} (depth {depth}, width {width}, heads {heads})",
-        "frame_size": config.data.frame_size,
-        "patch_size": config.model.patch_size,
-        "num_frames": config.data.num_frames,
-        "context_frames": config.context_frames,
-        "batch_size": config.train.batch_size,
-        "steps": config.train.steps,
-        "mask_ratio": config.mimo.mask_ratio,
-        "mimo_weight": config.mimo.weight,
-        "sample_steps": config.sample.steps,
-        **dataclasses.asdict(settings),
-    }
-
-    def payload() -> dict[str, Any]:
-        summary = convergence_summary(evaluations)
-        return {"settings": settings_json, "results": {"evaluations": evaluations, "summary": summary}}
-
-    device = torch.device(default_device())  # where Trainer trains
-    evaluate = ConvergenceEvaluator(config, settings, device)
-    if "proxy_fd" in evaluate.metrics:
-        accuracy = evaluate.metrics["proxy_fd"].classifier.validation_accuracy
-        settings_json["proxy_classifier_accuracy"] = round(accuracy, 4)
-    for step in evaluation_steps(config.train.steps, settings.eval_every):
-        if all(str(step) in evaluations[arm] for arm in arms):
-            continue
-        for arm, arm_config in arms.items():
-            if str(step) in evaluations[arm]:
-                continue
-            run_dir = runs_dir / arm
-            chunk = with_overrides(arm_config, [f"train.steps={step}", f"train.out_dir={run_dir}"])
-            wall, cpu = time.perf_counter(), time.process_time()
-            trained = train(chunk)
-            train_wall, train_cpu = time.perf_counter() - wall, time.process_time() - cpu
-            if trained.interrupted:  # SIGINT/SIGTERM: the trainer saved a checkpoint mid-chunk
-                print(f"[convergence] interrupted at {arm} step {trained.step}; rerun the same command to resume")
-                return payload()
-            checkpoint = find_checkpoint(run_dir)
-            if checkpoint is None or checkpoint.name != f"step_{step:08d}":
-                raise RuntimeError(
-                    f"{run_dir} should end at step {step} after training but its latest checkpoint is {checkpoint}: "
-                    f"the run is ahead of the evaluations in {previous_path}; delete {run_dir} to train this arm again"
-                )
-            model, trained_config = load_trained_model(checkpoint, device=str(device))
-            started = time.perf_counter()
-            metrics = evaluate(model, trained_config)
-            evaluations[arm][str(step)] = metrics | {
-                "train_wall_s": round(train_wall, 1),
-                "train_cpu_s": round(train_cpu, 1),
-                "eval_wall_s": round(time.perf_counter() - started, 1),
-            }
-            print(f"[convergence] {arm} step {step}: " + json.dumps(evaluations[arm][str(step)]), flush=True)
-            publish(payload())
-            plot_convergence(evaluations, args.results_dir / f"{args.result_name}.png")
-    plot_convergence(evaluations, args.results_dir / f"{args.result_name}.png")  # also when nothing was left to do
-    return payload()
-
-
-def _speedup_text(row: dict[str, Any]) -> str:
+def speedup_text(row: dict[str, Any]) -> str:
     bound = "≥ " if row["speedup_is_lower_bound"] else "≤ " if row["speedup_is_upper_bound"] else ""
     return f"{bound}×{row['speedup']}"
-
-
-def plot_convergence(evaluations: dict[str, dict[str, dict[str, float]]], path: Path) -> Path:
-    """One panel per metric, both arms, the baseline's final value dashed and MiMo's crossing marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = convergence_summary(evaluations)
-    colors = {"baseline": "tab:blue", "mimo": "tab:orange"}
-    metrics = list(dict.fromkeys(m for arm in evaluations.values() for v in arm.values() for m in _summarised(v)))
-    metrics = metrics or [PROBE]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), dpi=110, squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for arm, style in (("baseline", "o-"), ("mimo", "s-")):
-            points = sorted((int(s), v[metric]) for s, v in evaluations.get(arm, {}).items())
-            if points:
-                ax.plot(*zip(*points, strict=True), style, label=arm, markersize=3, color=colors[arm])
-        if metric in summary:
-            ax.axhline(summary[metric]["baseline_final"], color="grey", linestyle="--", linewidth=0.8)
-            row = summary[metric]
-            for arm, reached in (("baseline", row["baseline_steps_to_reach"]), ("mimo", row["mimo_steps_to_reach"])):
-                if reached is not None:
-                    ax.axvline(reached, color=colors[arm], linestyle=":", linewidth=0.9)
-            if row["baseline_steps_to_mimo_final"] is not None:  # MiMo fell short: where the baseline was as good
-                ax.axhline(row["mimo_at_same_step"], color=colors["mimo"], linestyle="--", linewidth=0.8)
-                ax.axvline(row["baseline_steps_to_mimo_final"], color=colors["baseline"], linestyle=":", linewidth=0.9)
-            speed = "–" if row["speedup"] is None else f"speed-up {_speedup_text(row)}"
-            ax.set_title(f"MiMo vs the baseline's final value: {speed}", fontsize=9)
-        if metric == "proxy_fd":
-            ax.set_yscale("log")  # it falls by orders of magnitude early, then the arms differ by a few units
-        ax.set_xlabel("training step")
-        ax.set_ylabel(_label(metric), fontsize=8)
-        ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.15, top=0.9, wspace=0.3)  # tight_layout costs ~1 s a call
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 # ----- the results table --------------------------------------------------------------------------
@@ -968,9 +464,9 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
         reach = f"{r['mimo_steps_to_reach']:.0f}" if r["mimo_steps_to_reach"] is not None else "not reached"
         if r["baseline_steps_to_mimo_final"] is not None:
             reach += f" (the baseline reached MiMo's final value at step {r['baseline_steps_to_mimo_final']:.0f})"
-        speedup = "–" if r["speedup"] is None else _speedup_text(r)
+        speedup = "–" if r["speedup"] is None else speedup_text(r)
         lines.append(
-            f"| {_label(metric)} | {r['baseline_final']:.3f} ({r['baseline_final_step']}) | {at_step} "
+            f"| {metric_label(metric)} | {r['baseline_final']:.3f} ({r['baseline_final_step']}) | {at_step} "
             f"| {r['baseline_steps_to_reach']:.0f} | {reach} | {speedup} |"
         )
     return [*lines, "", f"![convergence curves]({image})"]
@@ -987,8 +483,6 @@ SECTIONS = {
 def summary_table(results_dir: Path) -> str:
     """The Markdown of every benchmark JSON in `results_dir` (the README the project's README copies from)."""
     lines = [
-        "# Benchmark results",
-        "",
         "Written by `mimo bench NAME` (`benchmarks/harness.py`) from the JSON files in this folder; regenerated on "
         "every run. Ratios compare arms measured in the same process, interleaved round by round.",
     ]
@@ -1008,111 +502,30 @@ def summary_table(results_dir: Path) -> str:
 
 
 # ----- entry points -------------------------------------------------------------------------------
-BENCHMARKS: dict[str, Callable[[argparse.Namespace, Callable[[dict[str, Any]], Any]], dict[str, Any]]] = {
-    "step": lambda args, publish: bench_step(args),
-    "sampling": lambda args, publish: bench_sampling(args),
-    "utilization": lambda args, publish: bench_utilization(args),
-    "convergence": bench_convergence,
-}
-# --tiny: seconds-long runs for the smoke tests; their figures mean nothing.
-TINY: dict[str, dict[str, Any]] = {
-    "step": {"preset": "micro", "frame_size": 16, "frames": 4, "batch_size": 2, "rounds": 2, "warmup": 1},
-    "sampling": {"preset": "micro", "frame_size": 16, "lengths": [2, 4], "batch_size": 1, "steps": 2},
-    "utilization": {
-        "preset": "micro",
-        "frame_size": 16,
-        "frames": 4,
-        "batch_size": 2,
-        "steps": 1,
-        "matmul_size": 128,
-        "peak_repeats": 2,
-    },
-}
-TINY_CONVERGENCE_OVERRIDES = (
-    "model.preset=micro",
-    "model.depth=null",
-    "model.width=null",
-    "model.heads=null",
-    "mimo.decoder_layer=null",
-    "data.frame_size=16",
-    "model.patch_size=4",
-    "data.num_frames=4",
-    "train.batch_size=2",
-    "train.steps=4",
-    "train.log_every=1",
-    "sample.steps=2",
-)
-TINY_CONVERGENCE_SETTINGS = {
-    "eval_every": 2,
-    "eval_clips": 4,
-    "probe_clips": 20,
-    "proxy_classifier_steps": 2,
-    "proxy_classifier_width": 8,
-    "probe_c": 0.1,
-}
-
-
-def build_parser(name: str) -> argparse.ArgumentParser:
-    """The command-line arguments of benchmark `name` (`mimo bench NAME --help`)."""
+def build_parser(name: str, script: ModuleType) -> argparse.ArgumentParser:
+    """The command-line arguments of benchmark `name` (`mimo bench NAME --help`): its own and the common ones."""
     parser = argparse.ArgumentParser(prog=f"mimo bench {name}", description=SECTIONS[name])
-    if name == "convergence":
-        parser.add_argument("--config", type=Path, default=CONVERGENCE_CPU_CONFIG, help="the MiMo arm's config")
-        parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-        parser.add_argument("--name", default=None, help="result name (default: the config's file name)")
-        parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs" / "bench", help="arms' run folders")
-    else:
-        parser.add_argument("--config", type=Path, default=None, help="YAML the model settings start from")
-        parser.add_argument("--preset", default="tiny", help="model size (config.PRESETS)")
-        parser.add_argument("--frame-size", type=int, default=32)
-        parser.add_argument("--patch-size", type=int, default=4)
-        parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    if name in ("step", "utilization"):
-        parser.add_argument("--frames", type=int, default=8, help="clip length T")
-        parser.add_argument("--batch-size", type=int, default=8)
-    if name == "step":
-        parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="MiMo mask ratios")
-        parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of one step per arm")
-        parser.add_argument("--warmup", type=int, default=2, help="untimed steps per arm first")
-    if name == "sampling":
-        parser.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32], help="frames generated")
-        parser.add_argument("--batch-size", type=int, default=1)
-        parser.add_argument("--steps", type=int, default=8, help="Euler steps per frame")
-        parser.add_argument("--rounds", type=int, default=1)
-    if name == "utilization":
-        parser.add_argument("--ratio", type=float, default=0.5, help="MiMo mask ratio")
-        parser.add_argument("--steps", type=int, default=3, help="timed steps per arm")
-        parser.add_argument("--matmul-size", type=int, default=None, help="side of the peak matmul")
-        parser.add_argument("--peak-repeats", type=int, default=5)
-        parser.add_argument("--gpu-presets", nargs="+", default=["B", "XL"])
-        parser.add_argument("--gpu-frame-size", type=int, default=32, help="a 256 px video's latent side")
-        parser.add_argument("--gpu-patch-size", type=int, default=2, help="DiT-B/2, DiT-XL/2")
-        parser.add_argument("--gpu-frames", type=int, default=16)
-        parser.add_argument("--gpu-batch-size", type=int, default=2, help="XL at 7.4k tokens per clip: ~60 GB")
+    script.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests), not a measurement")
     return parser
 
 
-def _result_name(name: str, args: argparse.Namespace) -> str:
-    base = (args.name or Path(args.config).stem) if name == "convergence" else name
-    return f"{base}-tiny" if args.tiny else base
-
-
 def run_benchmark(name: str, args: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run benchmark `name` with command-line `args`; writes RESULTS/NAME.json and the README table, returns the JSON.
-
-    `name` is one of step, sampling, utilization, convergence; `args` as `mimo bench NAME --help` lists them.
-    """
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark '{name}'; choose one of {', '.join(BENCHMARKS)}")
-    options = build_parser(name).parse_args(list(args or []))
-    if options.tiny:
-        vars(options).update(TINY.get(name, {}))
+    """Run benchmark `name` (the script bench_NAME.py beside this file) with command-line `args`; writes
+    RESULTS/NAME.json and the README table, returns the JSON. `args` as `mimo bench NAME --help` lists them."""
+    if name not in SECTIONS:
+        raise ValueError(f"unknown benchmark '{name}'; choose one of {', '.join(SECTIONS)}")
+    script = importlib.import_module(f"bench_{name}")
+    options = build_parser(name, script).parse_args(list(args or []))
+    if options.tiny:  # seconds-long runs for the smoke tests; their figures mean nothing
+        vars(options).update(getattr(script, "TINY", {}))
     if options.threads:
         torch.set_num_threads(options.threads)
     options.results_dir = options.out or default_results_dir()
-    options.result_name = _result_name(name, options)
+    base = script.result_name(options) if hasattr(script, "result_name") else name
+    options.result_name = f"{base}-tiny" if options.tiny else base
     machine = machine_info(torch.device(default_device()))
     share = CpuShare()
 
@@ -1121,12 +534,9 @@ def run_benchmark(name: str, args: Sequence[str] | None = None) -> dict[str, Any
         write_result(options.result_name, full, options.results_dir)
         return full
 
-    return publish(BENCHMARKS[name](options, publish))
+    return publish(script.measure(options, publish))
 
 
-def main(name: str, argv: Sequence[str] | None = None) -> None:
+def main(name: str) -> None:
     """Script entry (`python benchmarks/bench_NAME.py ...`): run, then print the JSON."""
-    import sys
-
-    payload = run_benchmark(name, sys.argv[1:] if argv is None else argv)
-    print(json.dumps(payload, indent=1))
+    print(json.dumps(run_benchmark(name, sys.argv[1:]), indent=1))

@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 
-from harness import convergence_summary, counted_flops, run_benchmark, steps_to_reach
+from bench_utilization import counted_flops
+from harness import convergence_summary, run_benchmark, steps_to_reach
 from mimo.config import ConfigError
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective

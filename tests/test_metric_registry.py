@@ -4,6 +4,7 @@ benchmark, and the config accepts its name."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from harness import run_benchmark
 from mimo.apps.demo import run_demo
 from mimo.cli import main
 from mimo.config import ConfigError
+from mimo.errors import MetricUnavailableError
 from mimo.evaluation.metrics import METRICS, Metric, build_metrics
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -61,3 +63,10 @@ def test_an_unregistered_metric_is_refused_by_the_config_and_by_build_metrics():
         micro_config("eval.metrics=brightness")
     with pytest.raises(ValueError, match="brightness"):
         build_metrics(["brightness"], micro_config(), {"video": torch.zeros(1, 4, 3, 16, 16)})
+
+
+def test_lpips_is_an_optional_metric_that_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail, as where it is not installed
+    config = micro_config("eval.metrics=lpips")  # a registered name: the config accepts it
+    with pytest.raises(MetricUnavailableError, match="pip install lpips"):
+        build_metrics(config.eval.metric_list(config.data.dataset), config, {"video": torch.zeros(1, 4, 3, 16, 16)})

@@ -31,7 +31,6 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 }
 TASKS = ("unconditional", "class_conditional", "prediction")
 CLEAN_CONDITIONING = ("independent_ln", "clean_timestep")
-MIMO_TARGETS = ("current", "next", "current+next")
 MASK_LOSS_ON = ("dropped", "all")
 PRECISIONS = ("fp32", "bf16")
 
@@ -156,7 +155,13 @@ class MimoConfig:
     def enabled(self) -> bool:
         return self.weight > 0
 
+    def decoder_size(self, backbone_width: int, backbone_heads: int) -> tuple[int, int]:
+        """(width, heads) of the decoder: half the backbone's width and its heads unless set."""
+        return self.decoder_width or backbone_width // 2, self.decoder_heads or backbone_heads
+
     def validate(self, config: Config) -> None:
+        from mimo.objectives.objective import TARGET_OFFSETS
+
         depth, width, heads = config.model.size()
         _check(self.weight >= 0, "mimo.weight", f"λ must be 0 (baseline) or positive, got {self.weight}")
         _check(0 <= self.mask_ratio < 1, "mimo.mask_ratio", f"r must be in [0, 1), got {self.mask_ratio}")
@@ -165,10 +170,10 @@ class MimoConfig:
             "mimo.decoder_layer",
             f"l must be in 1..{depth} (the backbone depth), got {self.decoder_layer}",
         )
-        _check_choice(self.targets, MIMO_TARGETS, "mimo.targets")
+        _check_choice(self.targets, TARGET_OFFSETS, "mimo.targets")
         _check_choice(self.loss_on, MASK_LOSS_ON, "mimo.loss_on")
         _check(self.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
-        decoder_width, decoder_heads = self.decoder_width or width // 2, self.decoder_heads or heads
+        decoder_width, decoder_heads = self.decoder_size(width, heads)
         _check_heads(decoder_width, decoder_heads, config.model.rope, "mimo.decoder_width", "mimo.decoder_heads")
         _check(
             not (self.enabled and self.loss_on == "dropped" and self.mask_ratio == 0),
@@ -398,6 +403,16 @@ class Config:
     @property
     def context_frames(self) -> int:
         return self.train.context_frames if self.train.task == "prediction" else 0
+
+    @property
+    def sample_window(self) -> int:
+        """Clean frames the sampler attends to: sample.window, else the training length's history (T - 1)."""
+        return self.sample.window or self.data.num_frames - 1
+
+    @property
+    def decoder_layer(self) -> int:
+        """l, the 1-based backbone layer MiMo's decoder (and by default the probes) read: the last unless set."""
+        return self.mimo.decoder_layer or self.model.size()[0]
 
     @property
     def num_classes(self) -> int:

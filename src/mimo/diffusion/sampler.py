@@ -147,7 +147,7 @@ def sample_for_task(
         solver=sample.solver,
         grid=sample.grid,
         cfg_scale=sample.cfg_scale,
-        window=sample.window or config.data.num_frames - 1,
+        window=config.sample_window,
         generator=generator,
         use_cache=sample.use_cache,
         progress=progress,

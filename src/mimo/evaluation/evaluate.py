@@ -44,6 +44,7 @@ from mimo.metrics.fvd_protocol import (
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_model_space, to_pixels
+from mimo.models.dit import FrameCausalDiT
 from mimo.train.checkpoint import load_trained_model
 
 SHOWN_VIDEOS = 8
@@ -53,6 +54,17 @@ FRAME_METRICS = {"psnr": psnr, "ssim": ssim}  # scored per frame: a curve along 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _open_run(
+    checkpoint: str | Path, overrides: list[str] | None, out_dir: str | Path | None, job: str, device: str
+) -> tuple[FrameCausalDiT, Config, Path]:
+    """The run's EMA model and config (with `overrides`), and the output folder (default: RUN/`job`), created."""
+    model, config = load_trained_model(checkpoint, device=device)
+    config = with_overrides(config, overrides or [])
+    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / job
+    out.mkdir(parents=True, exist_ok=True)
+    return model, config, out
 
 
 def evaluate_run(
@@ -69,10 +81,7 @@ def evaluate_run(
     trains in; `extractor` replaces the I3D of FVD (`extractor_source` names it on the protocol card).
     Past the training length (`eval.num_frames`), quality is also scored along the video (drift).
     """
-    model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    model, config, out = _open_run(checkpoint, overrides, out_dir, "eval", device)
     batch, k = config.eval.batch_size, config.context_frames
     length = config.eval.num_frames or config.data.num_frames
     real_config = with_real_videos(config, length, pixel_size(config))
@@ -211,10 +220,7 @@ def probe_run(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot."""
-    model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "probe"
-    out.mkdir(parents=True, exist_ok=True)
+    model, config, out = _open_run(checkpoint, overrides, out_dir, "probe", device)
     clips = load_clips(config, config.eval.probe_clips)
     labels = clips["label"]
     if bool((labels < 0).any()):
@@ -229,7 +235,7 @@ def probe_run(
         if reference_features is not None
         else {}
     )
-    chosen = config.eval.probe_layer or config.mimo.decoder_layer or model.depth
+    chosen = config.eval.probe_layer or config.decoder_layer
     results = {
         "checkpoint": str(checkpoint),
         "num_clips": len(labels),

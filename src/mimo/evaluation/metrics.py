@@ -157,53 +157,58 @@ class ProxyFD(Metric):
         )
 
 
+class TrajectoryMetric(Metric):
+    """A figure of the objects' trajectory error (`TrajectoryError.<figure>`) in the generated frames."""
+
+    needs_motion = True
+    figure = "mean_error"
+
+    def __call__(self, samples: Tensor) -> float:
+        return getattr(score_trajectory(samples, self.clips, self.context_frames), self.figure)
+
+
 @register_metric("trajectory")
-class Trajectory(Metric):
+class Trajectory(TrajectoryMetric):
     """Mean distance (px) of the objects in the generated frames from their true positions."""
 
     label = "trajectory error (px, lower is better)"
-    needs_motion = True
-
-    def __call__(self, samples: Tensor) -> float:
-        return score_trajectory(samples, self.clips, self.context_frames).mean_error
 
 
 @register_metric("miss_rate")
-class MissRate(Metric):
+class MissRate(TrajectoryMetric):
     """Share of the objects that the generated frames lost (no pixels of their colour)."""
 
     label = "objects lost (lower is better)"
-    needs_motion = True
+    figure = "miss_rate"
+
+
+class FrameMetric(Metric):
+    """A per-frame comparison of the generated frames with the true ones, averaged."""
+
+    def compare(self, fake: Tensor, real: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def __call__(self, samples: Tensor) -> float:
-        return score_trajectory(samples, self.clips, self.context_frames).miss_rate
+        return self.compare(*self.generated(samples)).mean().item()
 
 
 @register_metric("psnr")
-class PSNR(Metric):
-    """PSNR (dB) of the generated frames against the true ones."""
-
+class PSNR(FrameMetric):
     label = "PSNR (dB, higher is better)"
     higher_is_better = True
-
-    def __call__(self, samples: Tensor) -> float:
-        return psnr(*self.generated(samples)).mean().item()
+    compare = staticmethod(psnr)
 
 
 @register_metric("ssim")
-class SSIM(Metric):
-    """SSIM of the generated frames against the true ones."""
-
+class SSIM(FrameMetric):
     label = "SSIM (higher is better)"
     higher_is_better = True
-
-    def __call__(self, samples: Tensor) -> float:
-        return ssim(*self.generated(samples)).mean().item()
+    compare = staticmethod(ssim)
 
 
 @register_metric("lpips")
-class LPIPS(Metric):
-    """LPIPS-AlexNet of the generated frames against the true ones; needs `pip install lpips` and local weights."""
+class LPIPS(FrameMetric):
+    """LPIPS-AlexNet; needs `pip install lpips` and its weights locally (MetricUnavailableError says how)."""
 
     label = "LPIPS (lower is better)"
 
@@ -211,6 +216,5 @@ class LPIPS(Metric):
         super().__init__(config, clips, device)
         self.network = load_lpips(device=device)
 
-    def __call__(self, samples: Tensor) -> float:
-        fake, real = self.generated(samples)
-        return lpips_distance(fake.to(self.device), real.to(self.device), self.network).mean().item()
+    def compare(self, fake: Tensor, real: Tensor) -> Tensor:
+        return lpips_distance(fake.to(self.device), real.to(self.device), self.network)

@@ -4,6 +4,7 @@ trivial predictor that repeats the last context frame; the history features that
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from einops import reduce
@@ -20,6 +21,18 @@ EVAL_CLIPS = 32
 EVAL_SEED = 12345  # held-out clips: a seed no training clip uses
 
 
+def _sampler_settings(config: Config) -> dict[str, Any]:
+    """The run's sampler (steps, solver, grid, window) and the fixed noise seed every rollout starts from."""
+    sample = config.sample
+    return {
+        "steps": sample.steps,
+        "solver": sample.solver,
+        "grid": sample.grid,
+        "window": config.sample_window,
+        "generator": torch.Generator().manual_seed(0),
+    }
+
+
 def autoregressive(
     model, config: Config, clips: dict[str, torch.Tensor], num_frames: int, progress: bool = True
 ) -> tuple[torch.Tensor, float]:
@@ -30,12 +43,8 @@ def autoregressive(
         model,
         num_frames,
         context=context,
-        steps=config.sample.steps,
-        solver=config.sample.solver,
-        grid=config.sample.grid,
-        window=config.data.num_frames - 1,
-        generator=torch.Generator().manual_seed(0),
         progress=progress,
+        **_sampler_settings(config),
     )
     generated = (num_frames - config.context_frames) * context.shape[0]
     return samples, (time.perf_counter() - started) / generated
@@ -46,16 +55,7 @@ def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
     motion, without the compounding of its own errors that autoregressive sampling adds."""
     k = config.context_frames
     generated = [
-        sample_video(
-            model,
-            t + 1,
-            context=video[:, :t],
-            steps=config.sample.steps,
-            solver=config.sample.solver,
-            grid=config.sample.grid,
-            window=config.data.num_frames - 1,
-            generator=torch.Generator().manual_seed(0),
-        )[:, -1:]
+        sample_video(model, t + 1, context=video[:, :t], **_sampler_settings(config))[:, -1:]
         for t in range(k, video.shape[1])
     ]
     return torch.cat([video[:, :k], *generated], dim=1)

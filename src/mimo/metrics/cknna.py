@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_TOP_K = 10  # the platonic-rep default, and METHOD.md's
+DEFAULT_TOP_K = 10  # the platonic-rep default, and docs/method.md's
 
 
 def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:

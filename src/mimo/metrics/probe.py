@@ -3,7 +3,7 @@
 A fixed recipe so that probe accuracies are comparable across models and runs: a seeded random
 split, features standardised with the training part's statistics, then multinomial logistic
 regression with an L2 penalty, fitted to its optimum by full-batch L-BFGS in float64. The penalty
-strength C is swept (as METHOD.md asks) and picked on a validation part of the training split, then
+strength C is swept (as docs/method.md asks) and picked on a validation part of the training split, then
 the probe is refitted on the whole training split; the held-out part is used once, for the score.
 The objective is scikit-learn's `LogisticRegression(C=C)` (mean cross-entropy + ‖W‖²/(2·C·n), the
 bias unpenalised), so the two agree; torch keeps scikit-learn optional.

@@ -1,7 +1,7 @@
 """Attention with the frame-causal rules of Complete Teacher Forcing, 3-D rotary positions, a KV cache.
 
 Every token carries a frame position and a flag "clean" (history) or "noisy" (being denoised).
-The attention rules of METHOD.md are a pure function of those two per-token values, so the
+The attention rules of docs/method.md are a pure function of those two per-token values, so the
 training mask, the uncached sampler and the MiMo decoder all use `frame_causal_mask`; the cached
 sampler needs no mask at all because everything in the cache is visible by construction.
 """

@@ -18,7 +18,7 @@ from mimo.errors import InputError
 if TYPE_CHECKING:
     from mimo.models.dit import FrameCausalDiT
 
-PIXEL_RANGE = (-1.0, 1.0)  # METHOD.md: pixels live in [-1, 1]
+PIXEL_RANGE = (-1.0, 1.0)  # docs/method.md: pixels live in [-1, 1]
 PIXEL_TOLERANCE = 1e-3  # resizing and decoding overshoot by rounding; beyond this it is a scaling bug
 
 

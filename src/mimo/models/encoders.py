@@ -268,32 +268,13 @@ class _FeatureExtractor(nn.Module):
 
 
 def extract_features(
-    dataset: Dataset,
-    encoder: FrameEncoder,
-    out_dir: str | Path,
-    grid: int | None = None,
-    shard_size: int = 1024,
-    batch_size: int = 16,
-    *,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    storage_dtype: torch.dtype = torch.float16,
-    progress: bool = True,
+    dataset: Dataset, encoder: FrameEncoder, out_dir: str | Path, grid: int | None = None, **options: Any
 ) -> dict[str, Any]:
     """Store `encoder`'s features of every clip of `dataset` (pixels in [-1, 1]) under `out_dir`.
 
     `grid`: resize to the backbone's token grid (frame_size / patch_size) now, which makes the cache
-    smaller when the encoder's grid is finer; None keeps the encoder's grid. Rerun the same call
-    after an interruption to finish the missing shards. Returns the manifest.
+    smaller when the encoder's grid is finer; None keeps the encoder's grid. `options` are those of
+    `mimo.data.latents.encode_dataset` (shard_size, batch_size, device, storage_dtype, ...). Rerun the
+    same call after an interruption to finish the missing shards. Returns the manifest.
     """
-    return encode_dataset(
-        dataset,
-        _FeatureExtractor(encoder, grid),
-        out_dir,
-        shard_size,
-        batch_size,
-        num_workers=num_workers,
-        device=device,
-        storage_dtype=storage_dtype,
-        progress=progress,
-    )
+    return encode_dataset(dataset, _FeatureExtractor(encoder, grid), out_dir, **options)

@@ -28,6 +28,8 @@ from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_simil
 from mimo.objectives.masking import TubeMask, kept_count, tube_mask
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
+# mimo.targets: which frames history frame t reconstructs, as offsets from t (the paper's φ(t' - t)).
+TARGET_OFFSETS = {"current": (0,), "next": (1,), "current+next": (0, 1)}
 
 
 @dataclass
@@ -84,12 +86,8 @@ def mimo_targets(video: Tensor, patch_size: int, targets: str, normalize: bool) 
         mean = patches.mean(dim=-1, keepdim=True)
         var = patches.var(dim=-1, keepdim=True)
         patches = (patches - mean) / (var + NORM_PIX_EPS).sqrt()
-    chosen = {
-        "current": [patches[:, :-1]],
-        "next": [patches[:, 1:]],
-        "current+next": [patches[:, :-1], patches[:, 1:]],
-    }[targets]
-    return torch.stack(chosen, dim=3)
+    history = patches.shape[1] - 1  # frames 0..T-2 are history frames with a next frame
+    return torch.stack([patches[:, offset : offset + history] for offset in TARGET_OFFSETS[targets]], dim=3)
 
 
 def masked_reconstruction_loss(prediction: Tensor, target: Tensor, dropped: Tensor | None) -> Tensor:
@@ -111,16 +109,17 @@ class TrainingObjective(nn.Module):
         self.config = config
         self.backbone = backbone
         mimo = config.mimo
-        self.decoder_layer = mimo.decoder_layer or backbone.depth
+        self.decoder_layer = config.decoder_layer
         self.decoder = None
         if mimo.enabled:
+            decoder_width, decoder_heads = mimo.decoder_size(backbone.width, backbone.heads)
             self.decoder = MimoDecoder(
                 backbone_width=backbone.width,
-                width=mimo.decoder_width or backbone.width // 2,
+                width=decoder_width,
                 depth=mimo.decoder_depth,
-                heads=mimo.decoder_heads or backbone.heads,
+                heads=decoder_heads,
                 patch_dim=backbone.channels * backbone.patch_size**2,
-                num_targets=2 if mimo.targets == "current+next" else 1,
+                num_targets=len(TARGET_OFFSETS[mimo.targets]),
                 grid=backbone.grid,
                 rope=config.model.rope,
                 qk_norm=config.model.qk_norm,

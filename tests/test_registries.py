@@ -1,0 +1,78 @@
+"""Each option set is one registry beside its implementation: an entry added there is accepted by the config
+and used by the code that reads the option, with no other edit (README, "How to extend")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from conftest import micro_config, micro_model
+from mimo.config import ConfigError
+from mimo.data import DATASETS, build_dataset
+from mimo.diffusion import flow
+from mimo.diffusion.sampler import sample_video
+from mimo.objectives.objective import build_ctf_batch
+
+
+def test_a_new_sampling_grid_is_accepted_by_the_config_and_stepped_through_by_the_sampler(monkeypatch):
+    seen = []
+
+    def quadratic_grid(steps: int) -> torch.Tensor:  # more steps near the clean end
+        levels = torch.linspace(1.0, 0.0, steps + 1) ** 2
+        seen.append(levels)
+        return levels
+
+    with pytest.raises(ConfigError, match=r"sample\.grid"):
+        micro_config("sample.grid=quadratic")
+    monkeypatch.setitem(flow.SAMPLING_GRIDS, "quadratic", quadratic_grid)
+    config = micro_config("sample.grid=quadratic", "sample.steps=3")
+    model = micro_model(config)
+    levels = []
+    original = model.forward
+
+    def recording(noisy, noise_level, *args, **kwargs):
+        levels.append(noise_level.flatten()[0].item())
+        return original(noisy, noise_level, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    sample_video(model, 1, batch_size=1, steps=3, grid=config.sample.grid, use_cache=False)
+    assert len(seen) == 1 and levels == pytest.approx(seen[0][:-1].tolist())
+
+
+def test_a_new_noise_level_sampler_is_accepted_by_the_config_and_drawn_by_the_objective(monkeypatch):
+    def constant_levels(shape, generator, diffusion):
+        return torch.full(shape, 0.25)
+
+    with pytest.raises(ConfigError, match=r"diffusion\.timestep_sampling"):
+        micro_config("diffusion.timestep_sampling=constant")
+    monkeypatch.setitem(flow.NOISE_LEVEL_SAMPLERS, "constant", constant_levels)
+    config = micro_config("diffusion.timestep_sampling=constant")
+    video = torch.zeros(2, config.data.num_frames, 3, config.data.frame_size, config.data.frame_size)
+    batch = build_ctf_batch(video, None, config, 0, torch.Generator().manual_seed(0), grid=4)
+    assert torch.equal(batch.noise_level, torch.full_like(batch.noise_level, 0.25))
+
+
+class Blank(Dataset):
+    """A toy dataset: black clips of the configured shape."""
+
+    def __init__(self, config, count: int):
+        self.shape, self.count = (config.num_frames, config.channels, config.frame_size, config.frame_size), count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"video": -torch.ones(self.shape), "label": torch.tensor(0)}
+
+
+def test_a_new_dataset_is_accepted_by_the_config_and_built_by_name(monkeypatch):
+    with pytest.raises(ConfigError, match=r"data\.dataset"):
+        micro_config("data.dataset=blank", "data.path=unused")
+    def blank(config, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
+        return Blank(config, num_clips or 5)
+
+    monkeypatch.setitem(DATASETS, "blank", blank)
+    config = micro_config("data.dataset=blank", "data.path=unused")
+    dataset = build_dataset(config.data, "eval", num_clips=3)
+    assert isinstance(dataset, Blank) and len(dataset) == 3
