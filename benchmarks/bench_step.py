@@ -2,7 +2,8 @@
 
     python benchmarks/bench_step.py [--preset tiny] [--batch-size 8] [--rounds 5] [--threads 1]
 
-Writes benchmarks/results/step.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
+Writes RESULTS/step.json (with the machine it ran on) and refreshes RESULTS/README.md, RESULTS being --out
+(default runs/bench-results; the published ones: --out benchmarks/results);
 the logic lives in `harness.py` beside this script (also `mimo bench step`). `--help` lists the options.
 """
 

@@ -66,8 +66,9 @@ MIB = 2**20
 
 # ----- the machine and the results folder ---------------------------------------------------------
 def default_results_dir() -> Path:
-    """`benchmarks/results/` beside this harness."""
-    return BENCHMARKS_DIR / "results"
+    """`runs/bench-results/` of the checkout: untracked, so a run never rewrites the published results;
+    publish with `--out benchmarks/results`."""
+    return REPO_ROOT / "runs" / "bench-results"
 
 
 def cpu_model() -> str:
@@ -1089,7 +1090,12 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         parser.add_argument("--gpu-frames", type=int, default=16)
         parser.add_argument("--gpu-batch-size", type=int, default=2, help="XL at 7.4k tokens per clip: ~60 GB")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: runs/bench-results; published: benchmarks/results)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests), not a measurement")
     return parser
 
@@ -1121,7 +1127,9 @@ def run_benchmark(name: str, args: Sequence[str] | None = None) -> dict[str, Any
         write_result(options.result_name, full, options.results_dir)
         return full
 
-    return publish(BENCHMARKS[name](options, publish))
+    payload = publish(BENCHMARKS[name](options, publish))
+    print(f"wrote {options.results_dir / options.result_name}.json and {options.results_dir / 'README.md'}")
+    return payload
 
 
 def main(name: str, argv: Sequence[str] | None = None) -> None:

@@ -16,21 +16,25 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mimo.config import Config, with_overrides
+from mimo.config import Config, with_sampling_overrides
 from mimo.data.media import plot_curves, save_gif, video_grid
+from mimo.diffusion.cost import sampling_cost
+from mimo.errors import ConfigError
 from mimo.evaluation.metrics import build_metrics, proxy_config, score_trajectory
 from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.cknna import cknna
 from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_pixels
-from mimo.train.checkpoint import load_trained_model
+from mimo.models.dit import FrameCausalDiT
+from mimo.train.checkpoint import load_trained_model, run_folder
 
 SHOWN_VIDEOS = 8
 
@@ -42,14 +46,18 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def evaluate_run(
     checkpoint: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures."""
+    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures to
+    `out_dir` (default: RUN/eval, RUN being the run folder or exported model evaluated). Prints the cost first."""
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    config = with_sampling_overrides(config, overrides or [])
     clips = load_clips(config, config.eval.num_videos)
     real = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
     metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device)
+    seeds = len(config.eval.seed_list())
+    cost = sampling_cost(model, config, config.eval.num_videos, config.eval.batch_size, seeds)
+    print(cost.describe("eval sampling"), file=sys.stderr)
+    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
     for seed in config.eval.seed_list():
@@ -60,6 +68,7 @@ def evaluate_run(
             per_frame.append(score_trajectory(fake, real, config.context_frames).per_frame_error)
     results = {
         "checkpoint": str(checkpoint),
+        "out_dir": str(out),
         "num_videos": config.eval.num_videos,
         "seeds": config.eval.seed_list(),
         "sample_steps": config.sample.steps,
@@ -94,18 +103,24 @@ def probe_run(
     out_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot."""
+    """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot
+    to `out_dir` (default: RUN/probe)."""
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "probe"
-    out.mkdir(parents=True, exist_ok=True)
-    clips = load_clips(config, config.eval.probe_clips)
+    config = with_sampling_overrides(config, overrides or [])
+    other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
+    clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips")
     labels = clips["label"]
     if bool((labels < 0).any()):
-        raise ValueError("probing needs class labels; this dataset is unlabelled (use class folders, UCF-101 or K-600)")
+        raise ConfigError(
+            "data.dataset: probing needs class labels, but this dataset is unlabelled "
+            "(use class_folders, ucf101 or kinetics600)"
+        )
+    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / "probe"
+    out.mkdir(parents=True, exist_ok=True)
     features = history_features(model, clips["video"], config.eval.batch_size)
     clip_features = {layer: f.mean(dim=1) for layer, f in features.items()}
-    reference_features, reference_name = _reference_features(reference, config, clips, device)
+    reference_name = f"run {reference}" if reference is not None else None
+    reference_features, reference_name = _reference_features(other, reference_name, config, clips, device)
     layers = sorted(clip_features)
     accuracy = {layer: linear_probe(clip_features[layer], labels).held_out_accuracy for layer in layers}
     alignment = (
@@ -116,6 +131,7 @@ def probe_run(
     chosen = config.eval.probe_layer or config.mimo.decoder_layer or model.depth
     results = {
         "checkpoint": str(checkpoint),
+        "out_dir": str(out),
         "num_clips": len(labels),
         "chance_accuracy": 1 / int(labels.max() + 1),
         "layer": chosen,
@@ -133,13 +149,17 @@ def probe_run(
 
 
 def _reference_features(
-    reference: str | Path | None, config: Config, clips: dict[str, Tensor], device: str
+    reference: tuple[FrameCausalDiT, Config] | None,
+    reference_name: str | None,
+    config: Config,
+    clips: dict[str, Tensor],
+    device: str,
 ) -> tuple[Tensor | None, str]:
     """Clip features of the reference representation: another run's last layer, or the proxy classifier."""
     if reference is not None:
-        other, other_config = load_trained_model(reference, device=device)
+        other, other_config = reference
         features = history_features(other, clips["video"], other_config.eval.batch_size)
-        return features[other.depth].mean(dim=1), f"run {reference} (layer {other.depth})"
+        return features[other.depth].mean(dim=1), f"{reference_name} (layer {other.depth})"
     if config.data.dataset == "synthetic":
         proxy = load_proxy_classifier(proxy_config(config), device=device)
         with torch.no_grad():

@@ -30,6 +30,7 @@ from mimo.data import build_dataset, stack_clips
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
+from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import NonFiniteLossError
 from mimo.models import build_backbone
@@ -89,6 +90,8 @@ class TrainResult:
     checkpoint: Path | None
     interrupted: bool = False
     seconds: float = 0.0
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
+    out_of_time: bool = False  # train.max_seconds ended the run before train.steps
 
 
 def _lr_factor(step: int, warmup: int) -> float:
@@ -128,6 +131,7 @@ class Trainer:
         self.clips_seen = 0  # position in the data stream (data.order)
         self.saved_step: int | None = None
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self.logger = MetricsLogger(self.run_dir, self.dist.is_main, train.tensorboard)
 
     @property
@@ -227,7 +231,7 @@ class Trainer:
         """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run."""
 
         def request_stop(signum, frame):
-            self.stop_requested = True
+            self.stop_requested, self.stop_signal = True, signum
             if self.dist.is_main:
                 tqdm.write(f"signal {signum} received: saving a checkpoint at the end of this step")
 
@@ -296,20 +300,22 @@ class Trainer:
 
     def train(self) -> TrainResult:
         config, train = self.config, self.config.train
-        if self.dist.is_main:
+        checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
+        if self.dist.is_main:  # only then is anything written
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        checkpoint = self.resume() if train.resume else None
         previous_handlers = self._install_signal_handlers()
         batches = self.batches()
         last, interval = {}, {}
         started = time.perf_counter()
         bar = tqdm(total=train.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
         tick = time.perf_counter()
+        out_of_time = False
         try:
             first_step = self.step
             while self.step < train.steps and not self.stop_requested:
                 if self.step > first_step and self._out_of_time(started):
+                    out_of_time = True
                     break
                 losses = self.train_step(batches)
                 self.step += 1
@@ -342,12 +348,21 @@ class Trainer:
         interrupted = self.stop_requested
         if self.step > 0 and self.step != self.saved_step:
             checkpoint = self.save()
+        if out_of_time and self.dist.is_main:
+            tqdm.write(
+                f"train.max_seconds={train.max_seconds:g} reached: stopped at step {self.step} of {train.steps}, "
+                f"checkpoint saved; run the same command again to continue"
+            )
         if not interrupted and self.step > 0:
-            self.write_samples()
+            if train.sample_at_end:
+                self.write_samples(announce=True)
             if self.dist.is_main:
                 self.plot_losses()
         self.logger.close()
-        return TrainResult(self.run_dir, self.step, last, checkpoint, interrupted, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            self.run_dir, self.step, last, checkpoint, interrupted, seconds, self.stop_signal, out_of_time
+        )
 
     # ----- pictures ----------------------------------------------------------------------------
     def sampling_model(self) -> FrameCausalDiT | None:
@@ -361,13 +376,17 @@ class Trainer:
         model.load_state_dict(tensors)
         return model.to(self.device).eval()
 
-    def write_samples(self) -> Path | None:
-        """GIF of held-out clips (top row) and EMA samples with the same context or labels (bottom row)."""
+    def write_samples(self, announce: bool = False) -> Path | None:
+        """GIF of held-out clips (top row) and EMA samples with the same context or labels (bottom row);
+        `announce`: print what it costs first (train.sample_at_end=false skips the one at the end)."""
         model = self.sampling_model()
         path = None
         if model is not None:
             eval_set = build_dataset(self.config.data, "eval", num_clips=SAMPLE_VIDEOS)
             clips = stack_clips(eval_set, min(SAMPLE_VIDEOS, len(eval_set)))
+            if announce:
+                cost = sampling_cost(model, self.config, len(clips["video"]))
+                tqdm.write(cost.describe("samples at the end of training (train.sample_at_end=false skips them)"))
             video, labels = clips["video"].to(self.device), clips["label"].to(self.device)
             samples = sample_for_task(model, self.config, video, labels, torch.Generator().manual_seed(0))
             path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
