@@ -143,6 +143,13 @@ def _bench(args: argparse.Namespace) -> None:
     runpy.run_path(str(script), run_name="__main__")
 
 
+def _positive(text: str) -> int:
+    """An argument type: an integer of at least 1 (argparse reports anything else as a usage error)."""
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimo", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere in the line)")
@@ -209,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae", default=None, help="local folder of the pretrained VAE (diffusers format); needed by autoencoder_kl"
     )
     encode.add_argument("--out", required=True, help="output folder (resumes when interrupted)")
-    encode.add_argument("--shard-size", type=int, default=1024)
-    encode.add_argument("--batch-size", type=int, default=16)
+    encode.add_argument("--shard-size", type=_positive, default=1024)
+    encode.add_argument("--batch-size", type=_positive, default=16)
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=_data_encode)
     return parser

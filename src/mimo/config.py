@@ -506,9 +506,7 @@ def with_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
-# What a trained model's weights fix: at sampling, evaluation or probing time only the other keys may change.
-SAMPLING_TIME_KEYS = ("sample.", "eval.", "data.", "train.context_frames")
-FIXED_BY_WEIGHTS = ("data.frame_size", "data.channels", "data.num_classes")
+FIXED_BY_WEIGHTS = ("data.frame_size", "data.channels", "data.num_classes")  # besides model.*, mimo.*, ...
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -518,19 +516,23 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def with_sampling_overrides(config: Config, overrides: list[str]) -> Config:
-    """`with_overrides` for a trained run's config: a key the weights fix (the model, the objective, the
-    frame size) is refused by name, never silently ignored."""
+def with_sampling_overrides(config: Config, overrides: list[str], used: tuple[str, ...]) -> Config:
+    """`with_overrides` for a trained run's config, where only keys starting with one of `used` (those the
+    command reads) may change: any other override is refused by name, never silently ignored. Keys the
+    weights fix (the model, the objective, the frame size) are refused as such."""
     updated = with_overrides(config, overrides)
     before, after = _flatten(config.to_dict()), _flatten(updated.to_dict())
     for key, value in after.items():
-        fixed = key in FIXED_BY_WEIGHTS or not key.startswith(SAMPLING_TIME_KEYS)
-        if fixed and value != before[key]:
+        if value == before[key]:
+            continue
+        if key in FIXED_BY_WEIGHTS or not key.startswith(("sample.", "eval.", "data.", "train.context_frames")):
             raise ConfigError(
                 f"{key}={value} cannot be applied to a trained model: its weights were trained with "
-                f"{key}={before[key]}; here only sample.*, eval.*, data.* (but {', '.join(FIXED_BY_WEIGHTS)}) and "
-                "train.context_frames may change; to change the model, train one with `mimo train`"
+                f"{key}={before[key]}; to change it, train another model with `mimo train`"
             )
+        if not key.startswith(used):
+            read = ", ".join(prefix + "*" if prefix.endswith(".") else prefix for prefix in used)
+            raise ConfigError(f"{key} has no effect here: this command reads only {read}")
     return updated
 
 

@@ -18,14 +18,15 @@ from mimo.models.autoencoder import to_pixels
 from mimo.train.checkpoint import (
     find_trained_checkpoint,
     load_trained_model,
+    output_folder,
     read_state,
-    run_folder,
     save_json,
     save_tensors,
 )
 from mimo.train.distributed import default_device
 
 SAMPLES_DIR = "samples_cli"  # under the run folder (or the exported model) sampled from
+SAMPLE_KEYS = ("sample.", "data.", "train.context_frames")  # the settings sampling reads
 
 
 def sample_from_checkpoint(
@@ -47,9 +48,10 @@ def sample_from_checkpoint(
     """
     device = default_device(device)
     model, config = load_trained_model(checkpoint, use_ema=use_ema, device=device)
+    out = output_folder(checkpoint, out_dir, SAMPLES_DIR)
     given = {"sample.num_videos": num_videos, "sample.num_frames": num_frames}
     settings = [f"{key}={value}" for key, value in given.items() if value is not None]
-    config = with_sampling_overrides(config, [*(overrides or []), *settings])
+    config = with_sampling_overrides(config, [*(overrides or []), *settings], SAMPLE_KEYS)
     count = config.sample.num_videos
     eval_set = build_dataset(config.data, "eval", num_clips=count)
     if len(eval_set) < count:
@@ -62,7 +64,6 @@ def sample_from_checkpoint(
     video, labels = clips["video"].to(device), clips["label"].to(device)
     generator = torch.Generator().manual_seed(seed)
     samples = sample_for_task(model, config, video, labels, generator, progress=True).cpu()
-    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / SAMPLES_DIR
     out.mkdir(parents=True, exist_ok=True)
     paths = {"npz": out / "samples.npz"}
     np.savez_compressed(paths["npz"], samples=samples.numpy(), labels=labels.cpu().numpy(), real=video.cpu().numpy())

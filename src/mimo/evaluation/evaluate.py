@@ -34,9 +34,11 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_pixels
 from mimo.models.dit import FrameCausalDiT
-from mimo.train.checkpoint import load_trained_model, run_folder
+from mimo.train.checkpoint import load_trained_model, output_folder
 
 SHOWN_VIDEOS = 8
+EVAL_KEYS = ("sample.", "eval.", "data.", "train.context_frames")  # the settings evaluation reads
+PROBE_KEYS = ("eval.", "data.")  # probing reads clean clips: no sampling, no context
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -49,14 +51,14 @@ def evaluate_run(
     """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures to
     `out_dir` (default: RUN/eval, RUN being the run folder or exported model evaluated). Prints the cost first."""
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_sampling_overrides(config, overrides or [])
+    config = with_sampling_overrides(config, overrides or [], EVAL_KEYS)
+    out = output_folder(checkpoint, out_dir, "eval")
     clips = load_clips(config, config.eval.num_videos)
     real = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
     metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device)
     seeds = len(config.eval.seed_list())
     cost = sampling_cost(model, config, config.eval.num_videos, config.eval.batch_size, seeds)
     print(cost.describe("eval sampling"), file=sys.stderr)
-    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
@@ -106,7 +108,8 @@ def probe_run(
     """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot
     to `out_dir` (default: RUN/probe)."""
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_sampling_overrides(config, overrides or [])
+    config = with_sampling_overrides(config, overrides or [], PROBE_KEYS)
+    out = output_folder(checkpoint, out_dir, "probe")
     other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
     clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips")
     labels = clips["label"]
@@ -115,7 +118,6 @@ def probe_run(
             "data.dataset: probing needs class labels, but this dataset is unlabelled "
             "(use class_folders, ucf101 or kinetics600)"
         )
-    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / "probe"
     out.mkdir(parents=True, exist_ok=True)
     features = history_features(model, clips["video"], config.eval.batch_size)
     clip_features = {layer: f.mean(dim=1) for layer, f in features.items()}

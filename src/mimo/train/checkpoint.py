@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from mimo.config import Config, from_dict
 from mimo.data.atomic import fsync_directory, write_atomically
-from mimo.errors import CheckpointError
+from mimo.errors import ArgumentError, CheckpointError
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
 from mimo.train.distributed import load_full_model_state
@@ -199,6 +199,15 @@ def run_folder(path: str | Path) -> Path:
     if (path / STATE_FILE).is_file() and path.parent.name == CHECKPOINT_DIR:
         return path.parent.parent
     return path
+
+
+def output_folder(checkpoint: str | Path, out_dir: str | Path | None, name: str) -> Path:
+    """Where a command writes what it made of a trained model: `out_dir`, else RUN/`name` (see `run_folder`).
+    Checked before any work: a file in the way is refused."""
+    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / name
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"output folder {out} is a file; give another --out")
+    return out
 
 
 def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[FrameCausalDiT, Config]:
