@@ -237,15 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    names = (args.command, getattr(args, "data_command", None), getattr(args, "weights_command", None))
+    command = " ".join(["mimo", *filter(None, names)])  # as argparse names it: `mimo data encode`
     try:
         args.run(args)
     except (MimoError, OSError) as error:  # OSError: a file that is missing, unreadable or on a full disk
         if args.debug:
             raise
-        print(f"mimo {args.command}: error: {one_line(error)}", file=sys.stderr)
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return error.exit_status if isinstance(error, Interrupted) else 2
     except KeyboardInterrupt:
-        print(f"mimo {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     return 0
 

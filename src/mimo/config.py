@@ -526,9 +526,10 @@ def with_sampling_overrides(config: Config, overrides: list[str], used: tuple[st
         if value == before[key]:
             continue
         if key in FIXED_BY_WEIGHTS or not key.startswith(("sample.", "eval.", "data.", "train.context_frames")):
+            trained = "null (the default)" if before[key] is None else before[key]
             raise ConfigError(
                 f"{key}={value} cannot be applied to a trained model: its weights were trained with "
-                f"{key}={before[key]}; to change it, train another model with `mimo train`"
+                f"{key}={trained}; to change it, train another model with `mimo train`"
             )
         if not key.startswith(used):
             read = ", ".join(prefix + "*" if prefix.endswith(".") else prefix for prefix in used)

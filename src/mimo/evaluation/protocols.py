@@ -100,7 +100,7 @@ def load_clips(config: Config, count: int, key: str = "eval.num_videos") -> dict
     if len(dataset) < count:
         raise ConfigError(
             f"{key}: the evaluation data has {len(dataset)} clips, fewer than the {count} requested; "
-            f"set {key}={len(dataset)} or fewer"
+            f"set {key}={len(dataset)} or fewer, or evaluate on a dataset with more clips (data.path)"
         )
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, Tensor) and config.eval.balanced_classes and bool((labels >= 0).all()):
