@@ -106,6 +106,9 @@ CLI_CASES = {
         "train " + " ".join(RUN) + " train.steps=3 model.width=32 train.out_dir={ws}/run",
         "was saved from a different model or config",
     ),
+    "start-over-in-a-run-folder": Case(
+        "train " + " ".join(RUN) + " train.resume=false train.out_dir={ws}/run", "train.resume=false: "
+    ),
     "export-into-a-checkpoint": Case(
         "export {ws}/run {ws}/run/checkpoints/step_00000002", "already exists and is not an empty folder"
     ),
@@ -221,6 +224,12 @@ def test_an_interrupted_training_saves_and_exits_130_so_a_following_command_does
     assert code == 128 + signal.SIGINT
     assert "interrupted at step 1, checkpoint saved" in lines[-1] and "resume with `mimo train" in lines[-1]
     assert find_checkpoint(tmp_path).name == "step_00000001"
+
+
+def test_training_a_finished_run_again_says_there_is_nothing_to_train(workspace, tmp_path, capsys):
+    run = shutil.copytree(workspace / "run", tmp_path / "run")
+    assert main(["train", *RUN, "train.steps=1", f"train.out_dir={run}", "train.sample_at_end=false"]) == 0
+    assert f"{run} is at step 2 already (train.steps=1): nothing to train" in capsys.readouterr().out
 
 
 def test_max_seconds_says_that_it_ended_the_run(tmp_path, capsys):

@@ -32,7 +32,7 @@ from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
-from mimo.errors import NonFiniteLossError
+from mimo.errors import ConfigError, NonFiniteLossError
 from mimo.models import build_backbone
 from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
@@ -300,7 +300,15 @@ class Trainer:
 
     def train(self) -> TrainResult:
         config, train = self.config, self.config.train
+        existing = find_checkpoint(self.run_dir)
+        if not train.resume and existing is not None:  # its checkpoints would mix with this run's
+            raise ConfigError(
+                f"train.resume=false: {self.run_dir} already holds a run (checkpoint {existing}); "
+                "give a new train.out_dir, or move that folder away to start over"
+            )
         checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
+        if self.step >= train.steps and self.step > 0 and self.dist.is_main:
+            tqdm.write(f"{self.run_dir} is at step {self.step} already (train.steps={train.steps}): nothing to train")
         if self.dist.is_main:  # only then is anything written
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
