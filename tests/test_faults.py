@@ -124,6 +124,15 @@ CLI_CASES = {
         "data encode --autoencoder zz --vae x --out {ws}/latents", "unknown autoencoder 'zz'"
     ),
     "encode-0-per-shard": Case("data encode --shard-size 0 --out {ws}/latents", "expected a positive integer"),
+    "encode-into-latents-of-other-settings": Case(
+        "data encode data.num_clips=4 "
+        + " ".join(MICRO[1:])
+        + " data.seed=9 --autoencoder identity --out {ws}/few_clips",
+        "holds latents encoded with other settings (dataset differ",
+    ),
+    "built-in-videos-too-small": Case(
+        "train model.preset=micro data.frame_size=8 train.out_dir={ws}/new_run", "data.frame_size: the built-in videos"
+    ),
     "too-many-bad-videos": Case(
         "train " + " ".join(RUN) + " data.dataset=video_folder data.path={ws}/bad_videos data.num_workers=1 "
         "train.out_dir={ws}/new_run",
