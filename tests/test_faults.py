@@ -255,7 +255,7 @@ def test_sampling_announces_its_cost_before_it_starts(workspace, monkeypatch, ca
     code, lines = run_mimo(["sample", str(workspace / "run"), "--frames", "100000", "--num-videos", "1"], capsys)
     assert code == 130 and lines[-1] == "mimo sample: interrupted"
     announced = [line for line in lines if line.startswith("sampling: 1 videos × 99998 frames × (1 steps + 3 clean")]
-    assert len(announced) == 1 and " model calls of " in announced[0] and ": about " in announced[0]
+    assert len(announced) == 1 and " model calls (" in announced[0] and ": about " in announced[0]
     assert not (workspace / "run" / "samples_cli").exists()
 
 

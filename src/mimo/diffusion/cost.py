@@ -15,6 +15,8 @@ from mimo.models.dit import FrameCausalDiT
 
 
 def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -35,6 +37,7 @@ class SamplingCost:
     steps: int  # ODE steps per frame
     clean_passes: int  # per frame: appending it to the KV cache, or re-encoding the window once it slides
     calls: int  # model calls (each on the whole batch)
+    parameters: int  # of the model
     seconds_per_call: float  # measured
     device: str
 
@@ -47,7 +50,8 @@ class SamplingCost:
             f"{what}: {self.videos} videos × "
             + (f"{self.seeds} seeds × " if self.seeds > 1 else "")
             + f"{self.frames} frames × ({self.steps} steps + {self.clean_passes} clean passes) = "
-            f"{self.calls} model calls of {self.seconds_per_call * 1e3:.3g} ms on {self.device}: "
+            f"{self.calls} model calls ({self.parameters / 1e6:.3g}M parameters, "
+            f"{self.seconds_per_call * 1e3:.3g} ms each on {self.device}): "
             f"about {format_duration(self.seconds)}"
         )
 
@@ -90,4 +94,5 @@ def sampling_cost(
     calls = seeds * batches * frames * (calls_per_frame(sample.steps, sample.solver) + clean_passes)
     seconds = time_model_call(model, batch, guided)
     device = str(model.patch_embed.weight.device)
-    return SamplingCost(videos, seeds, frames, sample.steps, clean_passes, calls, seconds, device)
+    parameters = sum(p.numel() for p in model.parameters())
+    return SamplingCost(videos, seeds, frames, sample.steps, clean_passes, calls, parameters, seconds, device)
