@@ -354,6 +354,8 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         interrupted = self.stop_requested
+        if interrupted and self.stop_signal is None:  # stopped with the rank that received the signal
+            self.stop_signal = signal.SIGTERM
         if self.step > 0 and self.step != self.saved_step:
             checkpoint = self.save()
         if out_of_time and self.dist.is_main:
