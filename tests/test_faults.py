@@ -117,6 +117,7 @@ CLI_CASES = {
     # every error a user can cause is one line
     "base-cycle": Case("train {ws}/a.yaml", "its base: chain is a cycle"),
     "base-not-a-file-name": Case("train {ws}/numeric_base.yaml", "base: must name a YAML file"),
+    "config-that-is-a-folder": Case("train {ws}/bad_videos", "is a folder; give one of its YAML files"),
     "binary-config": Case("train {ws}/binary.yaml", "is not valid YAML"),
     "override-that-is-not-yaml": Case("train train.out_dir=[", "train.out_dir: '[' is not valid YAML"),
     "encode-without-vae": Case("data encode data.num_clips=2 --out {ws}/latents", "--vae FOLDER is needed"),

@@ -452,6 +452,9 @@ def _merge(base: dict, update: dict) -> dict:
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as nested dicts, with its `base:` chain resolved (`_chain`: the files that named it)."""
     path = Path(path)
+    if path.is_dir():
+        examples = ", ".join(str(p) for p in sorted(path.glob("*.y*ml"))[:3]) or "none here"
+        raise ConfigError(f"config file '{path}' is a folder; give one of its YAML files ({examples})")
     if not path.is_file():
         named_by = f" (the base of {_chain[-1]})" if _chain else ""
         raise ConfigError(
