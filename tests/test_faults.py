@@ -23,12 +23,16 @@ import torch
 
 import mimo.apps.sample
 import mimo.train.trainer
+from mimo.apps.sample import export_inference_checkpoint, sample_from_checkpoint
 from mimo.cli import main
 from mimo.config import load_config
+from mimo.data.synthetic import MovingShapes
 from mimo.diffusion.sampler import sample_video
-from mimo.errors import CheckpointError, ConfigError, InputError
+from mimo.errors import ArgumentError, CheckpointError, ConfigError, InputError, MimoError
+from mimo.evaluation.evaluate import evaluate_run
 from mimo.models import build_backbone
 from mimo.train.checkpoint import find_checkpoint, load_trained_model
+from mimo.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: one intra-op thread
 
@@ -321,26 +325,69 @@ def pixel_model():
     return build_backbone(load_config(None, list(MICRO))).eval()
 
 
-LIBRARY_CASES = {
-    "context-in-0-255": (lambda c: (c + 1) * 127.5, "(pixels in [0, 255]: x / 127.5 - 1)"),
-    "context-in-0-2": (lambda c: c + 1, "the model expects [-1, 1]"),
-    "context-float64": (lambda c: c.double(), "context has dtype torch.float64, the model's weights torch.float32"),
-    "context-half": (lambda c: c.half(), "pass context.to(torch.float32)"),
-    "context-nan": (lambda c: c * torch.nan, "NaN"),
+def _sample_with(make_context, **options):
+    """A call of sample_video on a pixel model with a context of two frames made by `make_context`."""
+
+    def call(workspace: Path, model) -> None:
+        context = torch.rand(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        sample_video(model, 3, context=make_context(context), steps=1, **options)
+
+    return call
+
+
+def _train_on_clips_of(num_frames: int):
+    def call(workspace: Path, model) -> None:
+        config = load_config(None, [*RUN, "train.steps=1", f"train.out_dir={workspace / 'new_run'}"])
+        train(config, dataset=MovingShapes(4, frame_size=16, num_frames=num_frames))
+
+    return call
+
+
+FEW = ("data.dataset=latents", "data.path={ws}/few_clips")
+LIBRARY_CASES = {  # id: (call(workspace, model), the error, a part of its one-line message)
+    "context-in-0-255": (_sample_with(lambda c: (c + 1) * 127.5), InputError, "(pixels in [0, 255]: x / 127.5 - 1)"),
+    "context-in-0-2": (_sample_with(lambda c: c + 1), InputError, "the model expects [-1, 1]"),
+    "context-float64": (_sample_with(torch.Tensor.double), InputError, "context has dtype torch.float64, the model's"),
+    "context-half": (_sample_with(torch.Tensor.half), InputError, "pass context.to(torch.float32)"),
+    "context-nan": (_sample_with(lambda c: c * torch.nan), InputError, "context contains NaN"),
+    "unknown-solver": (_sample_with(lambda c: c, solver="rk4"), InputError, "unknown solver 'rk4'"),
+    "raw-weights-of-an-export": (
+        lambda ws, model: load_trained_model(ws / "export", use_ema=False),
+        CheckpointError,
+        "an exported model holds only the EMA weights",
+    ),
+    "ema-weights-missing": (lambda ws, model: load_trained_model(ws / "no_ema"), CheckpointError, "ema.safetensors"),
+    "no-checkpoint": (lambda ws, model: load_trained_model(ws / "bad_videos"), CheckpointError, "holds no checkpoint"),
+    "sample-a-wider-model": (
+        lambda ws, model: sample_from_checkpoint(ws / "run", overrides=["model.width=128"]),
+        ConfigError,
+        "model.width=128 cannot be applied",
+    ),
+    "evaluate-more-videos-than-clips": (
+        lambda ws, model: evaluate_run(ws / "run", [*(o.format(ws=ws) for o in FEW), "eval.num_videos=8"]),
+        ConfigError,
+        "eval.num_videos: the evaluation data has 4 clips",
+    ),
+    "export-over-a-checkpoint": (
+        lambda ws, model: export_inference_checkpoint(ws / "run", find_checkpoint(ws / "run")),
+        ArgumentError,
+        "already exists and is not an empty folder",
+    ),
+    "train-on-clips-of-another-length": (_train_on_clips_of(5), InputError, "set data.num_frames=5"),
 }
 
 
-@pytest.mark.parametrize(("make", "message"), LIBRARY_CASES.values(), ids=LIBRARY_CASES.keys())
-def test_sample_video_refuses_a_bad_context_naming_the_fix(pixel_model, make, message):
+@pytest.mark.parametrize(("call", "error", "message"), LIBRARY_CASES.values(), ids=LIBRARY_CASES.keys())
+def test_bad_input_to_the_library_raises_a_mimo_error_naming_the_fix(workspace, pixel_model, call, error, message):
+    before = _files(workspace)
+    with pytest.raises(error) as raised:
+        call(workspace, pixel_model)
+    assert isinstance(raised.value, MimoError)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    after = _files(workspace)
+    assert {name: after.get(name) for name in before} == before
+
+
+def test_sample_video_takes_a_good_context(pixel_model):
     context = torch.rand(1, 2, 3, 16, 16) * 2 - 1
-    sample_video(pixel_model, 3, context=context, steps=1)  # a good context runs
-    with pytest.raises(InputError, match="context") as error:
-        sample_video(pixel_model, 3, context=make(context), steps=1)
-    assert message in str(error.value) and "\n" not in str(error.value)
-
-
-def test_the_loader_never_returns_an_untrained_model(workspace):
-    with pytest.raises(CheckpointError, match="only the EMA"):
-        load_trained_model(workspace / "export", use_ema=False)
-    with pytest.raises(CheckpointError, match=r"has no ema\.safetensors"):
-        load_trained_model(workspace / "no_ema")
+    assert sample_video(pixel_model, 3, context=context, steps=1).shape == (1, 3, 3, 16, 16)

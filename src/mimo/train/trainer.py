@@ -32,7 +32,7 @@ from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
-from mimo.errors import ConfigError, NonFiniteLossError
+from mimo.errors import ConfigError, InputError, NonFiniteLossError
 from mimo.models import build_backbone
 from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
@@ -218,7 +218,10 @@ class Trainer:
         video = batch["video"]
         check_frames("dataset clips", video, data.channels, data.frame_size)
         if video.shape[1] != data.num_frames:
-            raise ValueError(f"dataset clips have {video.shape[1]} frames, data.num_frames is {data.num_frames}")
+            raise InputError(
+                f"dataset clips have {video.shape[1]} frames, data.num_frames is {data.num_frames}: set "
+                f"data.num_frames={video.shape[1]}, or give clips of {data.num_frames} frames"
+            )
         if data.dataset == "latents":
             check_finite("dataset clips", video)
         else:
@@ -309,9 +312,6 @@ class Trainer:
         checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
         if self.step >= train.steps and self.step > 0 and self.dist.is_main:
             tqdm.write(f"{self.run_dir} is at step {self.step} already (train.steps={train.steps}): nothing to train")
-        if self.dist.is_main:  # only then is anything written
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         previous_handlers = self._install_signal_handlers()
         batches = self.batches()
         last, interval = {}, {}
@@ -326,6 +326,9 @@ class Trainer:
                     out_of_time = True
                     break
                 losses = self.train_step(batches)
+                if self.step == first_step and self.dist.is_main:  # its checks passed: now the run is this config's
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
                 self.step += 1
                 self.clips_seen += self.global_batch
                 self.stop_requested = any_rank(self.stop_requested)  # every rank stops at the same step
