@@ -4,7 +4,8 @@ changes no file that was there before (docs/faults.md lists these cases and what
 The table drives `mimo` in-process (`mimo.cli.main`) against one trained micro run, its export and a
 few broken copies; two cases go through a subprocess, as a shell would run them. Further tests cover
 what is not a refusal: interrupted runs exit with 128 + the signal, long work is announced before it
-starts, outputs go where `--help` says, and the library's `sample_video` refuses bad contexts.
+starts, outputs go where `--help` says. A second table calls the library with bad input: each call
+raises a `MimoError` whose message is one line, and changes no file either.
 """
 
 from __future__ import annotations
@@ -366,7 +367,7 @@ LIBRARY_CASES = {  # id: (call(workspace, model), the error, a part of its one-l
     "evaluate-more-videos-than-clips": (
         lambda ws, model: evaluate_run(ws / "run", [*(o.format(ws=ws) for o in FEW), "eval.num_videos=8"]),
         ConfigError,
-        "eval.num_videos: the evaluation data has 4 clips",
+        f"eval.num_videos: the evaluation data has {FEW_CLIPS} clips",
     ),
     "export-over-a-checkpoint": (
         lambda ws, model: export_inference_checkpoint(ws / "run", find_checkpoint(ws / "run")),
