@@ -2,10 +2,11 @@
 Resumable: rerun the same command to continue (run folders in runs/bench/, evaluations in the result JSON).
 
     nohup python benchmarks/bench_convergence.py --config configs/bench/convergence-cpu.yaml --threads 1 \\
-        > benchmarks/results/convergence-cpu.log 2>&1 &
+        --out benchmarks/results > benchmarks/results/convergence-cpu.log 2>&1 &
 
-Writes benchmarks/results/CONFIG_NAME.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-also `mimo bench convergence`; `--help` lists the options.
+Writes RESULTS/CONFIG_NAME.json (with the machine it ran on) and refreshes RESULTS/README.md, RESULTS being --out
+(default runs/bench-results; the published ones: --out benchmarks/results); also `mimo bench convergence`;
+`--help` lists the options.
 """
 
 from __future__ import annotations

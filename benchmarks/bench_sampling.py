@@ -2,8 +2,9 @@
 
     python benchmarks/bench_sampling.py [--lengths 8 16 32] [--steps 8] [--threads 1]
 
-Writes benchmarks/results/sampling.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-also `mimo bench sampling`; `--help` lists the options.
+Writes RESULTS/sampling.json (with the machine it ran on) and refreshes RESULTS/README.md, RESULTS being --out
+(default runs/bench-results; the published ones: --out benchmarks/results); also `mimo bench sampling`;
+`--help` lists the options.
 """
 
 from __future__ import annotations

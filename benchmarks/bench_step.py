@@ -2,8 +2,9 @@
 
     python benchmarks/bench_step.py [--preset tiny] [--batch-size 8] [--rounds 5] [--threads 1]
 
-Writes benchmarks/results/step.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-also `mimo bench step`; `--help` lists the options.
+Writes RESULTS/step.json (with the machine it ran on) and refreshes RESULTS/README.md, RESULTS being --out
+(default runs/bench-results; the published ones: --out benchmarks/results); also `mimo bench step`;
+`--help` lists the options.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@ peak, and peak memory; on a GPU also bf16 model FLOP utilisation of the B and XL
 
     python benchmarks/bench_utilization.py [--batch-size 8] [--steps 3] [--threads 1]
 
-Writes benchmarks/results/utilization.json (with the machine it ran on) and refreshes benchmarks/results/README.md;
-also `mimo bench utilization`; `--help` lists the options.
+Writes RESULTS/utilization.json (with the machine it ran on) and refreshes RESULTS/README.md, RESULTS being --out
+(default runs/bench-results; the published ones: --out benchmarks/results); also `mimo bench utilization`;
+`--help` lists the options.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ For each checkpoint (EMA weights) the demo's held-out clips are continued from t
 two ways: autoregressive (each frame sampled from the model's own earlier frames, as `mimo demo` does)
 and teacher-forced (each frame sampled from the true earlier frames). The gap between the two is what
 errors compound to; teacher-forced against copy-last says whether the model has learned the motion at
-all. Writes benchmarks/results/demo_quality.json (and .png) with the machine it ran on.
+all. Writes demo_quality.json (and .png) with the machine it ran on to --out (default runs/bench-results).
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from pathlib import Path
 
 import torch
 
-from harness import CpuShare, machine_info
+from harness import CpuShare, default_results_dir, machine_info
 from mimo.data.media import plot_curves
 from mimo.evaluation.metrics import score_trajectory
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
 from mimo.train.checkpoint import list_checkpoints, load_trained_model
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def scores(videos: torch.Tensor, clips: dict[str, torch.Tensor], k: int) -> dict[str, float | list[float]]:
@@ -42,6 +40,9 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a run folder with several checkpoints")
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--out", type=Path, default=default_results_dir(), help="results folder (published: benchmarks/results)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,8 +71,8 @@ def main() -> None:
         "settings": {"run": str(args.run), "clips": args.clips, "sample_steps": config.sample.steps},
         "results": {"copy_last": copy_last, "checkpoints": rows},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "demo_quality.json").write_text(json.dumps(payload, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "demo_quality.json").write_text(json.dumps(payload, indent=1) + "\n")
     steps = [row["step"] for row in rows]
     curves = {
         "autoregressive": (steps, [row["autoregressive"]["error_px"] for row in rows]),
@@ -79,7 +80,7 @@ def main() -> None:
         "copy last frame": (steps, [copy_last["error_px"]] * len(rows)),
     }
     plot_curves(
-        curves, RESULTS / "demo_quality.png", xlabel="training step", ylabel="trajectory error (px)", log_y=False
+        curves, args.out / "demo_quality.png", xlabel="training step", ylabel="trajectory error (px)", log_y=False
     )
     print(json.dumps(payload["results"], indent=1))
 

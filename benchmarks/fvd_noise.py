@@ -6,7 +6,7 @@ Real set: built-in moving-shapes clips (16 frames, 64 px, upsampled to 224 px by
 Each noisy set is the *same* clips plus Gaussian noise of the given std (pixels in [-1, 1], clipped),
 so the curve isolates the metric's response to degradation. A second curve uses held-out clips of
 another seed with the same noise, so the value at 0 shows the sampling floor of FVD at this set size.
-Writes benchmarks/results/fvd_noise.json and fvd_noise.png with the machine they ran on.
+Writes fvd_noise.json and fvd_noise.png with the machine they ran on to --out (default runs/bench-results).
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from pathlib import Path
 
 import torch
 
-from harness import CpuShare, machine_info
+from harness import CpuShare, default_results_dir, machine_info
 from mimo.data import stack_clips
 from mimo.data.media import plot_curves
 from mimo.data.synthetic import MovingShapes
 from mimo.metrics.frechet import frechet_distance_from_statistics
 from mimo.metrics.fvd import compute_fvd, extract_feature_statistics
 from mimo.metrics.i3d import load_i3d
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def clips(count: int, seed: int) -> torch.Tensor:
@@ -37,6 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.4])
+    parser.add_argument(
+        "--out", type=Path, default=default_results_dir(), help="results folder (published: benchmarks/results)"
+    )
     args = parser.parse_args()
     share = CpuShare()
     extractor = load_i3d()
@@ -60,11 +61,11 @@ def main() -> None:
         "fvd_same_clips_plus_noise": same,
         "fvd_other_clips_plus_noise": held_out,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fvd_noise.json").write_text(json.dumps(payload, indent=1) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fvd_noise.json").write_text(json.dumps(payload, indent=1) + "\n")
     plot_curves(
         {"same clips + noise": (args.noise, same), "other clips + noise": (args.noise, held_out)},
-        RESULTS / "fvd_noise.png",
+        args.out / "fvd_noise.png",
         xlabel="noise std (pixels in [-1, 1])",
         ylabel="FVD (I3D, Kinetics-400)",
         title=f"FVD against noise, {args.videos} videos of 16 frames",

@@ -49,8 +49,9 @@ SHARED_CPU_SHARE = 0.9  # a benchmark that got less CPU than this share of its t
 
 # ----- the machine and the results folder ---------------------------------------------------------
 def default_results_dir() -> Path:
-    """`benchmarks/results/` beside this harness."""
-    return BENCHMARKS_DIR / "results"
+    """`runs/bench-results/` of the checkout: untracked, so a run never rewrites the published results;
+    publish with `--out benchmarks/results`."""
+    return REPO_ROOT / "runs" / "bench-results"
 
 
 def cpu_model() -> str:
@@ -507,7 +508,12 @@ def build_parser(name: str, script: ModuleType) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"mimo bench {name}", description=SECTIONS[name])
     script.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default: runs/bench-results; published: benchmarks/results)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests), not a measurement")
     return parser
 
@@ -534,7 +540,9 @@ def run_benchmark(name: str, args: Sequence[str] | None = None) -> dict[str, Any
         write_result(options.result_name, full, options.results_dir)
         return full
 
-    return publish(script.measure(options, publish))
+    payload = publish(script.measure(options, publish))
+    print(f"wrote {options.results_dir / options.result_name}.json and {options.results_dir / 'README.md'}")
+    return payload
 
 
 def main(name: str) -> None:

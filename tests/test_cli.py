@@ -15,8 +15,10 @@ import mimo.errors
 from mimo.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-USER_ERRORS = [
-    cls for cls in vars(mimo.errors).values() if isinstance(cls, type) and issubclass(cls, mimo.errors.MimoError)
+USER_ERRORS = [  # Interrupted exits with 128 + its signal (tests/test_faults.py)
+    cls
+    for cls in vars(mimo.errors).values()
+    if isinstance(cls, type) and issubclass(cls, mimo.errors.MimoError) and cls is not mimo.errors.Interrupted
 ]
 
 

@@ -185,7 +185,7 @@ def test_checkpoint_with_wrong_checksum_is_rejected_and_not_cached(tmp_path, mon
     monkeypatch.setenv("MIMO_CACHE", str(tmp_path / "cache"))
     fake = tmp_path / "i3d-kinetics-400.ckpt"
     fake.write_bytes(pickle.dumps({"params": {}, "batch_stats": {}}))
-    with pytest.raises(ValueError, match=I3D_CHECKPOINT_SHA256):
+    with pytest.raises(WeightsUnavailableError, match=I3D_CHECKPOINT_SHA256):
         fetch_i3d(source=fake)
     assert not i3d_weights_path().exists()
 

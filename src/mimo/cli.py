@@ -6,11 +6,12 @@ import argparse
 import json
 import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 
 from mimo.config import load_config
-from mimo.errors import ConfigError, MimoError
+from mimo.errors import ArgumentError, ConfigError, Interrupted, MimoError
 
 # OpenMP threads that busy-wait between PyTorch's small CPU ops make a tiny model ~10x slower as soon as
 # another process shares the cores (measured: 20.7 s vs 1.9 s per demo step on a loaded 2-core machine).
@@ -29,7 +30,12 @@ def _train(args: argparse.Namespace) -> None:
         return
     print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "losses": result.losses}, indent=1))
     if result.interrupted:
-        print(f"interrupted: resume with `mimo train {args.config or ''} {' '.join(args.overrides)}`")
+        command = " ".join(["mimo train", *([args.config] if args.config else []), *args.overrides])
+        raise Interrupted(
+            f"interrupted at step {result.step}, checkpoint saved in {result.run_dir}; resume with `{command}`",
+            result.stop_signal,
+        )
+    print(f"run folder: {result.run_dir}")
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -47,12 +53,13 @@ def _sample(args: argparse.Namespace) -> None:
         paths = sample_from_checkpoint(args.checkpoint, num_videos=args.num_videos, **options)
     for name, path in paths.items():
         print(f"{name}: {path}")
+    print(f"samples in {paths['npz'].parent}")
 
 
 def _export(args: argparse.Namespace) -> None:
     from mimo.apps.sample import export_inference_checkpoint
 
-    print(export_inference_checkpoint(args.checkpoint, args.out))
+    print(f"exported to {export_inference_checkpoint(args.checkpoint, args.out)}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -68,15 +75,21 @@ def _data_encode(args: argparse.Namespace) -> None:
     from mimo.train.distributed import default_device
 
     config = load_config(args.config, args.overrides)
+    if args.autoencoder == "autoencoder_kl" and not args.vae:
+        raise ArgumentError(
+            "--vae FOLDER is needed: autoencoder_kl loads a pretrained VAE from a local folder (diffusers format); "
+            "or store pixels with --autoencoder identity"
+        )
     dataset = build_dataset(config.data, "eval")  # deterministic clips: the same latents on every run
     options = {"path": args.vae} if args.vae else {}
     autoencoder = build_autoencoder(args.autoencoder, **options)
     common = {"num_workers": config.data.num_workers, "device": default_device(args.device)}
-    if args.layout == "videos":
+    whole_videos = hasattr(dataset, "records")  # video files: whole videos by default; other datasets: clips
+    if args.layout == "videos" and not whole_videos:
+        raise ConfigError(f"data.dataset={config.data.dataset} is not a folder of videos; use --layout clips")
+    if args.layout == "videos" or (args.layout is None and whole_videos):
         from mimo.data.clip_windows import encode_videos
 
-        if not hasattr(dataset, "records"):
-            raise ConfigError(f"data.dataset={config.data.dataset} is not a folder of videos; use --layout clips")
         videos_of = {"crop": args.crop, "classes": dataset.classes}
         manifest = encode_videos(
             dataset.records, dataset.clips, autoencoder, args.out, args.shard_size, **videos_of, **common
@@ -141,6 +154,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     results = evaluate_run(args.checkpoint, args.overrides, args.out, default_device(args.device))
     print(json.dumps(results["metrics"], indent=1))
+    print(f"eval.json and eval.md in {results['out_dir']}")
 
 
 def _probe(args: argparse.Namespace) -> None:
@@ -148,7 +162,13 @@ def _probe(args: argparse.Namespace) -> None:
     from mimo.train.distributed import default_device
 
     results = probe_run(args.checkpoint, args.overrides, args.reference, args.out, default_device(args.device))
-    print(json.dumps({k: results[k] for k in ("layer", "accuracy", "chance_accuracy", "cknna", "reference")}, indent=1))
+    print(f"chance accuracy {results['chance_accuracy']:.3f}; CKNNA against {results['reference']}")
+    print("layer  probe accuracy  CKNNA")
+    for layer, values in results["per_layer"].items():
+        alignment = "" if values["cknna"] is None else f"{values['cknna']:.3f}"
+        chosen = "  (eval.probe_layer)" if int(layer) == results["layer"] else ""
+        print(f"{layer:>5}  {values['accuracy']:>14.3f}  {alignment:>5}{chosen}")
+    print(f"probe.json, probe.md and probe.png in {results['out_dir']}")
 
 
 def _weights_fetch(args: argparse.Namespace) -> None:
@@ -158,18 +178,28 @@ def _weights_fetch(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    found = sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS_DIR.glob("bench_*.py"))
+    if not found:
+        raise ArgumentError(
+            f"no benchmarks/ folder in {Path.cwd()}: benchmarks are scripts of the repository, not of the "
+            "installed package; run `mimo bench` from a checkout of mimo"
+        )
+    if args.name is None:  # `mimo bench` or `mimo bench --help`: the script's own --help lists its options
+        print(f"usage: mimo bench NAME [options]; NAME is one of {', '.join(found)}; `mimo bench NAME --help`")
+        return
     script = BENCHMARKS_DIR / f"bench_{args.name}.py"
     if not script.is_file():
-        found = sorted(p.stem.removeprefix("bench_") for p in BENCHMARKS_DIR.glob("bench_*.py"))
-        if not found:
-            raise FileNotFoundError(
-                f"no benchmarks/ folder in {Path.cwd()}: benchmarks are scripts of the repository, not of the "
-                "installed package; run `mimo bench` from a checkout of mimo"
-            )
-        raise FileNotFoundError(f"no benchmark '{args.name}' in {BENCHMARKS_DIR}/; choose one of {', '.join(found)}")
+        raise ArgumentError(f"no benchmark '{args.name}' in {BENCHMARKS_DIR}/; choose one of {', '.join(found)}")
     sys.path.insert(0, str(BENCHMARKS_DIR.resolve()))  # as `python benchmarks/bench_NAME.py` does
     sys.argv = [str(script), *args.overrides]
     runpy.run_path(str(script), run_name="__main__")
+
+
+def _positive(text: str) -> int:
+    """An argument type: an integer of at least 1 (argparse reports anything else as a usage error)."""
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate videos (MP4, GIF, .npz) from a trained run")
     sample.add_argument("checkpoint", help="run folder, checkpoint folder or exported model")
     sample.add_argument("--out", default=None, help="output folder (default: RUN/samples_cli)")
-    sample.add_argument("--num-videos", type=int, default=None)
-    sample.add_argument("--frames", type=int, default=None, help="length; longer than training uses the window")
+    sample.add_argument("--num-videos", type=int, default=None, help="sample.num_videos")
+    sample.add_argument(
+        "--frames", type=int, default=None, help="sample.num_frames; longer than training uses the window"
+    )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     sample.add_argument("--context", default=None, help="a video file of yours to continue (its first frames)")
@@ -242,24 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--force", action="store_true")
     fetch.set_defaults(run=_weights_fetch)
 
-    bench = commands.add_parser(
-        "bench", help="run a benchmark of benchmarks/ (step, sampling, utilization, convergence)"
+    bench = commands.add_parser(  # its options, --help included, are the benchmark script's own
+        "bench", help="run a benchmark of benchmarks/ (step, sampling, utilization, convergence)", add_help=False
     )
-    bench.add_argument("name")
+    bench.add_argument("name", nargs="?")
     bench.set_defaults(run=_bench)
 
     data = commands.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
     encode = data.add_parser("encode", help="pre-extract a video dataset's latents into sharded safetensors")
     encode.add_argument("config", nargs="?", help="YAML naming the video dataset (or data.key=value overrides)")
     encode.add_argument("--autoencoder", default="autoencoder_kl", help="registered autoencoder name")
-    encode.add_argument("--vae", default=None, help="local folder of the pretrained VAE (diffusers format)")
+    encode.add_argument(
+        "--vae", default=None, help="local folder of the pretrained VAE (diffusers format); needed by autoencoder_kl"
+    )
     encode.add_argument("--out", required=True, help="output folder (resumes when interrupted)")
     encode.add_argument(
         "--layout",
         choices=["videos", "clips"],
-        default="videos",
-        help="videos: every frame of every video, a fresh clip window at each read (FAR's loader); "
-        "clips: one fixed clip per video",
+        default=None,
+        help="videos (default for video files): every frame of every video, a fresh clip window at each read "
+        "(FAR's loader); clips (default otherwise): one fixed clip per video",
     )
     encode.add_argument(
         "--crop",
@@ -267,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="random",
         help="videos layout: store frames uncropped and cut a random square at every read (FAR), or the centre one",
     )
-    encode.add_argument("--shard-size", type=int, default=1024, help="items per shard (videos or clips)")
-    encode.add_argument("--batch-size", type=int, default=16)
+    encode.add_argument("--shard-size", type=_positive, default=1024, help="items per shard (videos or clips)")
+    encode.add_argument("--batch-size", type=_positive, default=16)
     encode.add_argument("--device", default=None)
     encode.set_defaults(run=_data_encode)
     check = data.add_parser("check", help="found / missing / unreadable videos and classes against the expected counts")
@@ -293,17 +327,28 @@ def main(argv: list[str] | None = None) -> int:
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         args.overrides, args.config = [config, *args.overrides], None  # only overrides were given
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    names = (args.command, getattr(args, "data_command", None), getattr(args, "weights_command", None))
+    command = " ".join(["mimo", *filter(None, names)])  # as argparse names it: `mimo data encode`
     try:
         code = args.run(args)
-    except (MimoError, FileNotFoundError) as error:
+    except (MimoError, OSError) as error:  # OSError: a file that is missing, unreadable or on a full disk
         if args.debug:
             raise
-        print(f"mimo {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        print(f"{command}: error: {one_line(error)}", file=sys.stderr)
+        return error.exit_status if isinstance(error, Interrupted) else 2
     except KeyboardInterrupt:
-        print(f"mimo {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     return code or 0
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line. An error raised in a DataLoader worker arrives re-raised with the
+    worker's traceback as its message; its last line holds the original message."""
+    message = str(error)
+    if "Original Traceback" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

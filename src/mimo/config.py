@@ -69,13 +69,14 @@ class ModelConfig:
 
     def size(self) -> tuple[int, int, int]:
         """(depth, width, heads) after applying explicit overrides to the preset."""
-        depth, width, heads = PRESETS[self.preset]
-        return self.depth or depth, self.width or width, self.heads or heads
+        explicit = (self.depth, self.width, self.heads)  # None: the preset's; 0 stays 0 and is refused
+        return tuple(p if v is None else v for v, p in zip(explicit, PRESETS[self.preset], strict=True))
 
     def validate(self, config: Config) -> None:
         _check_choice(self.preset, PRESETS, "model.preset")
         depth, width, heads = self.size()
-        _check(depth >= 1 and width >= 1 and heads >= 1, "model.depth/width/heads", "must be positive")
+        for key, value in (("model.depth", depth), ("model.width", width), ("model.heads", heads)):
+            _check(value >= 1, key, f"must be positive (or null for the preset's), got {value}")
         _check_heads(width, heads, self.rope, "model.width", "model.heads")
         _check(self.patch_size >= 1, "model.patch_size", "must be a positive integer")
         frame_size = config.data.frame_size
@@ -157,7 +158,8 @@ class MimoConfig:
 
     def decoder_size(self, backbone_width: int, backbone_heads: int) -> tuple[int, int]:
         """(width, heads) of the decoder: half the backbone's width and its heads unless set."""
-        return self.decoder_width or backbone_width // 2, self.decoder_heads or backbone_heads
+        width = backbone_width // 2 if self.decoder_width is None else self.decoder_width
+        return width, backbone_heads if self.decoder_heads is None else self.decoder_heads
 
     def validate(self, config: Config) -> None:
         from mimo.objectives.objective import TARGET_OFFSETS
@@ -174,6 +176,8 @@ class MimoConfig:
         _check_choice(self.loss_on, MASK_LOSS_ON, "mimo.loss_on")
         _check(self.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
         decoder_width, decoder_heads = self.decoder_size(width, heads)
+        for key, value in (("mimo.decoder_width", decoder_width), ("mimo.decoder_heads", decoder_heads)):
+            _check(value >= 1, key, f"must be positive (or null for the default), got {value}")
         _check_heads(decoder_width, decoder_heads, config.model.rope, "mimo.decoder_width", "mimo.decoder_heads")
         _check(
             not (self.enabled and self.loss_on == "dropped" and self.mask_ratio == 0),
@@ -261,6 +265,7 @@ class TrainConfig:
     init_from: str | None = None  # a new run starts from this run's weights (fine-tuning); see train/init_from.py
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
+    sample_at_end: bool = True  # a GIF of samples when training ends (its cost is printed first)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     max_seconds: float | None = None  # stop (with a checkpoint) after this much training time; None: no limit
@@ -459,6 +464,8 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
             return float(value)
     if "str" in allowed and isinstance(value, str):
         return value
+    if "str" in allowed and is_number:  # eval.seeds=3 is read by YAML as a number
+        return str(value)
     raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
 
 
@@ -471,20 +478,31 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config as nested dicts, with its `base:` chain resolved."""
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as nested dicts, with its `base:` chain resolved (`_chain`: the files that named it)."""
     path = Path(path)
+    if path.is_dir():
+        examples = ", ".join(str(p) for p in sorted(path.glob("*.y*ml"))[:3]) or "none here"
+        raise ConfigError(f"config file '{path}' is a folder; give one of its YAML files ({examples})")
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; presets are in configs/ (e.g. configs/synthetic/mimo.yaml)")
+        named_by = f" (the base of {_chain[-1]})" if _chain else ""
+        raise ConfigError(
+            f"config file '{path}'{named_by} not found; presets are in configs/ (e.g. configs/synthetic/mimo.yaml)"
+        )
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"config file '{path}': its base: chain is a cycle ({cycle}); remove one base: line")
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from error
     if not isinstance(values, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(values).__name__}")
     base = values.pop("base", None)
     if base is not None:
-        values = _merge(read_yaml(path.parent / base), values)
+        if not isinstance(base, str):
+            raise ConfigError(f"config file '{path}': base: must name a YAML file beside it, got {base!r}")
+        values = _merge(read_yaml(path.parent / base, (*_chain, path.resolve())), values)
     return values
 
 
@@ -496,7 +514,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.steps=100")
         dotted, raw = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        nested.setdefault(section, {})[key] = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{dotted}: {raw!r} is not valid YAML; quote it: {dotted}='\"{raw}\"'") from error
+        nested.setdefault(section, {})[key] = value
     return nested
 
 
@@ -514,6 +536,37 @@ def with_overrides(config: Config, overrides: list[str]) -> Config:
     config = from_dict(_merge(config.to_dict(), parse_overrides(overrides)))
     validate(config)
     return config
+
+
+FIXED_BY_WEIGHTS = ("data.frame_size", "data.channels", "data.num_classes")  # besides model.*, mimo.*, ...
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def with_sampling_overrides(config: Config, overrides: list[str], used: tuple[str, ...]) -> Config:
+    """`with_overrides` for a trained run's config, where only keys starting with one of `used` (those the
+    command reads) may change: any other override is refused by name, never silently ignored. Keys the
+    weights fix (the model, the objective, the frame size) are refused as such."""
+    updated = with_overrides(config, overrides)
+    before, after = _flatten(config.to_dict()), _flatten(updated.to_dict())
+    for key, value in after.items():
+        if value == before[key]:
+            continue
+        if key in FIXED_BY_WEIGHTS or not key.startswith(("sample.", "eval.", "data.", "train.context_frames")):
+            trained = "null (the default)" if before[key] is None else before[key]
+            raise ConfigError(
+                f"{key}={value} cannot be applied to a trained model: its weights were trained with "
+                f"{key}={trained}; to change it, train another model with `mimo train`"
+            )
+        if not key.startswith(used):
+            read = ", ".join(prefix + "*" if prefix.endswith(".") else prefix for prefix in used)
+            raise ConfigError(f"{key} has no effect here: this command reads only {read}")
+    return updated
 
 
 def validate(config: Config) -> None:

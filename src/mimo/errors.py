@@ -37,3 +37,16 @@ class WeightsUnavailableError(MimoError, RuntimeError):
 
 class MetricUnavailableError(MimoError, RuntimeError):
     """A metric needs a package or weights that are not installed; the message says how to get them."""
+
+
+class ArgumentError(MimoError, ValueError):
+    """A command argument naming nothing usable (an unknown benchmark, a folder that must be new); says what to give."""
+
+
+class Interrupted(MimoError):
+    """A run stopped by SIGINT or SIGTERM after saving a checkpoint: the shell sees 128 + the signal number, so
+    `mimo train ... && mimo sample ...` does not go on with a half-trained model."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_status = 128 + signal_number

@@ -17,6 +17,7 @@ import torch
 
 from mimo.config import Config, load_config
 from mimo.data.media import save_gif, video_grid
+from mimo.errors import ConfigError, Interrupted
 from mimo.evaluation.metrics import METRICS, build_metrics, score_trajectory
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
 from mimo.train.checkpoint import load_trained_model
@@ -54,14 +55,20 @@ def run_demo(
     with resources.as_file(resources.files(__package__) / DEMO_CONFIG) as path:
         config = load_config(path, settings)
     if config.data.dataset != "synthetic" or config.train.task != "prediction":
-        raise ValueError(
-            "the demo measures motion on the built-in videos: keep data.dataset=synthetic, task=prediction"
+        raise ConfigError(
+            "data.dataset: the demo measures motion on the built-in videos: keep data.dataset=synthetic, "
+            "train.task=prediction"
         )
+    if config.train.steps < 1:
+        raise ConfigError("train.steps: the demo measures a trained model; give at least 1 step (--steps)")
 
     result = train(config)
     if result.interrupted:
-        print(f"training was interrupted at step {result.step}; run the demo again to resume and finish it")
-        return None
+        raise Interrupted(
+            f"training was interrupted at step {result.step} (checkpoint saved); run the demo again to resume and "
+            "finish it",
+            result.stop_signal,
+        )
     model, config = load_trained_model(out_dir)
     length, long_length = config.data.num_frames, 2 * config.data.num_frames
     clips = held_out_clips(config, long_length)

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mimo.config import with_overrides
+from mimo.config import with_sampling_overrides
 from mimo.data import build_dataset, stack_clips
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
+from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
+from mimo.errors import ArgumentError, ConfigError
 from mimo.models.autoencoder import to_pixels
-from mimo.train.checkpoint import find_checkpoint, load_trained_model, read_state, save_json, save_tensors
+from mimo.train.checkpoint import (
+    find_trained_checkpoint,
+    load_trained_model,
+    output_folder,
+    read_state,
+    save_json,
+    save_tensors,
+)
 from mimo.train.distributed import default_device
+
+SAMPLES_DIR = "samples_cli"  # under the run folder (or the exported model) sampled from
+SAMPLE_KEYS = ("sample.", "data.", "train.context_frames")  # the settings sampling reads
 
 
 def sample_from_checkpoint(
@@ -29,20 +42,28 @@ def sample_from_checkpoint(
     """Generate videos as the run's task asks (context and labels from held-out clips) and save them.
 
     Writes `samples.npz` (videos in [-1, 1], labels, and the real clips they were conditioned on),
-    one MP4 per video, and `grid.gif` with the real clips above the samples.
+    one MP4 per video, and `grid.gif` with the real clips above the samples, to `out_dir` (default:
+    RUN/samples_cli, RUN being the run folder or exported model sampled from). `num_videos` and
+    `num_frames` are sample.num_videos and sample.num_frames (None: the run's). Prints the cost first.
     """
     device = default_device(device)
     model, config = load_trained_model(checkpoint, use_ema=use_ema, device=device)
-    config = with_overrides(config, overrides or [])
-    count = num_videos or config.sample.num_videos
+    out = output_folder(checkpoint, out_dir, SAMPLES_DIR)
+    given = {"sample.num_videos": num_videos, "sample.num_frames": num_frames}
+    settings = [f"{key}={value}" for key, value in given.items() if value is not None]
+    config = with_sampling_overrides(config, [*(overrides or []), *settings], SAMPLE_KEYS)
+    count = config.sample.num_videos
     eval_set = build_dataset(config.data, "eval", num_clips=count)
     if len(eval_set) < count:
-        raise ValueError(f"the evaluation split has {len(eval_set)} clips, fewer than the {count} requested")
+        raise ConfigError(
+            f"sample.num_videos: the evaluation split has {len(eval_set)} clips, fewer than the {count} videos "
+            f"requested (one per clip); ask for at most {len(eval_set)} (--num-videos)"
+        )
+    print(sampling_cost(model, config, count).describe(), file=sys.stderr)
     clips = stack_clips(eval_set, count)
     video, labels = clips["video"].to(device), clips["label"].to(device)
     generator = torch.Generator().manual_seed(seed)
-    samples = sample_for_task(model, config, video, labels, generator, num_frames=num_frames, progress=True).cpu()
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "samples_cli"
+    samples = sample_for_task(model, config, video, labels, generator, progress=True).cpu()
     out.mkdir(parents=True, exist_ok=True)
     paths = {"npz": out / "samples.npz"}
     np.savez_compressed(paths["npz"], samples=samples.numpy(), labels=labels.cpu().numpy(), real=video.cpu().numpy())
@@ -56,13 +77,16 @@ def sample_from_checkpoint(
 
 
 def export_inference_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """An inference checkpoint: the EMA backbone and the config, without the MiMo decoder or optimizer."""
-    source = find_checkpoint(checkpoint)
-    if source is None:
-        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
+    """An inference checkpoint: the EMA backbone and the config, without the MiMo decoder or optimizer.
+
+    `out_dir` must be new (or empty): an export never overwrites a run, a checkpoint or another export.
+    """
+    source = find_trained_checkpoint(checkpoint)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArgumentError(f"{out} already exists and is not an empty folder; export to a new folder")
     model, _ = load_trained_model(source, use_ema=True)
     state = read_state(source)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(out / "ema.safetensors", model.state_dict())
     exported = {"config": state["config"], "step": state["step"], "exported_from": str(source)}

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mimo.config import ConfigError, DataConfig
-from mimo.data.synthetic import MovingShapes
+from mimo.data.synthetic import MIN_FRAME_SIZE, MovingShapes
 from mimo.data.video_folder import (
     ClipSampling,
     VideoFolderDataset,
@@ -41,6 +41,10 @@ def _check_latents(dataset, config: DataConfig) -> None:
 
 def synthetic_dataset(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
     """The built-in moving shapes; held-out clips come from a disjoint seed."""
+    if config.frame_size < MIN_FRAME_SIZE:  # a config may describe smaller frames, the built-in videos cannot
+        raise ConfigError(
+            f"data.frame_size: the built-in videos need at least {MIN_FRAME_SIZE} pixels, got {config.frame_size}"
+        )
     seed = config.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
     return MovingShapes(num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects)
 

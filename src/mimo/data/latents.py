@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from mimo.data.atomic import write_atomically
+from mimo.errors import ArgumentError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -128,14 +129,14 @@ def _resume_or_start(out_dir: Path, settings: dict[str, Any], num_shards: int) -
         manifest = read_manifest(out_dir, require_complete=False)
         changed = [key for key in settings if manifest.get(key) != settings[key]]
         if changed:
-            raise ValueError(
+            raise ArgumentError(
                 f"{out_dir} holds latents encoded with other settings ({', '.join(changed)} differ: e.g. {changed[0]} "
                 f"was {manifest.get(changed[0])!r}, now {settings[changed[0]]!r}). Encode into a new directory, or "
                 "delete this one to start over."
             )
         return manifest
     if any(out_dir.glob("shard_*.safetensors")):
-        raise ValueError(
+        raise ArgumentError(
             f"{out_dir} has shard files but no {MANIFEST}, so their settings are unknown. Delete the shards (or use "
             "a new directory) and encode again."
         )

@@ -14,6 +14,7 @@ sub-pixel motion is visible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,6 +112,9 @@ def render(params: ClipParams, centres: np.ndarray, frame_size: int) -> np.ndarr
     return frames.transpose(0, 3, 1, 2)
 
 
+MIN_FRAME_SIZE = 16  # pixels: smaller frames leave no room for the shapes to move
+
+
 class MovingShapes(Dataset):
     """Deterministic procedural clips: item i of a given seed is always the same video.
 
@@ -125,8 +129,8 @@ class MovingShapes(Dataset):
     def __init__(self, num_clips: int, frame_size: int = 32, num_frames: int = 16, seed: int = 0, max_objects: int = 3):
         if num_clips < 1:
             raise ValueError(f"MovingShapes needs num_clips >= 1, got {num_clips}.")
-        if frame_size < 16:
-            raise ValueError(f"MovingShapes frame_size must be at least 16 pixels, got {frame_size}.")
+        if frame_size < MIN_FRAME_SIZE:
+            raise ValueError(f"MovingShapes frame_size must be at least {MIN_FRAME_SIZE} pixels, got {frame_size}.")
         if num_frames < 2:
             raise ValueError(f"MovingShapes needs at least 2 frames to show motion, got {num_frames}.")
         if not 1 <= max_objects <= len(PALETTE):
@@ -139,6 +143,11 @@ class MovingShapes(Dataset):
 
     def __len__(self) -> int:
         return self.num_clips
+
+    def describe(self) -> dict[str, Any]:
+        """What produced these clips, for manifests: encoded latents of other settings are never resumed."""
+        settings = ("num_clips", "frame_size", "num_frames", "seed", "max_objects")
+        return {"type": type(self).__name__, **{name: getattr(self, name) for name in settings}}
 
     def params(self, index: int) -> ClipParams:
         rng = np.random.default_rng([self.seed, index])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mimo.config import DiffusionConfig
+from mimo.errors import InputError
 
 
 def interpolate(clean: Tensor, noise: Tensor, noise_level: Tensor) -> Tensor:
@@ -73,9 +74,9 @@ def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "eu
     none on the last step, which lands on s = 0 where Heun's corrector would need v at s = 0).
     """
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver '{solver}'; choose one of {list(SOLVERS)}")
+        raise InputError(f"unknown solver '{solver}'; choose one of {list(SOLVERS)}")
     if grid not in SAMPLING_GRIDS:
-        raise ValueError(f"unknown sampling grid '{grid}'; choose one of {list(SAMPLING_GRIDS)}")
+        raise InputError(f"unknown sampling grid '{grid}'; choose one of {list(SAMPLING_GRIDS)}")
     levels = SAMPLING_GRIDS[grid](steps)
     z = noise
     for i in range(steps):

@@ -139,7 +139,7 @@ def sample_for_task(
     context = video[:, : config.context_frames] if config.context_frames else None
     return sample_video(
         model,
-        num_frames or sample.num_frames or config.data.num_frames,
+        num_frames if num_frames is not None else sample.num_frames or config.data.num_frames,
         batch_size=video.shape[0],
         labels=labels if model.num_classes else None,
         context=context,

@@ -18,15 +18,18 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mimo.config import Config, ConfigError, with_overrides
+from mimo.config import Config, with_sampling_overrides
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
+from mimo.diffusion.cost import sampling_cost
+from mimo.errors import ConfigError
 from mimo.evaluation.metrics import Metric, build_metrics, proxy_config, score_trajectory
 from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.cknna import cknna
@@ -45,26 +48,17 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_model_space, to_pixels
 from mimo.models.dit import FrameCausalDiT
-from mimo.train.checkpoint import load_trained_model
+from mimo.train.checkpoint import load_trained_model, output_folder
 
 SHOWN_VIDEOS = 8
 WINDOW_METRICS = ("fvd", "proxy_fd")  # distances between sets: scored on windows of the training length
 FRAME_METRICS = {"psnr": psnr, "ssim": ssim}  # scored per frame: a curve along long videos
+EVAL_KEYS = ("sample.", "eval.", "data.", "train.context_frames")  # the settings evaluation reads
+PROBE_KEYS = ("eval.", "data.")  # probing reads clean clips: no sampling, no context
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def _open_run(
-    checkpoint: str | Path, overrides: list[str] | None, out_dir: str | Path | None, job: str, device: str
-) -> tuple[FrameCausalDiT, Config, Path]:
-    """The run's EMA model and config (with `overrides`), and the output folder (default: RUN/`job`), created."""
-    model, config = load_trained_model(checkpoint, device=device)
-    config = with_overrides(config, overrides or [])
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / job
-    out.mkdir(parents=True, exist_ok=True)
-    return model, config, out
 
 
 def evaluate_run(
@@ -75,13 +69,16 @@ def evaluate_run(
     extractor: FeatureExtractor | None = None,
     extractor_source: str | None = None,
 ) -> dict[str, Any]:
-    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures.
+    """Generate per seed and compute the configured metrics; writes eval.json, eval.md and pictures to
+    `out_dir` (default: RUN/eval, RUN being the run folder or exported model evaluated). Prints the cost first.
 
     The real clips are decoded from the video files (`mimo.data.real_set`), whatever space the model
     trains in; `extractor` replaces the I3D of FVD (`extractor_source` names it on the protocol card).
     Past the training length (`eval.num_frames`), quality is also scored along the video (drift).
     """
-    model, config, out = _open_run(checkpoint, overrides, out_dir, "eval", device)
+    model, config = load_trained_model(checkpoint, device=device)
+    config = with_sampling_overrides(config, overrides or [], EVAL_KEYS)
+    out = output_folder(checkpoint, out_dir, "eval")
     batch, k = config.eval.batch_size, config.context_frames
     length = config.eval.num_frames or config.data.num_frames
     real_config = with_real_videos(config, length, pixel_size(config))
@@ -91,6 +88,10 @@ def evaluate_run(
     options = {"fvd": {"extractor": extractor, "normaliser": protocol.normaliser}}
     options["proxy_fd"] = {"normaliser": protocol.normaliser}
     metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device, **options)
+    seeds = len(config.eval.seed_list())
+    cost = sampling_cost(model, config, config.eval.num_videos, config.eval.batch_size, seeds, length)
+    print(cost.describe("eval sampling"), file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     per_frame: list[Tensor] = []
     window = config.data.num_frames
@@ -121,6 +122,7 @@ def evaluate_run(
         per_seed["fvd_vae_reconstruction"] = [metrics["fvd"](to_pixels(clips["video"], config.data, batch))]
     results = {
         "checkpoint": str(checkpoint),
+        "out_dir": str(out),
         "num_videos": config.eval.num_videos,
         "seeds": config.eval.seed_list(),
         "sample_steps": config.sample.steps,
@@ -219,15 +221,24 @@ def probe_run(
     out_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot."""
-    model, config, out = _open_run(checkpoint, overrides, out_dir, "probe", device)
-    clips = load_clips(config, config.eval.probe_clips)
+    """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot
+    to `out_dir` (default: RUN/probe)."""
+    model, config = load_trained_model(checkpoint, device=device)
+    config = with_sampling_overrides(config, overrides or [], PROBE_KEYS)
+    out = output_folder(checkpoint, out_dir, "probe")
+    other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
+    clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips")
     labels = clips["label"]
     if bool((labels < 0).any()):
-        raise ValueError("probing needs class labels; this dataset is unlabelled (use class folders, UCF-101 or K-600)")
+        raise ConfigError(
+            "data.dataset: probing needs class labels, but this dataset is unlabelled "
+            "(use class_folders, ucf101 or kinetics600)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     features = history_features(model, clips["video"], config.eval.batch_size)
     clip_features = {layer: f.mean(dim=1) for layer, f in features.items()}
-    reference_features, reference_name = _reference_features(reference, config, clips, device)
+    reference_name = f"run {reference}" if reference is not None else None
+    reference_features, reference_name = _reference_features(other, reference_name, config, clips, device)
     layers = sorted(clip_features)
     accuracy = {layer: linear_probe(clip_features[layer], labels).held_out_accuracy for layer in layers}
     alignment = (
@@ -238,6 +249,7 @@ def probe_run(
     chosen = config.eval.probe_layer or config.decoder_layer
     results = {
         "checkpoint": str(checkpoint),
+        "out_dir": str(out),
         "num_clips": len(labels),
         "chance_accuracy": 1 / int(labels.max() + 1),
         "layer": chosen,
@@ -255,13 +267,17 @@ def probe_run(
 
 
 def _reference_features(
-    reference: str | Path | None, config: Config, clips: dict[str, Tensor], device: str
+    reference: tuple[FrameCausalDiT, Config] | None,
+    reference_name: str | None,
+    config: Config,
+    clips: dict[str, Tensor],
+    device: str,
 ) -> tuple[Tensor | None, str]:
     """Clip features of the reference representation: another run's last layer, or the proxy classifier."""
     if reference is not None:
-        other, other_config = load_trained_model(reference, device=device)
+        other, other_config = reference
         features = history_features(other, clips["video"], other_config.eval.batch_size)
-        return features[other.depth].mean(dim=1), f"run {reference} (layer {other.depth})"
+        return features[other.depth].mean(dim=1), f"{reference_name} (layer {other.depth})"
     if config.data.dataset == "synthetic":
         proxy = load_proxy_classifier(proxy_config(config), device=device)
         with torch.no_grad():

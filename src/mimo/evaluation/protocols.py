@@ -15,6 +15,7 @@ from mimo.config import Config
 from mimo.data import build_dataset, stack_clips
 from mimo.data.synthetic import MovingShapes
 from mimo.diffusion.sampler import sample_for_task, sample_video
+from mimo.errors import ConfigError
 from mimo.models.dit import FrameCausalDiT
 
 EVAL_CLIPS = 32
@@ -91,12 +92,16 @@ def balanced_indices(labels: Tensor, count: int) -> list[int]:
     return chosen
 
 
-def load_clips(config: Config, count: int) -> dict[str, Tensor]:
-    """`count` held-out clips (deterministic), class-balanced when the dataset has labels and asks for it."""
+def load_clips(config: Config, count: int, key: str = "eval.num_videos") -> dict[str, Tensor]:
+    """`count` held-out clips (deterministic), class-balanced when the dataset has labels and asks for it;
+    too few clips are refused naming `key`, the setting that asked for them."""
     synthetic = config.data.dataset == "synthetic"
     dataset = build_dataset(config.data, "eval", count if synthetic else None, config.eval.start_at_zero)
     if len(dataset) < count:
-        raise ValueError(f"the evaluation data has {len(dataset)} clips, fewer than eval.num_videos={count}")
+        raise ConfigError(
+            f"{key}: the evaluation data has {len(dataset)} clips, fewer than the {count} requested; "
+            f"set {key}={len(dataset)} or fewer, or evaluate on a dataset with more clips (data.path)"
+        )
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, Tensor) and config.eval.balanced_classes and bool((labels >= 0).all()):
         indices = balanced_indices(labels, count)

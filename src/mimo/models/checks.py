@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 PIXEL_RANGE = (-1.0, 1.0)  # docs/method.md: pixels live in [-1, 1]
 PIXEL_TOLERANCE = 1e-3  # resizing and decoding overshoot by rounding; beyond this it is a scaling bug
+# Frames of 1 or 3 channels are pixels, checked against PIXEL_RANGE; latents (4 channels for SD-VAE, 16 for
+# newer autoencoders) are scaled to about unit variance with no fixed range, so only their finiteness is checked.
+PIXEL_CHANNELS = (1, 3)
 
 
 def _require_tensor(name: str, value: object) -> Tensor:
@@ -155,7 +158,15 @@ def check_sample_inputs(
     batch = batch_size
     if context is not None:
         check_frames("context", context, model.channels, model.grid * model.patch_size)
-        check_finite("context", context)
+        weights = model.patch_embed.weight.dtype
+        if context.dtype != weights:
+            raise InputError(
+                f"context has dtype {context.dtype}, the model's weights {weights}: pass context.to({weights})"
+            )
+        if model.channels in PIXEL_CHANNELS:
+            check_pixel_values("context", context)
+        else:
+            check_finite("context", context)
         batch = context.shape[0]
         if context.shape[1] >= num_frames:
             raise InputError(f"num_frames ({num_frames}) must exceed the {context.shape[1]} context frames")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from mimo.config import Config, from_dict
 from mimo.data.atomic import fsync_directory, write_atomically
-from mimo.errors import CheckpointError
+from mimo.errors import ArgumentError, CheckpointError
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
 from mimo.train.distributed import load_full_model_state
@@ -84,17 +84,16 @@ def check_compatible(module: nn.Module, tensors: dict[str, Tensor], source: Path
         if tensors[key].shape != expected[key].shape
     ]
     if missing or unexpected or wrong:
-        lines = []
+        parts = []
         if missing:
-            lines.append(f"missing in checkpoint: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+            parts.append(f"missing in checkpoint: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
         if unexpected:
-            lines.append(f"not in model: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
+            parts.append(f"not in model: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
         if wrong:
-            lines.append("shape mismatch: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
+            parts.append("shape mismatch: " + "; ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else ""))
         raise CheckpointError(
-            f"{source} was saved from a different model or config:\n  "
-            + "\n  ".join(lines)
-            + "\nUse the config the checkpoint was trained with (its state.json holds it), "
+            f"{source} was saved from a different model or config ({' | '.join(parts)}). "
+            "Use the config the checkpoint was trained with (its state.json holds it), "
             "or another train.out_dir to start a new run."
         )
 
@@ -166,9 +165,12 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{checkpoint} is not a checkpoint folder: {STATE_FILE} is missing")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is corrupt ({error}); {EARLIER_CHECKPOINT.format(checkpoint)}") from error
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "step" not in state:
+        raise CheckpointError(f"{path} holds no step and config; {EARLIER_CHECKPOINT.format(checkpoint)}")
+    return state
 
 
 def load_module(module: nn.Module, checkpoint: Path, name: str) -> None:
@@ -179,17 +181,57 @@ def load_module(module: nn.Module, checkpoint: Path, name: str) -> None:
     load_full_model_state(module, tensors)
 
 
-def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[FrameCausalDiT, Config]:
-    """The backbone of a run folder, checkpoint or exported model, in eval mode, and its config."""
+def find_trained_checkpoint(path: str | Path) -> Path:
+    """`find_checkpoint`, refusing a path that holds none."""
     checkpoint = find_checkpoint(path)
     if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint found at {path}; give a run folder (out_dir) or a checkpoint folder")
+        what = "does not exist" if not Path(path).exists() else "holds no checkpoint (no state.json)"
+        raise CheckpointError(
+            f"{path} {what}; give a run folder (train.out_dir), a checkpoint folder or an exported model"
+        )
+    return checkpoint
+
+
+def run_folder(path: str | Path) -> Path:
+    """The folder that outputs of a trained model go under: the run of a checkpoint folder
+    (RUN/checkpoints/step_N), else the folder given (a run folder or an exported model)."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file() and path.parent.name == CHECKPOINT_DIR:
+        return path.parent.parent
+    return path
+
+
+def output_folder(checkpoint: str | Path, out_dir: str | Path | None, name: str) -> Path:
+    """Where a command writes what it made of a trained model: `out_dir`, else RUN/`name` (see `run_folder`).
+    Checked before any work: a file in the way is refused."""
+    out = Path(out_dir) if out_dir is not None else run_folder(checkpoint) / name
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"output folder {out} is a file; give another --out")
+    return out
+
+
+def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cpu") -> tuple[FrameCausalDiT, Config]:
+    """The backbone of a run folder, checkpoint or exported model, in eval mode, and its config.
+
+    The EMA weights, or with `use_ema=False` the raw ones; never an untrained model: weights that are
+    missing are an error (an export holds only the EMA).
+    """
+    checkpoint = find_trained_checkpoint(path)
     state = read_state(checkpoint)
     config = from_dict(state["config"])
     model = build_backbone(config)
-    if (checkpoint / "ema.safetensors").is_file() and use_ema:
+    if use_ema:
+        if not (checkpoint / "ema.safetensors").is_file():
+            raise CheckpointError(f"{checkpoint} has no ema.safetensors: its EMA weights are missing")
         load_module(model, checkpoint, "ema")
-    elif (checkpoint / "model.safetensors").is_file():
+    else:
+        if not (checkpoint / "model.safetensors").is_file():
+            exported = (
+                " (an exported model holds only the EMA weights: sample without --no-ema)"
+                if ("exported_from" in state)
+                else ""
+            )
+            raise CheckpointError(f"{checkpoint} has no model.safetensors: its raw weights are missing{exported}")
         tensors = load_tensors(checkpoint / "model.safetensors")
         backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
         check_compatible(model, backbone, checkpoint / "model.safetensors")

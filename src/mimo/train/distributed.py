@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mimo.errors import ArgumentError
+
 # FSDP2, DTensor and distributed.checkpoint take seconds to import, so they are imported where used;
 # a module can only be sharded (a tensor only be a DTensor) once they have been imported.
 FSDP_MODULE, DTENSOR_MODULE = "torch.distributed.fsdp", "torch.distributed.tensor"
@@ -40,8 +42,17 @@ class DistInfo:
 
 
 def default_device(requested: str | None = None) -> str:
-    """`requested`, else the GPU when there is one, else the CPU: where a job runs when not told."""
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    """`requested` (checked: a device torch knows and this machine has), else the GPU when there is one,
+    else the CPU: where a job runs when not told."""
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(requested).type
+    except RuntimeError as error:
+        raise ArgumentError(f"device '{requested}' is not a torch device; give cpu, cuda or cuda:N") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"device '{requested}': this machine has no CUDA device; give cpu")
+    return requested
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

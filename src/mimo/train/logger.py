@@ -12,21 +12,29 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLogger:
+    """Writes nothing until the first `log`: a run refused at start-up leaves its folder as it was."""
+
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self.path = Path(run_dir) / METRICS_FILE
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
         self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                tqdm.write("TensorBoard is not installed (pip install 'mimo[tensorboard]'); logging to JSONL only")
-            else:
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.tensorboard = enabled and tensorboard  # the writer is opened by the first `log`
+
+    def _open_tensorboard(self) -> None:
+        self.tensorboard = False
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            tqdm.write("TensorBoard is not installed (pip install 'mimo[tensorboard]'); logging to JSONL only")
+        else:
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.tensorboard:
+            self._open_tensorboard()
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
         if self.writer is not None:

@@ -30,8 +30,9 @@ from mimo.data import build_dataset, stack_clips
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
+from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
-from mimo.errors import NonFiniteLossError
+from mimo.errors import ConfigError, InputError, NonFiniteLossError
 from mimo.models import build_backbone
 from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
@@ -90,6 +91,8 @@ class TrainResult:
     checkpoint: Path | None
     interrupted: bool = False
     seconds: float = 0.0
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
+    out_of_time: bool = False  # train.max_seconds ended the run before train.steps
 
 
 def _lr_factor(step: int, warmup: int) -> float:
@@ -129,6 +132,7 @@ class Trainer:
         self.clips_seen = 0  # position in the data stream (data.order)
         self.saved_step: int | None = None
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self.logger = MetricsLogger(self.run_dir, self.dist.is_main, train.tensorboard)
 
     @property
@@ -215,7 +219,10 @@ class Trainer:
         video = batch["video"]
         check_frames("dataset clips", video, data.channels, data.frame_size)
         if video.shape[1] != data.num_frames:
-            raise ValueError(f"dataset clips have {video.shape[1]} frames, data.num_frames is {data.num_frames}")
+            raise InputError(
+                f"dataset clips have {video.shape[1]} frames, data.num_frames is {data.num_frames}: set "
+                f"data.num_frames={video.shape[1]}, or give clips of {data.num_frames} frames"
+            )
         if data.dataset == "latents":
             check_finite("dataset clips", video)
         else:
@@ -228,7 +235,7 @@ class Trainer:
         """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run."""
 
         def request_stop(signum, frame):
-            self.stop_requested = True
+            self.stop_requested, self.stop_signal = True, signum
             if self.dist.is_main:
                 tqdm.write(f"signal {signum} received: saving a checkpoint at the end of this step")
 
@@ -297,27 +304,37 @@ class Trainer:
 
     def train(self) -> TrainResult:
         config, train = self.config, self.config.train
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        checkpoint = self.resume() if train.resume else None
+        existing = find_checkpoint(self.run_dir)
+        if not train.resume and existing is not None:  # its checkpoints would mix with this run's
+            raise ConfigError(
+                f"train.resume=false: {self.run_dir} already holds a run (checkpoint {existing}); "
+                "give a new train.out_dir, or move that folder away to start over"
+            )
+        checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
         if checkpoint is None and train.init_from:
             left = initialise_from_run(self.objective, self.ema.module, train.init_from)
             if self.dist.is_main:
                 fresh = sorted({name.split(".")[0] for name in left})
                 tqdm.write(f"initialised from {train.init_from}" + (f"; left new: {', '.join(fresh)}" if fresh else ""))
+        if self.step >= train.steps and self.step > 0 and self.dist.is_main:
+            tqdm.write(f"{self.run_dir} is at step {self.step} already (train.steps={train.steps}): nothing to train")
         previous_handlers = self._install_signal_handlers()
         batches = self.batches()
         last, interval = {}, {}
         started = time.perf_counter()
         bar = tqdm(total=train.steps, initial=self.step, disable=not self.dist.is_main, desc="train", unit="step")
         tick = time.perf_counter()
+        out_of_time = False
         try:
             first_step = self.step
             while self.step < train.steps and not self.stop_requested:
                 if self.step > first_step and self._out_of_time(started):
+                    out_of_time = True
                     break
                 losses = self.train_step(batches)
+                if self.step == first_step and self.dist.is_main:  # its checks passed: now the run is this config's
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
                 self.step += 1
                 self.clips_seen += self.global_batch
                 self.stop_requested = any_rank(self.stop_requested)  # every rank stops at the same step
@@ -346,14 +363,25 @@ class Trainer:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         interrupted = self.stop_requested
+        if interrupted and self.stop_signal is None:  # stopped with the rank that received the signal
+            self.stop_signal = signal.SIGTERM
         if self.step > 0 and self.step != self.saved_step:
             checkpoint = self.save()
+        if out_of_time and self.dist.is_main:
+            tqdm.write(
+                f"train.max_seconds={train.max_seconds:g} reached: stopped at step {self.step} of {train.steps}, "
+                f"checkpoint saved; run the same command again to continue"
+            )
         if not interrupted and self.step > 0:
-            self.write_samples()
+            if train.sample_at_end:
+                self.write_samples(announce=True)
             if self.dist.is_main:
                 self.plot_losses()
         self.logger.close()
-        return TrainResult(self.run_dir, self.step, last, checkpoint, interrupted, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            self.run_dir, self.step, last, checkpoint, interrupted, seconds, self.stop_signal, out_of_time
+        )
 
     # ----- pictures ----------------------------------------------------------------------------
     def sampling_model(self) -> FrameCausalDiT | None:
@@ -367,13 +395,17 @@ class Trainer:
         model.load_state_dict(tensors)
         return model.to(self.device).eval()
 
-    def write_samples(self) -> Path | None:
-        """GIF of held-out clips (top row) and EMA samples with the same context or labels (bottom row)."""
+    def write_samples(self, announce: bool = False) -> Path | None:
+        """GIF of held-out clips (top row) and EMA samples with the same context or labels (bottom row);
+        `announce`: print what it costs first (train.sample_at_end=false skips the one at the end)."""
         model = self.sampling_model()
         path = None
         if model is not None:
             eval_set = build_dataset(self.config.data, "eval", num_clips=SAMPLE_VIDEOS)
             clips = stack_clips(eval_set, min(SAMPLE_VIDEOS, len(eval_set)))
+            if announce:
+                cost = sampling_cost(model, self.config, len(clips["video"]))
+                tqdm.write(cost.describe("samples at the end of training (train.sample_at_end=false skips them)"))
             video, labels = clips["video"].to(self.device), clips["label"].to(self.device)
             samples = sample_for_task(model, self.config, video, labels, torch.Generator().manual_seed(0))
             path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
