@@ -34,6 +34,9 @@ MASK_LOSS_ON = ("dropped", "all")
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 SOLVERS = ("euler", "heun")
 PRECISIONS = ("fp32", "bf16")
+SAMPLE_PRECISIONS = ("auto", *PRECISIONS)  # auto: bf16 on CUDA, fp32 on a CPU
+# auto: block-sparse FlexAttention on CUDA, dense-mask SDPA on a CPU (mimo.models.attention.uses_flex)
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
 REPA_MODES = ("none", "history", "future", "both")
 
 
@@ -52,6 +55,7 @@ class ModelConfig:
     qk_norm: bool = True
     rope: bool = True  # False: 3-D sin-cos absolute positions (the paper's "vanilla" ablation)
     clean_conditioning: str = "independent_ln"  # ACDiT default; "clean_timestep" is FAR's way
+    attention: str = "auto"  # frame-causal masks as a FlexAttention BlockMask ("flex") or a dense mask ("sdpa")
 
     def size(self) -> tuple[int, int, int]:
         """(depth, width, heads) after applying explicit overrides to the preset."""
@@ -154,6 +158,7 @@ class SampleConfig:
     num_videos: int = 8
     num_frames: int | None = None  # None: the training clip length
     use_cache: bool = True
+    precision: str = "auto"  # bf16 autocast (auto: on CUDA only) or fp32
 
 
 EVAL_METRICS = ("fvd", "proxy_fd", "trajectory", "psnr", "ssim")
@@ -319,6 +324,7 @@ def validate(config: Config) -> None:
         f"rotary embedding needs an even head dimension of at least 6, got {head_dim}; change model.heads",
     )
     _check(m.patch_size >= 1, "model.patch_size", "must be a positive integer")
+    _check(m.attention in ATTENTION_BACKENDS, "model.attention", f"choose one of {list(ATTENTION_BACKENDS)}")
     _check(
         d.frame_size % m.patch_size == 0,
         "model.patch_size",
@@ -451,6 +457,7 @@ def validate(config: Config) -> None:
     _check(s.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")
     _check(s.window is None or s.window >= 1, "sample.window", "must be at least 1 clean frame")
     _check(s.num_videos >= 1, "sample.num_videos", "must be at least 1")
+    _check(s.precision in SAMPLE_PRECISIONS, "sample.precision", f"choose one of {list(SAMPLE_PRECISIONS)}")
     _check(
         s.num_frames is None or s.num_frames > config.context_frames,
         "sample.num_frames",

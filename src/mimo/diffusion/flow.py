@@ -45,15 +45,15 @@ def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "eu
 
     `velocity(z, s)` gets s as a (B,) tensor. Heun is second order (one extra evaluation per step,
     none on the last step, which lands on s = 0 where Heun's corrector would need v at s = 0).
+    The grid lives on z's device and the step is a Python number: no host-device sync in the loop.
     """
     if solver not in ("euler", "heun"):
         raise ValueError(f"unknown solver '{solver}'; use 'euler' or 'heun'")
-    levels = torch.linspace(1.0, 0.0, steps + 1)
+    levels = torch.linspace(1.0, 0.0, steps + 1, device=noise.device).repeat(noise.shape[0], 1)  # (B, steps + 1)
+    dt = -1.0 / steps
     z = noise
     for i in range(steps):
-        s_now = levels[i].expand(z.shape[0]).to(z.device)
-        s_next = levels[i + 1].expand(z.shape[0]).to(z.device)
-        dt = (levels[i + 1] - levels[i]).item()
+        s_now, s_next = levels[:, i], levels[:, i + 1]
         v_now = velocity(z, s_now)
         z_euler = z + dt * v_now
         if solver == "heun" and i < steps - 1:

@@ -5,17 +5,22 @@ layer, so each ODE step of the next frame costs one frame's tokens. Without it, 
 re-runs the whole history; both give the same frames (a test). Past the training length a sliding
 window attends to the last `window` clean frames only: rotary attention depends on frame offsets,
 which the window keeps inside the trained range. When the window slides, the cache is re-encoded
-from the window's frames (one clean pass per frame, cheap next to the ODE steps), because the
-deeper layers' keys of a cached frame still carry the frames that slid out.
+from the window's frames (one block-causal pass over all of them, cheap next to the ODE steps),
+because the deeper layers' keys of a cached frame still carry the frames that slid out. The cache
+is static: preallocated for the window and written in place (`attention.KVCache`).
+
+Sampling runs under inference_mode and, by default on CUDA, bf16 autocast (`sample.precision`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mimo.config import Config
+from mimo.config import SAMPLE_PRECISIONS, Config
 from mimo.diffusion.flow import integrate
 from mimo.models.checks import check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
@@ -29,7 +34,25 @@ def _guided(velocity: Tensor, cfg_scale: float, guided: bool) -> Tensor:
     return unconditional + cfg_scale * (conditional - unconditional)
 
 
-@torch.no_grad()
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `sample.precision` on `device`: bf16, or None for fp32 (auto: bf16 on CUDA)."""
+    if precision not in SAMPLE_PRECISIONS:
+        raise ValueError(f"unknown sampling precision '{precision}'; choose one of {list(SAMPLE_PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else None
+
+
+def inference(device: torch.device, precision: str = "auto") -> contextlib.ExitStack:
+    """inference_mode (no autograd bookkeeping at all) and, in bf16, autocast: how every sampler and
+    evaluation runs the model."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    dtype = autocast_dtype(precision, device)
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    return stack
+
+
 def sample_video(
     model: FrameCausalDiT,
     num_frames: int,
@@ -43,20 +66,54 @@ def sample_video(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    precision: str = "auto",
 ) -> Tensor:
     """Generate videos (B, num_frames, C, H, W); `context` (B, k, C, H, W) frames are given, not generated.
 
     `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
     the null class. `window`: clean frames attended to (None: all). Noise comes from `generator`.
+    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32.
     """
     check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
+    device = model.patch_embed.weight.device
+    with inference(device, precision):
+        return _sample(
+            model,
+            num_frames,
+            batch_size,
+            labels,
+            context,
+            steps,
+            solver,
+            cfg_scale,
+            window,
+            generator,
+            use_cache,
+            progress,
+        )
+
+
+def _sample(
+    model: FrameCausalDiT,
+    num_frames: int,
+    batch_size: int | None,
+    labels: Tensor | None,
+    context: Tensor | None,
+    steps: int,
+    solver: str,
+    cfg_scale: float,
+    window: int | None,
+    generator: torch.Generator | None,
+    use_cache: bool,
+    progress: bool,
+) -> Tensor:
     device = model.patch_embed.weight.device
     size = model.grid * model.patch_size
     if context is not None:
         batch_size = context.shape[0]
     elif labels is not None:
         batch_size = labels.shape[0]
-    frames = [] if context is None else list(context.to(device).split(1, dim=1))
+    frames = [] if context is None else list(context.to(device, torch.float32).split(1, dim=1))
     guided = labels is not None and cfg_scale != 1.0
     if labels is not None:
         labels = labels.to(device)
@@ -68,16 +125,15 @@ def sample_video(
         return torch.cat([x] * copies) if copies > 1 else x
 
     window = num_frames if window is None else window
-    cache = model.new_cache() if use_cache else None
+    cache = model.new_cache(window) if use_cache else None
 
     def refill_cache(last: int) -> None:
         """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
-        starting at the window's first frame (older frames must not leak in through deeper layers' keys)."""
-        nonlocal cache
-        cache = model.new_cache()
+        starting at the window's first frame (older frames must not leak in through deeper layers' keys).
+        One block-causal pass over all of them, written into the static cache in place."""
+        cache.clear()
         first = max(0, last + 1 - window)
-        for position in range(first, last + 1):
-            model.append_to_cache(doubled(frames[position]), position, cache, labels)
+        model.append_to_cache(doubled(torch.cat(frames[first : last + 1], dim=1)), first, cache, labels)
 
     if cache is not None and frames:
         refill_cache(len(frames) - 1)
@@ -87,7 +143,7 @@ def sample_video(
 
             def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
                 v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
-                return _guided(v, cfg_scale, guided)
+                return _guided(v.float(), cfg_scale, guided)
 
         else:
             first = max(0, position - window)
@@ -102,9 +158,9 @@ def sample_video(
                     clean_start=first,
                     noisy_start=position,
                 )
-                return _guided(out.velocity, cfg_scale, guided)
+                return _guided(out.velocity.float(), cfg_scale, guided)
 
-        noise = torch.randn(shape, generator=generator).to(device)
+        noise = torch.randn(shape, generator=generator).to(device, non_blocking=True)
         frames.append(integrate(velocity, noise, steps, solver))
         if cache is not None and position + 1 < num_frames:
             if cache.num_frames < window:
@@ -139,4 +195,5 @@ def sample_for_task(
         generator=generator,
         use_cache=sample.use_cache,
         progress=progress,
+        precision=sample.precision,
     )

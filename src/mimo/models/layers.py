@@ -7,6 +7,7 @@ import math
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 
 from mimo.models.attention import Attention, split_rotary_dims
 
@@ -80,8 +81,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope, mask)[0]
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | BlockMask | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask)
         return x + self.mlp(self.norm2(x))
 
 

@@ -13,7 +13,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from mimo.models.attention import RotaryEmbedding3D, frame_causal_mask
+from mimo.models.attention import FrameLayout, RotaryEmbedding3D
 from mimo.models.layers import TransformerBlock, sincos_position_3d, token_positions
 
 MASK_TOKEN_STD = 0.02  # MAE's initialisation of the mask token
@@ -31,12 +31,14 @@ class MimoDecoder(nn.Module):
         grid: int,
         rope: bool = True,
         qk_norm: bool = True,
+        attention: str = "auto",
     ):
         super().__init__()
         self.grid = grid
         self.width = width
         self.num_targets = num_targets
         self.patch_dim = patch_dim
+        self.attention = attention  # auto | sdpa | flex, see attention.uses_flex
         self.embed = nn.Linear(backbone_width, width)
         self.mask_token = nn.Parameter(torch.randn(1, 1, 1, width) * MASK_TOKEN_STD)
         self.rope = RotaryEmbedding3D(width // heads) if rope else None
@@ -62,14 +64,12 @@ class MimoDecoder(nn.Module):
         x = rearrange(grid_tokens, "b t n d -> b (t n) d")
         spatial = repeat(torch.arange(positions_per_frame, device=x.device), "n -> b n", b=batch)
         positions = token_positions(spatial, self.grid, 0, frames)
-        frame = positions[0, :, 0]
         if self.rope is None:
             x = x + sincos_position_3d(positions, self.width).to(x.dtype)
             rope = None
         else:
             rope = self.rope(positions)
-        history = torch.ones_like(frame, dtype=torch.bool)
-        mask = frame_causal_mask(frame, history, frame, history)
+        mask = FrameLayout(frames, positions_per_frame).mask(self.attention, x.device)  # history only: block-causal
         for block in self.blocks:
             x = block(x, rope, mask)
         out = self.head(self.norm(x))

@@ -128,6 +128,7 @@ class TrainingObjective(nn.Module):
                 grid=backbone.grid,
                 rope=config.model.rope,
                 qk_norm=config.model.qk_norm,
+                attention=config.model.attention,
             )
         repa = config.repa
         self.repa_projector = None
