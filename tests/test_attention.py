@@ -118,8 +118,9 @@ def test_flex_model_equals_sdpa_model(ratio, make_config, make_model, clips):
         with torch.no_grad():
             out = model(video[:, 1:], noise_level, clean=video[:, :-1], noisy_start=1, keep=keep, return_layers=(1,))
         outputs[attention] = out
-    torch.testing.assert_close(outputs["flex"].velocity, outputs["sdpa"].velocity, atol=FLOAT32_ATOL, rtol=0)
-    torch.testing.assert_close(outputs["flex"].clean_hidden[1], outputs["sdpa"].clean_hidden[1], atol=FLOAT32_ATOL, rtol=0)
+    flex, sdpa = outputs["flex"], outputs["sdpa"]
+    torch.testing.assert_close(flex.velocity, sdpa.velocity, atol=FLOAT32_ATOL, rtol=0)
+    torch.testing.assert_close(flex.clean_hidden[1], sdpa.clean_hidden[1], atol=FLOAT32_ATOL, rtol=0)
 
 
 def test_static_cache_writes_in_place_and_reads_a_view():
@@ -129,7 +130,7 @@ def test_static_cache_writes_in_place_and_reads_a_view():
     storage = cache.keys[0].data_ptr()
     cache.advance(1)
     second = torch.randn(1, 1, 2, 4)
-    keys, values = cache.extend(0, second, second)  # a frame being denoised: written, not committed
+    keys, _ = cache.extend(0, second, second)  # a frame being denoised: written, not committed
     assert keys.data_ptr() == storage and keys.shape[2] == 4
     assert torch.equal(keys, torch.cat([first, second], dim=2))
     third = torch.randn(1, 1, 2, 4)
