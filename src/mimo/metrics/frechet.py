@@ -87,7 +87,9 @@ class FeatureStatistics:
         numbers of FAR, DFoT and other StyleGAN-V-based code. A report must say which it used.
         """
         if normaliser not in COVARIANCE_DDOF:
-            raise ValueError(f"unknown covariance normaliser {normaliser!r}; use one of {sorted(COVARIANCE_DDOF)}")
+            raise ValueError(
+                f"unknown covariance normaliser {normaliser!r}; use one of {sorted(COVARIANCE_DDOF)}"
+            )
         self._require_samples(2)
         mu = self.mean()
         centred_outer = self.outer_sum - self.count * torch.outer(mu, mu)
@@ -152,7 +154,9 @@ def frechet_distance(
             "both sets must use the same feature extractor."
         )
     mean_term = float(np.sum((mu1 - mu2) ** 2))
-    distance = mean_term + float(np.trace(sigma1) + np.trace(sigma2)) - 2 * trace_sqrt_product(sigma1, sigma2, method)
+    distance = mean_term + float(np.trace(sigma1) + np.trace(sigma2)) - 2 * trace_sqrt_product(
+        sigma1, sigma2, method
+    )
     if not np.isfinite(distance):
         raise FloatingPointError(
             f"Fréchet distance is not finite ({distance}); the covariances are likely singular. "
