@@ -29,11 +29,12 @@ def sample_noise_levels(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
 ) -> Tensor:
-    """Independent noise levels, one per frame: logit-normal (SiT, FAR) or uniform."""
+    """Independent noise levels, one per frame: logit-normal (SiT, FAR) or uniform, on the generator's device."""
+    device = generator.device if generator is not None else None
     if method == "uniform":
-        return torch.rand(shape, generator=generator)
+        return torch.rand(shape, generator=generator, device=device)
     if method == "logit_normal":
-        return torch.sigmoid(logit_mean + logit_std * torch.randn(shape, generator=generator))
+        return torch.sigmoid(logit_mean + logit_std * torch.randn(shape, generator=generator, device=device))
     raise ValueError(f"unknown noise-level sampling '{method}'; use 'logit_normal' or 'uniform'")
 
 

@@ -51,7 +51,8 @@ def build_ctf_batch(
     generator: torch.Generator,
     grid: int,
 ) -> CTFBatch:
-    """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`."""
+    """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`
+    on its own device (a CUDA generator draws on the GPU: nothing is copied from the host)."""
     batch, frames = video.shape[:2]
     first_noisy = config.context_frames
     target = video[:, first_noisy:]
@@ -62,9 +63,12 @@ def build_ctf_batch(
         config.diffusion.logit_mean,
         config.diffusion.logit_std,
     ).to(video.device)
-    noise = torch.randn(target.shape, generator=generator).to(video.device)
+    noise = torch.randn(target.shape, generator=generator, device=generator.device).to(video.device)
     if num_classes:
-        drop = torch.rand(batch, generator=generator).to(video.device) < config.train.label_dropout
+        drop = (
+            torch.rand(batch, generator=generator, device=generator.device).to(video.device)
+            < config.train.label_dropout
+        )
         labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
     else:
         labels = None
@@ -152,7 +156,7 @@ class TrainingObjective(nn.Module):
         generator: torch.Generator,
         encoder_features: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Losses for clips (B, T, C, H, W); `generator` (CPU) draws every random choice of the step.
+        """Losses for clips (B, T, C, H, W); `generator` (on the clips' device) draws every random choice of the step.
 
         `encoder_features` (B, T, h, w, E): cached features of the clips' frames for REPA; without
         them the frozen encoder runs on `video`.
