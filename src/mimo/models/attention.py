@@ -215,6 +215,17 @@ class KVCache:
         self.num_frames = 0
 
 
+class QKNorm(nn.RMSNorm):
+    """RMSNorm of queries or keys (QK-normalisation) that keeps them in their own dtype: the mean square
+    is accumulated in fp32, the scaling is done in the input's dtype. torch's RMSNorm, given bf16 under
+    autocast, upcasts and saves three fp32 copies of q and k for the backward (~20 % of a step's memory)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        eps = torch.finfo(torch.float32).eps if self.eps is None else self.eps
+        mean_square = (x * x).mean(dim=-1, keepdim=True, dtype=torch.float32)
+        return x * torch.rsqrt(mean_square + eps).to(x.dtype) * self.weight.to(x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with QK-normalisation, optional rotary positions and a KV cache."""
 
@@ -223,8 +234,8 @@ class Attention(nn.Module):
         self.heads = heads
         head_dim = width // heads
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
 
     def forward(

@@ -26,6 +26,7 @@ from mimo.config import ModelConfig
 from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D
 from mimo.models.checks import check_model_inputs
 from mimo.models.layers import (
+    LayerNorm,
     Mlp,
     NoiseLevelEmbedder,
     patchify,
@@ -84,7 +85,9 @@ class TokenGroups:
 
     @staticmethod
     def join(clean: Tensor, noisy: Tensor) -> Tensor:
-        """clean (B, Tc, n, D) and noisy (B, Tn, N, D) -> (B, L, D)."""
+        """clean (B, Tc, n, D) and noisy (B, Tn, N, D) -> (B, L, D); no copy when a group is empty."""
+        if not clean.shape[1] or not noisy.shape[1]:
+            return (noisy if not clean.shape[1] else clean).flatten(1, 2)
         return torch.cat([clean.flatten(1, 2), noisy.flatten(1, 2)], dim=1)
 
     def modulate(self, x: Tensor, clean_norm, noisy_norm, clean: tuple, noisy: tuple) -> Tensor:
@@ -103,14 +106,14 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool, independent_clean: bool):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm1 = LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.attn = Attention(width, heads, qk_norm)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm2 = LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.mlp = Mlp(width, int(width * mlp_ratio))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         # clean tokens: their own affine LayerNorms (ACDiT), or the parameter-free ones shared with adaLN (FAR)
-        self.clean_norm1 = nn.LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm1
-        self.clean_norm2 = nn.LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm2
+        self.clean_norm1 = LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm1
+        self.clean_norm2 = LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm2
 
     def modulation(self, cond: Tensor | None) -> Modulation:
         """adaLN's terms from per-frame conditioning (B, frames, D); none without conditioning."""
@@ -144,7 +147,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, width: int, patch_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm = LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, patch_dim)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
@@ -13,6 +14,17 @@ from mimo.models.attention import Attention, split_rotary_dims
 
 TIMESTEP_SCALE = 1000.0  # noise levels s in [0, 1] are embedded as s·1000, the range DiT's embedder expects
 MAX_PERIOD = 10000.0  # DiT's sinusoidal timestep embedding
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm in its input's dtype (the kernel keeps fp32 statistics): under autocast torch's would
+    cast every block input to fp32 and keep that copy for the backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class Mlp(nn.Module):
@@ -76,9 +88,9 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = LayerNorm(width)
         self.attn = Attention(width, heads, qk_norm)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio))
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | BlockMask | None) -> Tensor:

@@ -14,7 +14,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from mimo.models.attention import FrameLayout, RotaryEmbedding3D
-from mimo.models.layers import TransformerBlock, sincos_position_3d, token_positions
+from mimo.models.layers import LayerNorm, TransformerBlock, sincos_position_3d, token_positions
 
 MASK_TOKEN_STD = 0.02  # MAE's initialisation of the mask token
 
@@ -43,7 +43,7 @@ class MimoDecoder(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(1, 1, 1, width) * MASK_TOKEN_STD)
         self.rope = RotaryEmbedding3D(width // heads) if rope else None
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
+        self.norm = LayerNorm(width)
         self.head = nn.Linear(width, num_targets * patch_dim)
 
     def forward(self, features: Tensor, keep: Tensor | None) -> Tensor:
