@@ -49,6 +49,7 @@ from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.masking import kept_count
 from mimo.train.checkpoint import find_checkpoint
+from mimo.train.memory import GPU_MEMORY_GB, preset_world_size, training_memory
 from mimo.train.trainer import Trainer, load_trained_model, train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -574,6 +575,20 @@ def _gpu_bf16_utilization(args: argparse.Namespace, device: torch.device) -> dic
     return out
 
 
+# ----- memory census ------------------------------------------------------------------------------
+def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Memory per GPU of one training step of each config, counted on fake tensors (mimo.train.memory)."""
+    results = {}
+    for path in args.configs:
+        if "benchmark" in read_yaml(path):  # a convergence config: its training settings are the MiMo arm's
+            config = load_convergence_config(path, args.set)[0]
+        else:
+            config = load_config(path, args.set)
+        census = training_memory(config, args.gpus or preset_world_size(config))
+        results[str(path)] = census.to_json()
+    return {"settings": {"gpu_memory_gb": GPU_MEMORY_GB, "overrides": args.set}, "results": results}
+
+
 # ----- 4. convergence -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConvergenceSettings:
@@ -1047,11 +1062,28 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
     return [*lines, "", f"![convergence curves]({image})"]
 
 
+def _memory_section(payload: dict[str, Any]) -> list[str]:
+    lines = [
+        "| config | GPUs | batch per GPU × accumulation | checkpointing | peak per GPU (GB) | activations (GB) "
+        "| static (GB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, row in payload["results"].items():
+        gb = row["gb"]
+        static = sum(v for k, v in gb.items() if k not in ("activations", "transient"))
+        lines.append(
+            f"| {path} | {row['world_size']} ({row['parallel']}) | {row['batch_size']} × {row['grad_accumulation']} | "
+            f"{row['activation_checkpointing']} | {row['peak_gb']} | {gb['activations']} | {static:.2f} |"
+        )
+    return lines
+
+
 SECTIONS = {
     "step": "Training step: MiMo against the CTF baseline",
     "sampling": "Sampling: KV cache against recomputing the history",
     "utilization": "Utilisation: achieved FLOP/s against this machine's matmul peak",
     "convergence": "Convergence on the built-in videos",
+    "memory": "Memory census of a training step per GPU (fake tensors, not a measurement)",
 }
 
 
@@ -1072,9 +1104,8 @@ def summary_table(results_dir: Path) -> str:
         if kind == "convergence":
             lines += _convergence_section(payload, path.with_suffix(".png").name)
         else:
-            lines += {"step": _step_section, "sampling": _sampling_section, "utilization": _utilization_section}[kind](
-                payload
-            )
+            sections = {"step": _step_section, "sampling": _sampling_section, "utilization": _utilization_section}
+            lines += (sections | {"memory": _memory_section})[kind](payload)
     return "\n".join(lines) + "\n"
 
 
@@ -1084,6 +1115,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, Callable[[dict[str, Any]], A
     "sampling": lambda args, publish: bench_sampling(args),
     "utilization": lambda args, publish: bench_utilization(args),
     "convergence": bench_convergence,
+    "memory": lambda args, publish: bench_memory(args),
 }
 # --tiny: seconds-long runs for the smoke tests; their figures mean nothing.
 TINY: dict[str, dict[str, Any]] = {
@@ -1126,7 +1158,11 @@ TINY_CONVERGENCE_SETTINGS = {
 def build_parser(name: str) -> argparse.ArgumentParser:
     """The command-line arguments of benchmark `name` (`mimo bench NAME --help`)."""
     parser = argparse.ArgumentParser(prog=f"mimo bench {name}", description=SECTIONS[name])
-    if name == "convergence":
+    if name == "memory":
+        parser.add_argument("configs", type=Path, nargs="+", help="training configs (YAML)")
+        parser.add_argument("--gpus", type=int, default=None, help="ranks (default: 8 for FSDP presets, else 1)")
+        parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
+    elif name == "convergence":
         parser.add_argument("--config", type=Path, default=CONVERGENCE_CPU_CONFIG, help="the MiMo arm's config")
         parser.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
         parser.add_argument("--name", default=None, help="result name (default: the config's file name)")
@@ -1167,6 +1203,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 def _result_name(name: str, args: argparse.Namespace) -> str:
     base = (args.name or Path(args.config).stem) if name == "convergence" else name
+    if name == "memory":
+        base = "memory-" + "-".join(path.stem for path in args.configs) if len(args.configs) == 1 else name
     return f"{base}-tiny" if args.tiny else base
 
 

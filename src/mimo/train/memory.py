@@ -37,13 +37,14 @@ from mimo.models import build_backbone
 from mimo.objectives.masking import kept_count
 from mimo.objectives.objective import TrainingObjective
 
-GIB = 2**30
+GB = 10**9  # GPU memory is sold in GB (80 GB = 74.5 GiB)
 FP32_BYTES, BF16_BYTES = 4, 2
 ADAMW_MOMENTS = 2  # exp_avg and exp_avg_sq, fp32 each
 FSDP_LIVE_BLOCKS = 2  # the block running and the one FSDP2 prefetches
 TRANSIENT_TENSORS = 2
 OUTSIDE = -1  # saved tensors of the embedders, the final layer, the MiMo decoder and the losses
-GPU_MEMORY_GIB = 80  # H100 SXM / A100 80 GB: what every GPU preset must fit in
+GPU_MEMORY_GB = 80  # H100 SXM / A100 80 GB: what every GPU preset must fit in
+FSDP_PRESET_GPUS = 8  # the FSDP presets are written for one node of 8 GPUs
 
 # Functions CUDA autocast runs in fp32 (PyTorch AMP docs, "CUDA Ops that can autocast to float32"),
 # the ones a training step of this project calls; CPU autocast leaves them in bf16.
@@ -106,6 +107,7 @@ class MemoryCensus:
     activations: int
     transient: int
     batch_size: int
+    grad_accumulation: int
     world_size: int
     parallel: str
     activation_checkpointing: bool
@@ -122,20 +124,20 @@ class MemoryCensus:
         return self.static + self.activations + self.transient
 
     def to_json(self) -> dict[str, Any]:
-        gib = {
-            name: round(value / GIB, 2)
+        gb = {
+            name: round(value / GB, 2)
             for name, value in asdict(self).items()
             if name in ("parameters", "gradients", "optimizer", "ema", "fsdp_buffers", "activations", "transient")
         }
         settings = {
             name: value
             for name, value in asdict(self).items()
-            if name not in gib and name not in ("num_parameters", "tokens_per_clip")
+            if name not in gb and name not in ("num_parameters", "tokens_per_clip")
         }
         return {
-            "peak_gib": round(self.peak / GIB, 2),
-            "fits_80gb": self.peak < GPU_MEMORY_GIB * 1e9,
-            "gib": gib,
+            "peak_gb": round(self.peak / GB, 1),
+            "fits_80gb": self.peak < GPU_MEMORY_GB * GB,
+            "gb": gb,
             **settings,
             "parameters_millions": round(self.num_parameters / 1e6, 1),
             "tokens_per_clip": self.tokens_per_clip,
@@ -223,6 +225,11 @@ def _parameter_counts(config: Config) -> tuple[int, int, int]:
     return total, sum(p.numel() for p in backbone.parameters()), largest_block
 
 
+def preset_world_size(config: Config) -> int:
+    """The GPUs a preset is written for: one node for FSDP presets, one GPU otherwise."""
+    return FSDP_PRESET_GPUS if config.train.parallel == "fsdp" else 1
+
+
 def tokens_per_clip(config: Config) -> int:
     """Backbone tokens of one CTF sequence: T-1 clean frames of kept tokens, T-k noisy frames of N."""
     positions = (config.data.frame_size // config.model.patch_size) ** 2
@@ -257,6 +264,7 @@ def training_memory(config: Config, world_size: int = 1) -> MemoryCensus:
         activations=activations,
         transient=sum(saved.largest),
         batch_size=train.batch_size,
+        grad_accumulation=train.grad_accumulation,
         world_size=world_size,
         parallel=train.parallel if world_size > 1 else "single",
         activation_checkpointing=train.activation_checkpointing,
