@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimo.models.attention import FrameLayout, KVCache, attend, frame_causal_mask
+from mimo.models.attention import FrameLayout, KVCache, attend, attention_flops, frame_causal_mask
 from mimo.objectives.masking import kept_count, tube_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,6 +51,14 @@ def _expanded(layout: FrameLayout, block_size: int) -> torch.Tensor:
             k_tile = int(block_mask.full_kv_indices[0, 0, q_tile, i])
             dense[rows, k_tile * block_size : (k_tile + 1) * block_size] = True
     return dense[: layout.length, : layout.length]
+
+
+def _expanded_tiles(layout: FrameLayout, block_size: int) -> int:
+    """Token pairs inside the tiles the BlockMask computes (partial or full)."""
+    block_mask = layout.block_mask("cpu", block_size)
+    tiles = block_mask.to_dense()[0, 0]  # (q tiles, kv tiles): partial or full
+    rows = torch.tensor([min(block_size, layout.length - i * block_size) for i in range(tiles.shape[0])])
+    return int((rows[:, None] * rows[None, :] * tiles).sum())
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
@@ -139,3 +147,21 @@ def test_static_cache_writes_in_place_and_reads_a_view():
     cache.advance(1)
     with pytest.raises(ValueError, match="clear it"):
         cache.extend(0, torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["baseline-16-tokens", "mimo-r0.25-kept-12", "odd-token-counts"])
+def test_attention_flops_count_allowed_pairs_and_computed_tiles(name):
+    layout, block_size = LAYOUTS[name]
+    flops = attention_flops(layout, batch=2, heads=3, head_dim=8, block_size=block_size)
+    per_pair = flops.attention_dense / layout.length**2
+    assert flops.attention_useful == pytest.approx(per_pair * int(_reference(layout).sum()), rel=1e-9)
+    assert flops.attention_block_sparse == pytest.approx(per_pair * int(_expanded_tiles(layout, block_size)), rel=1e-9)
+    assert flops.attention_useful <= flops.attention_block_sparse < flops.attention_dense
+
+
+def test_ucf_layout_allows_about_a_quarter_of_the_attention_matrix():
+    noisy = 16
+    flops = attention_flops(FrameLayout(noisy - 1, 256, noisy, 256, 0), batch=1, heads=1, head_dim=64)
+    allowed = flops.attention_useful / flops.attention_dense
+    assert allowed == pytest.approx((noisy + 1) / (4 * noisy), abs=0.01)  # (N + 1) / 4N, as in the issue
+    assert flops.attention_block_sparse == flops.attention_useful  # 256 tokens per frame: whole tiles

@@ -54,7 +54,7 @@ def test_analytic_flops_match_flop_counter(make_config, clips, overrides):
 
     analytic = training_step_flops(config, batch_size=video.shape[0])
     assert counted_flops(step) == pytest.approx(analytic["total"], rel=1e-6)
-    assert analytic["backward"] > analytic["forward"]
+    assert analytic["useful"] < analytic["block_sparse"] <= analytic["total"]  # masked-out pairs are not useful
 
 
 def test_step_benchmark_compares_arms_round_by_round(tmp_path):

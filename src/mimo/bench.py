@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from mimo.config import Config, ConfigError, from_dict, load_config, read_yaml, with_overrides
 from mimo.data import build_dataset
+from mimo.devices import datasheet_bf16_peak
 from mimo.diffusion.sampler import sample_video
 from mimo.evaluate import generate, history_features, load_clips, proxy_config
 from mimo.metrics.fvd import extract_feature_statistics
@@ -46,8 +47,10 @@ from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
 from mimo.metrics.trajectory import trajectory_error
 from mimo.models import build_backbone
+from mimo.models.attention import FrameLayout, uses_flex
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.masking import kept_count
+from mimo.objectives.objective import TrainingObjective
 from mimo.train.checkpoint import find_checkpoint
 from mimo.train.memory import GPU_MEMORY_GB, preset_world_size, training_memory
 from mimo.train.trainer import Trainer, load_trained_model, train
@@ -55,8 +58,6 @@ from mimo.train.trainer import Trainer, load_trained_model, train
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONVERGENCE_CPU_CONFIG = REPO_ROOT / "configs" / "bench" / "convergence-cpu.yaml"
 BASELINE_OVERRIDES = ("mimo.weight=0", "mimo.mask_ratio=0")  # the CTF baseline ("ACDiT" in the paper)
-NOISE_EMBED_DIM = 256  # mimo.models.layers.NoiseLevelEmbedder's sinusoidal features
-DECODER_MLP_RATIO = 4.0  # mimo.models.layers.TransformerBlock's default
 SHARED_CPU_SHARE = 0.9  # a benchmark that got less CPU than this share of its threads' time ran on a shared machine
 GPU_PEAK_SIZE = 8192  # square bf16 matmul that saturates an H100 / A100
 CPU_PEAK_SIZE = 2048  # square fp32 matmul, large enough for MKL/OpenBLAS's best blocking on a CPU
@@ -153,75 +154,31 @@ def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
     return statistics.median(t / r for t, r in zip(times, reference, strict=True))
 
 
-def _linear_flops(rows: int, fan_in: int, fan_out: int, input_grad: bool = True) -> tuple[int, int]:
-    """(forward, backward) FLOPs of a linear layer; backward skips the input gradient of a leaf input."""
-    forward = 2 * rows * fan_in * fan_out
-    return forward, forward * (2 if input_grad else 1)
-
-
-def _attention_flops(batch: int, heads: int, length: int, head_dim: int) -> tuple[int, int]:
-    """(forward, backward) FLOPs of dense attention: QKᵀ and AV, counted over the whole masked matrix."""
-    shape = (batch, heads, length, head_dim)
-    return sdpa_flop_count(shape, shape, shape), sdpa_backward_flop_count(shape, shape, shape, shape)
-
-
 def training_step_flops(config: Config, batch_size: int) -> dict[str, int]:
-    """Matmul and attention FLOPs of one training step (forward + backward) of the backbone and MiMo decoder.
-
-    Counted from the architecture: the CTF sequence holds T-1 clean frames of n kept tokens (n = N after
-    dropping round(r·N) positions) and T-k noisy frames of N tokens. Attention counts the dense matrix
-    that the masked kernel computes. Element-wise work (norms, rotary, optimizer) is not counted, as
-    in FlopCounterMode and in model-FLOP-utilisation figures.
+    """FLOPs of one training step (forward + backward) of the backbone and MiMo decoder, as the models count
+    them (`training_flops`): `total` executed by dense-mask SDPA (what FlopCounterMode sees on a CPU),
+    `block_sparse` executed by FlexAttention, `useful` the allowed attention pairs only. Element-wise work
+    (norms, rotary, optimizer) is not counted, as in FlopCounterMode and in MFU figures.
     """
     if config.repa.mode != "none":
         raise ValueError("training_step_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
-    m, mimo = config.model, config.mimo
-    depth, width, heads = m.size()
-    b, frames, patch = batch_size, config.data.num_frames, m.patch_size
-    positions = (config.data.frame_size // patch) ** 2
-    patch_dim = config.data.channels * patch**2
-    kept = kept_count(positions, mimo.mask_ratio) if mimo.mask_ratio > 0 else positions
-    clean_frames, noisy_frames = frames - 1, frames - config.context_frames
-    clean_tokens, noisy_tokens = clean_frames * kept, noisy_frames * positions
-    length = clean_tokens + noisy_tokens
-    hidden = int(width * m.mlp_ratio)
-    conditioned_frames = noisy_frames + (0 if m.clean_conditioning == "independent_ln" else clean_frames)
-
-    parts = [
-        _linear_flops(b * length, patch_dim, width, input_grad=False),  # patch embedding
-        _linear_flops(b * conditioned_frames, NOISE_EMBED_DIM, width, input_grad=False),
-        _linear_flops(b * conditioned_frames, width, width),
-        _linear_flops(b * noisy_frames, width, 2 * width),  # final adaLN
-        _linear_flops(b * noisy_tokens, width, patch_dim),
-    ]
-    for _ in range(depth):
-        parts += [
-            _linear_flops(b * conditioned_frames, width, 6 * width),  # adaLN
-            _linear_flops(b * length, width, 3 * width),
-            _attention_flops(b, heads, length, width // heads),
-            _linear_flops(b * length, width, width),
-            _linear_flops(b * length, width, hidden),
-            _linear_flops(b * length, hidden, width),
-        ]
-    if mimo.enabled:
-        dec_width = mimo.decoder_width or width // 2
-        dec_heads = mimo.decoder_heads or heads
-        dec_hidden = int(dec_width * DECODER_MLP_RATIO)
-        grid_tokens = clean_frames * positions  # mask tokens restore every position
-        targets = 2 if mimo.targets == "current+next" else 1
-        parts.append(_linear_flops(b * clean_tokens, width, dec_width))
-        for _ in range(mimo.decoder_depth):
-            parts += [
-                _linear_flops(b * grid_tokens, dec_width, 3 * dec_width),
-                _attention_flops(b, dec_heads, grid_tokens, dec_width // dec_heads),
-                _linear_flops(b * grid_tokens, dec_width, dec_width),
-                _linear_flops(b * grid_tokens, dec_width, dec_hidden),
-                _linear_flops(b * grid_tokens, dec_hidden, dec_width),
-            ]
-        parts.append(_linear_flops(b * grid_tokens, dec_width, targets * patch_dim))
-    forward = sum(f for f, _ in parts)
-    backward = sum(g for _, g in parts)
-    return {"forward": forward, "backward": backward, "total": forward + backward, "tokens_per_clip": length}
+    with torch.device("meta"):
+        objective = TrainingObjective(config, build_backbone(config))
+    backbone, mimo = objective.backbone, config.mimo
+    kept = kept_count(backbone.tokens_per_frame, mimo.mask_ratio) if mimo.mask_ratio > 0 else backbone.tokens_per_frame
+    frames = config.data.num_frames
+    layout = FrameLayout(
+        frames - 1, kept, frames - config.context_frames, backbone.tokens_per_frame, config.context_frames
+    )
+    flops = backbone.training_flops(layout, batch_size)
+    if objective.decoder is not None:
+        flops = flops + objective.decoder.training_flops(frames - 1, kept, batch_size)
+    return {
+        "total": flops.dense,
+        "block_sparse": flops.block_sparse,
+        "useful": flops.useful,
+        "tokens_per_clip": layout.length,
+    }
 
 
 def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -510,22 +467,38 @@ def _utilization_of(config: Config, batch_size: int, steps: int, peak: MatmulPea
         with memory:
             step()
         times = [timed(step, trainer.device) for _ in range(steps)]
-    analytic = training_step_flops(config, batch_size)["total"]
+    flops = training_step_flops(config, batch_size)
+    device = trainer.device
+    flex = uses_flex(config.model.attention, device)
+    analytic = flops["block_sparse"] if flex else flops["total"]  # what this device's attention executes
+    useful = flops["useful"]  # masked-out attention pairs are not useful work
     wall, cpu = _median([t[0] for t in times], 6), _median([t[1] for t in times], 6)
     result = {
+        "attention": "flex (block-sparse)" if flex else "sdpa (dense mask)",
         "flops_analytic": analytic,
+        "flops_useful": useful,
         "flops_counted": counted,
         "counted_over_analytic": round(counted / analytic, 4),
         "median_wall_s": wall,
         "median_cpu_s": cpu,
         "achieved_gflops": _significant(analytic / wall / 1e9),
+        "achieved_useful_gflops": _significant(useful / wall / 1e9),
         "fraction_of_peak": round(analytic / wall / peak.flops_per_s, 4),
+        "useful_fraction_of_peak": round(useful / wall / peak.flops_per_s, 4),
         "memory": memory.report(),
     }
+    datasheet = datasheet_bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if datasheet is not None and config.train.precision == "bf16":  # MFU: against the datasheet, not a measurement
+        result["datasheet_bf16_tflops"] = datasheet / 1e12
+        result["mfu_executed"] = round(analytic / wall / datasheet, 4)
+        result["mfu_useful"] = round(useful / wall / datasheet, 4)
     if peak.flops_by_cpu_time is not None:  # CPU time: what the process got, so sharing the cores cancels out
         achieved = analytic / _cpu_seconds_per_thread(cpu)
         result["achieved_gflops_by_cpu_time"] = _significant(achieved / 1e9)
         result["fraction_of_peak_by_cpu_time"] = round(achieved / peak.flops_by_cpu_time, 4)
+        result["useful_fraction_of_peak_by_cpu_time"] = round(
+            useful / _cpu_seconds_per_thread(cpu) / peak.flops_by_cpu_time, 4
+        )
     return result
 
 
@@ -993,10 +966,14 @@ def _utilization_rows(results: dict[str, Any], peak: dict[str, Any]) -> list[str
         if not isinstance(r, dict) or "flops_analytic" not in r:
             continue
         by_cpu = f"{r['fraction_of_peak_by_cpu_time']:.1%}" if "fraction_of_peak_by_cpu_time" in r else "–"
+        useful_by_cpu = r.get("useful_fraction_of_peak_by_cpu_time")
+        useful = f"{r['useful_fraction_of_peak']:.1%}" + (f" ({useful_by_cpu:.1%})" if useful_by_cpu else "")
+        mfu = f"{r['mfu_executed']:.1%} / {r['mfu_useful']:.1%}" if "mfu_useful" in r else "–"
         rows.append(
-            f"| {name} | {_gflop(r['flops_analytic'])} | {r['counted_over_analytic']:.3f} | {r['achieved_gflops']} "
-            f"| {peak['gflops']} | {r['fraction_of_peak']:.1%} | {by_cpu} | {r['memory']['peak_mib']:.0f} "
-            f"(+{r['memory']['peak_above_start_mib']:.0f}) |"
+            f"| {name} | {_gflop(r['flops_analytic'])} | {_gflop(r['flops_useful'])} | "
+            f"{r['counted_over_analytic']:.3f} | {r['achieved_gflops']} "
+            f"| {peak['gflops']} | {r['fraction_of_peak']:.1%} | {by_cpu} | {useful} | {mfu} | "
+            f"{r['memory']['peak_mib']:.0f} (+{r['memory']['peak_above_start_mib']:.0f}) |"
         )
     return rows
 
@@ -1004,9 +981,10 @@ def _utilization_rows(results: dict[str, Any], peak: dict[str, Any]) -> list[str
 def _utilization_section(payload: dict[str, Any]) -> list[str]:
     s, results = payload["settings"], payload["results"]
     header = [
-        "| arm | GFLOP / step | counted / analytic | achieved GFLOP/s | peak GFLOP/s | of peak (wall) "
-        "| of peak (CPU time) | peak memory MiB (+ during step) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | GFLOP / step executed | useful (mask-aware) | counted / analytic | achieved GFLOP/s "
+        "| measured peak GFLOP/s | executed of peak (wall) | (CPU time) | useful of peak (CPU time) "
+        "| MFU executed / useful (datasheet bf16) | peak memory MiB (+ during step) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = [
         f"{_model_line(s)}, {s['num_frames']} frames, {s['precision']}; peak: {results['peak']['matmul']}.",

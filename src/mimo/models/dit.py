@@ -23,12 +23,15 @@ from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from mimo.config import ModelConfig
-from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D
+from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D, StepFlops, attention_flops
 from mimo.models.checks import check_model_inputs
 from mimo.models.layers import (
+    FREQUENCY_DIM,
     LayerNorm,
     Mlp,
     NoiseLevelEmbedder,
+    block_linear_flops,
+    linear_flops,
     patchify,
     sincos_position_3d,
     token_positions,
@@ -314,6 +317,31 @@ class FrameCausalDiT(nn.Module):
             clean_hidden={layer: clean for layer, (clean, _) in split.items()},
             noisy_hidden={layer: noisy for layer, (_, noisy) in split.items()},
         )
+
+    def training_flops(self, layout: FrameLayout, batch: int) -> StepFlops:
+        """FLOPs of a training step (forward + backward) of the backbone on `batch` sequences of `layout`,
+        layer by layer as FlopCounterMode counts them (nanoGPT's estimate_mfu, exact): matmuls, and
+        attention as dense SDPA and block-sparse FlexAttention execute it and as the rules allow it."""
+        width, patch_dim = self.width, self.patch_embed.in_features
+        hidden = self.blocks[0].mlp.fc1.out_features
+        tokens = batch * layout.length
+        noisy_frames = batch * layout.noisy_frames
+        conditioned = noisy_frames + (0 if self.independent_clean else batch * layout.clean_frames)
+        flops = (
+            linear_flops(tokens, patch_dim, width, input_grad=False)  # patch embedding
+            + linear_flops(conditioned, FREQUENCY_DIM, width, input_grad=False)  # noise-level embedder
+            + linear_flops(conditioned, width, width)
+            + linear_flops(noisy_frames, width, 2 * width)  # final adaLN
+            + linear_flops(noisy_frames * layout.noisy_per_frame, width, patch_dim)  # final projection
+        )
+        per_block = (
+            linear_flops(conditioned, width, 6 * width)  # adaLN
+            + block_linear_flops(tokens, width, hidden)
+            + attention_flops(layout, batch, self.heads, width // self.heads)
+        )
+        for _ in self.blocks:
+            flops = flops + per_block
+        return flops
 
     def denoise_cached(
         self, noisy: Tensor, noise_level: Tensor, frame_position: int, cache: KVCache, labels: Tensor | None = None

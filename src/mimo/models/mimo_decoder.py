@@ -13,8 +13,15 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from mimo.models.attention import FrameLayout, RotaryEmbedding3D
-from mimo.models.layers import LayerNorm, TransformerBlock, sincos_position_3d, token_positions
+from mimo.models.attention import FrameLayout, RotaryEmbedding3D, StepFlops, attention_flops
+from mimo.models.layers import (
+    LayerNorm,
+    TransformerBlock,
+    block_linear_flops,
+    linear_flops,
+    sincos_position_3d,
+    token_positions,
+)
 
 MASK_TOKEN_STD = 0.02  # MAE's initialisation of the mask token
 
@@ -45,6 +52,20 @@ class MimoDecoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
         self.norm = LayerNorm(width)
         self.head = nn.Linear(width, num_targets * patch_dim)
+
+    def training_flops(self, frames: int, kept: int, batch: int) -> StepFlops:
+        """FLOPs of a training step (forward + backward) on `batch` clips of `frames` history frames with
+        `kept` tokens each (see FrameCausalDiT.training_flops); mask tokens restore every grid position."""
+        grid_tokens = batch * frames * self.grid**2
+        heads, hidden = self.blocks[0].attn.heads, self.blocks[0].mlp.fc1.out_features
+        flops = linear_flops(batch * frames * kept, self.embed.in_features, self.width)
+        flops = flops + linear_flops(grid_tokens, self.width, self.head.out_features)
+        per_block = block_linear_flops(grid_tokens, self.width, hidden) + attention_flops(
+            FrameLayout(frames, self.grid**2), batch, heads, self.width // heads
+        )
+        for _ in self.blocks:
+            flops = flops + per_block
+        return flops
 
     def forward(self, features: Tensor, keep: Tensor | None) -> Tensor:
         """Patch predictions (B, T, N, targets, patch_dim) from kept-token features (B, T, n_keep, D).
