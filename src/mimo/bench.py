@@ -47,9 +47,8 @@ from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig, load_proxy_classifier, proxy_frechet_distance
 from mimo.metrics.trajectory import trajectory_error
 from mimo.models import build_backbone
-from mimo.models.attention import FrameLayout, uses_flex
+from mimo.models.attention import uses_flex
 from mimo.models.dit import FrameCausalDiT
-from mimo.objectives.masking import kept_count
 from mimo.objectives.objective import TrainingObjective
 from mimo.train.checkpoint import find_checkpoint
 from mimo.train.memory import GPU_MEMORY_GB, preset_world_size, training_memory
@@ -155,29 +154,17 @@ def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
 
 
 def training_step_flops(config: Config, batch_size: int) -> dict[str, int]:
-    """FLOPs of one training step (forward + backward) of the backbone and MiMo decoder, as the models count
-    them (`training_flops`): `total` executed by dense-mask SDPA (what FlopCounterMode sees on a CPU),
-    `block_sparse` executed by FlexAttention, `useful` the allowed attention pairs only. Element-wise work
-    (norms, rotary, optimizer) is not counted, as in FlopCounterMode and in MFU figures.
-    """
-    if config.repa.mode != "none":
-        raise ValueError("training_step_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
+    """FLOPs of one training step (forward + backward) as the models count them (TrainingObjective.training_flops):
+    `total` executed by dense-mask SDPA (what FlopCounterMode sees on a CPU), `block_sparse` executed by
+    FlexAttention, `useful` the allowed attention pairs only. Element-wise work is not counted, as in MFU."""
     with torch.device("meta"):
         objective = TrainingObjective(config, build_backbone(config))
-    backbone, mimo = objective.backbone, config.mimo
-    kept = kept_count(backbone.tokens_per_frame, mimo.mask_ratio) if mimo.mask_ratio > 0 else backbone.tokens_per_frame
-    frames = config.data.num_frames
-    layout = FrameLayout(
-        frames - 1, kept, frames - config.context_frames, backbone.tokens_per_frame, config.context_frames
-    )
-    flops = backbone.training_flops(layout, batch_size)
-    if objective.decoder is not None:
-        flops = flops + objective.decoder.training_flops(frames - 1, kept, batch_size)
+    flops = objective.training_flops(batch_size)
     return {
         "total": flops.dense,
         "block_sparse": flops.block_sparse,
         "useful": flops.useful,
-        "tokens_per_clip": layout.length,
+        "tokens_per_clip": objective.layout().length,
     }
 
 

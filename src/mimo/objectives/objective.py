@@ -20,12 +20,13 @@ from torch import Tensor, nn
 from mimo.config import Config
 from mimo.data.encoder_features import cached_feature_dim
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
+from mimo.models.attention import FrameLayout, StepFlops
 from mimo.models.dit import DiTOutput, FrameCausalDiT
 from mimo.models.encoders import build_encoder, encode_video
 from mimo.models.layers import patchify
 from mimo.models.mimo_decoder import MimoDecoder
 from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
-from mimo.objectives.masking import TubeMask, tube_mask
+from mimo.objectives.masking import TubeMask, kept_count, tube_mask
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
 
@@ -190,6 +191,24 @@ class TrainingObjective(nn.Module):
             total = total + self.config.repa.weight * losses["repa"]
         losses["loss"] = total
         return losses
+
+    def layout(self) -> FrameLayout:
+        """The CTF sequence of a training clip: T-1 clean frames of kept tokens, T-k noisy frames of N."""
+        backbone, ratio, frames = self.backbone, self.config.mimo.mask_ratio, self.config.data.num_frames
+        kept = kept_count(backbone.tokens_per_frame, ratio) if ratio > 0 else backbone.tokens_per_frame
+        first_noisy = self.config.context_frames
+        return FrameLayout(frames - 1, kept, frames - first_noisy, backbone.tokens_per_frame, first_noisy)
+
+    def training_flops(self, batch_size: int) -> StepFlops:
+        """FLOPs of one training step (forward + backward) on `batch_size` clips: backbone and MiMo decoder
+        (attention.StepFlops: executed by dense SDPA or block-sparse FlexAttention, and useful)."""
+        if self.repa_projector is not None:
+            raise ValueError("training_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
+        layout = self.layout()
+        flops = self.backbone.training_flops(layout, batch_size)
+        if self.decoder is not None:
+            flops = flops + self.decoder.training_flops(layout.clean_frames, layout.clean_per_frame, batch_size)
+        return flops
 
     def repa_loss(self, out: DiTOutput, batch: CTFBatch, video: Tensor, encoder_features: Tensor | None) -> Tensor:
         """L_repa: the tokens of `config.repa.mode` aligned with the encoder's features of the clean frames."""

@@ -34,7 +34,6 @@ from torch.overrides import TorchFunctionMode
 
 from mimo.config import Config, with_overrides
 from mimo.models import build_backbone
-from mimo.objectives.masking import kept_count
 from mimo.objectives.objective import TrainingObjective
 
 GB = 10**9  # GPU memory is sold in GB (80 GB = 74.5 GiB)
@@ -195,6 +194,8 @@ def saved_activations(config: Config, fake: bool = True) -> SavedTensors:
 
     Activation checkpointing is left off here: `training_memory` derives its effect from the per-block counts.
     """
+    if config.repa.mode != "none":
+        raise ValueError("the memory census covers the backbone and the MiMo decoder; set repa.mode=none")
     config = with_overrides(config, ["train.activation_checkpointing=false", "model.attention=sdpa"])
     data = config.data
     shape = (config.train.batch_size, data.num_frames, data.channels, data.frame_size, data.frame_size)
@@ -205,24 +206,11 @@ def saved_activations(config: Config, fake: bool = True) -> SavedTensors:
         objective = TrainingObjective(config, build_backbone(config)).train()
         video = torch.zeros(shape)
         labels = torch.zeros(shape[0], dtype=torch.long) if config.num_classes else None
-        extra = ()
-        if config.repa.mode != "none":
-            raise ValueError("the memory census covers the backbone and the MiMo decoder; set repa.mode=none")
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
         rules = CudaAutocastRules() if bf16 else contextlib.nullcontext()
         with _count_saved(objective) as saved, autocast, rules:
-            objective(video, labels, torch.Generator().manual_seed(0), *extra)
+            objective(video, labels, torch.Generator().manual_seed(0))
     return saved
-
-
-def _parameter_counts(config: Config) -> tuple[int, int, int]:
-    """(objective, backbone, largest transformer block) parameter counts, from a model on the meta device."""
-    with torch.device("meta"):
-        backbone = build_backbone(config)
-        objective = TrainingObjective(config, backbone)
-    total = sum(p.numel() for p in objective.parameters())
-    largest_block = max(sum(p.numel() for p in block.parameters()) for block in backbone.blocks)
-    return total, sum(p.numel() for p in backbone.parameters()), largest_block
 
 
 def preset_world_size(config: Config) -> int:
@@ -230,18 +218,14 @@ def preset_world_size(config: Config) -> int:
     return FSDP_PRESET_GPUS if config.train.parallel == "fsdp" else 1
 
 
-def tokens_per_clip(config: Config) -> int:
-    """Backbone tokens of one CTF sequence: T-1 clean frames of kept tokens, T-k noisy frames of N."""
-    positions = (config.data.frame_size // config.model.patch_size) ** 2
-    ratio = config.mimo.mask_ratio
-    kept = kept_count(positions, ratio) if ratio > 0 else positions
-    return (config.data.num_frames - 1) * kept + (config.data.num_frames - config.context_frames) * positions
-
-
 def training_memory(config: Config, world_size: int = 1) -> MemoryCensus:
     """Memory per GPU of one training step of `config` on `world_size` GPUs (see the module docstring)."""
     train = config.train
-    total, backbone, largest_block = _parameter_counts(config)
+    with torch.device("meta"):  # shapes only: parameter counts and the sequence layout
+        objective = TrainingObjective(config, build_backbone(config))
+    total = sum(p.numel() for p in objective.parameters())
+    backbone = sum(p.numel() for p in objective.backbone.parameters())
+    largest_block = max(sum(p.numel() for p in block.parameters()) for block in objective.backbone.blocks)
     sharded = train.parallel == "fsdp" and world_size > 1
     shards = world_size if sharded else 1
     parameter_bytes = total * FP32_BYTES
@@ -270,5 +254,5 @@ def training_memory(config: Config, world_size: int = 1) -> MemoryCensus:
         activation_checkpointing=train.activation_checkpointing,
         precision=train.precision,
         num_parameters=total,
-        tokens_per_clip=tokens_per_clip(config),
+        tokens_per_clip=objective.layout().length,
     )
