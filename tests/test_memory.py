@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from torch._subclasses.fake_tensor import FakeTensor
+
 from mimo.bench import run_benchmark
 from mimo.config import PRECISIONS, load_config
+from mimo.models import build_backbone
+from mimo.objectives.objective import TrainingObjective
 from mimo.train.memory import GB, GPU_MEMORY_GB, saved_activations, training_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,3 +99,10 @@ def test_checkpointing_and_fsdp_shrink_the_census():
 def test_bf16_autocast_saves_less_than_fp32():
     fp32, bf16 = (training_memory(load_config(None, [*SMALL_CPU_STEP, f"train.precision={p}"])) for p in PRECISIONS)
     assert bf16.activations < 0.75 * fp32.activations
+
+
+def test_census_leaves_no_fake_tensor_behind_for_real_runs():
+    config = load_config(None, list(SMALL_CPU_STEP))
+    training_memory(config)
+    layout = TrainingObjective(config, build_backbone(config)).layout()
+    assert not isinstance(layout.dense_mask(), FakeTensor)

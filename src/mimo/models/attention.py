@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from mimo.config import ATTENTION_BACKENDS
@@ -80,11 +81,13 @@ class FrameLayout:
 
     def dense_mask(self, device: torch.device | str = "cpu") -> Tensor:
         """Boolean (L, L) mask, True where attention is allowed (built once per layout and device)."""
-        return _dense_mask(self, torch.device(device))
+        build = _dense_mask.__wrapped__ if is_in_torch_dispatch_mode() else _dense_mask
+        return build(self, torch.device(device))
 
     def block_mask(self, device: torch.device | str = "cpu", block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
         """FlexAttention's BlockMask of the same rules (built once per layout, device and tile size)."""
-        return _block_mask(self, torch.device(device), block_size)
+        build = _block_mask.__wrapped__ if is_in_torch_dispatch_mode() else _block_mask
+        return build(self, torch.device(device), block_size)
 
     def mask(self, attention: str, device: torch.device) -> Tensor | BlockMask:
         """The mask form `attention` (auto | sdpa | flex) asks for on `device`."""
@@ -149,6 +152,8 @@ def attention_flops(
     )
 
 
+# Cached per layout; never under a dispatch mode (fake tensors of the memory census, FLOP counting), whose
+# tensors must not leak into later real runs.
 @functools.lru_cache(maxsize=64)
 def _dense_mask(layout: FrameLayout, device: torch.device) -> Tensor:
     frame, clean = layout.tokens(device)
