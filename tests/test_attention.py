@@ -165,3 +165,20 @@ def test_ucf_layout_allows_about_a_quarter_of_the_attention_matrix():
     allowed = flops.attention_useful / flops.attention_dense
     assert allowed == pytest.approx((noisy + 1) / (4 * noisy), abs=0.01)  # (N + 1) / 4N, as in the issue
     assert flops.attention_block_sparse == flops.attention_useful  # 256 tokens per frame: whole tiles
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_a_block_compiles_into_one_graph(attention, make_config, make_model):
+    """The GPU presets compile every block: a graph break would cost speed silently."""
+    import torch._dynamo as dynamo
+
+    from mimo.models.dit import TokenGroups
+
+    model = make_model(make_config(f"model.attention={attention}", "model.clean_conditioning=clean_timestep"))
+    model.requires_grad_(attention == "sdpa")  # FlexAttention has no backward on CPU
+    layout = FrameLayout(3, 12, 4, 16, 0)
+    x = torch.randn(2, layout.length, model.width)
+    rope = model.rope(torch.zeros(2, layout.length, 3, dtype=torch.long))
+    groups = TokenGroups(3, 12, 4, 16, torch.randn(2, 4, model.width), torch.randn(2, 3, model.width))
+    explained = dynamo.explain(model.blocks[0])(x, groups, rope, layout.mask(attention, torch.device("cpu")))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
