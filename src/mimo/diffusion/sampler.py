@@ -43,8 +43,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def inference(device: torch.device, precision: str = "auto") -> contextlib.ExitStack:
-    """inference_mode (no autograd bookkeeping at all) and, in bf16, autocast: how every sampler and
-    evaluation runs the model."""
+    """inference_mode (no autograd bookkeeping at all) and, in bf16, autocast: how sampling runs the model
+    (and so every evaluation that generates videos)."""
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     dtype = autocast_dtype(precision, device)
@@ -77,97 +77,66 @@ def sample_video(
     check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
     device = model.patch_embed.weight.device
     with inference(device, precision):
-        return _sample(
-            model,
-            num_frames,
-            batch_size,
-            labels,
-            context,
-            steps,
-            solver,
-            cfg_scale,
-            window,
-            generator,
-            use_cache,
-            progress,
-        )
+        size = model.grid * model.patch_size
+        if context is not None:
+            batch_size = context.shape[0]
+        elif labels is not None:
+            batch_size = labels.shape[0]
+        frames = [] if context is None else list(context.to(device, torch.float32).split(1, dim=1))
+        guided = labels is not None and cfg_scale != 1.0
+        if labels is not None:
+            labels = labels.to(device)
+            if guided:
+                labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
+        copies = 2 if guided else 1
 
+        def doubled(x: Tensor) -> Tensor:
+            return torch.cat([x] * copies) if copies > 1 else x
 
-def _sample(
-    model: FrameCausalDiT,
-    num_frames: int,
-    batch_size: int | None,
-    labels: Tensor | None,
-    context: Tensor | None,
-    steps: int,
-    solver: str,
-    cfg_scale: float,
-    window: int | None,
-    generator: torch.Generator | None,
-    use_cache: bool,
-    progress: bool,
-) -> Tensor:
-    device = model.patch_embed.weight.device
-    size = model.grid * model.patch_size
-    if context is not None:
-        batch_size = context.shape[0]
-    elif labels is not None:
-        batch_size = labels.shape[0]
-    frames = [] if context is None else list(context.to(device, torch.float32).split(1, dim=1))
-    guided = labels is not None and cfg_scale != 1.0
-    if labels is not None:
-        labels = labels.to(device)
-        if guided:
-            labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
-    copies = 2 if guided else 1
+        window = num_frames if window is None else window
+        cache = model.new_cache(window) if use_cache else None
 
-    def doubled(x: Tensor) -> Tensor:
-        return torch.cat([x] * copies) if copies > 1 else x
+        def refill_cache(last: int) -> None:
+            """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
+            starting at the window's first frame (older frames must not leak in through deeper layers' keys).
+            One block-causal pass over all of them, written into the static cache in place."""
+            cache.clear()
+            first = max(0, last + 1 - window)
+            model.append_to_cache(doubled(torch.cat(frames[first : last + 1], dim=1)), first, cache, labels)
 
-    window = num_frames if window is None else window
-    cache = model.new_cache(window) if use_cache else None
+        if cache is not None and frames:
+            refill_cache(len(frames) - 1)
+        shape = (batch_size, 1, model.channels, size, size)
+        for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
+            if cache is not None:
 
-    def refill_cache(last: int) -> None:
-        """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
-        starting at the window's first frame (older frames must not leak in through deeper layers' keys).
-        One block-causal pass over all of them, written into the static cache in place."""
-        cache.clear()
-        first = max(0, last + 1 - window)
-        model.append_to_cache(doubled(torch.cat(frames[first : last + 1], dim=1)), first, cache, labels)
+                def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
+                    v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
+                    return _guided(v.float(), cfg_scale, guided)
 
-    if cache is not None and frames:
-        refill_cache(len(frames) - 1)
-    shape = (batch_size, 1, model.channels, size, size)
-    for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
-        if cache is not None:
-
-            def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
-                v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
-                return _guided(v.float(), cfg_scale, guided)
-
-        else:
-            first = max(0, position - window)
-            history = torch.cat(frames[first:], dim=1) if position > first else None
-
-            def velocity(z: Tensor, s: Tensor, history=history, first=first, position=position) -> Tensor:
-                out = model(
-                    doubled(z),
-                    doubled(s[:, None]),
-                    labels,
-                    clean=None if history is None else doubled(history),
-                    clean_start=first,
-                    noisy_start=position,
-                )
-                return _guided(out.velocity.float(), cfg_scale, guided)
-
-        noise = torch.randn(shape, generator=generator).to(device, non_blocking=True)
-        frames.append(integrate(velocity, noise, steps, solver))
-        if cache is not None and position + 1 < num_frames:
-            if cache.num_frames < window:
-                model.append_to_cache(doubled(frames[-1]), position, cache, labels)
             else:
-                refill_cache(position)
-    return torch.cat(frames, dim=1)
+                first = max(0, position - window)
+                history = torch.cat(frames[first:], dim=1) if position > first else None
+
+                def velocity(z: Tensor, s: Tensor, history=history, first=first, position=position) -> Tensor:
+                    out = model(
+                        doubled(z),
+                        doubled(s[:, None]),
+                        labels,
+                        clean=None if history is None else doubled(history),
+                        clean_start=first,
+                        noisy_start=position,
+                    )
+                    return _guided(out.velocity.float(), cfg_scale, guided)
+
+            noise = torch.randn(shape, generator=generator).to(device, non_blocking=True)
+            frames.append(integrate(velocity, noise, steps, solver))
+            if cache is not None and position + 1 < num_frames:
+                if cache.num_frames < window:
+                    model.append_to_cache(doubled(frames[-1]), position, cache, labels)
+                else:
+                    refill_cache(position)
+        return torch.cat(frames, dim=1)
 
 
 def sample_for_task(
