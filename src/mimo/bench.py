@@ -954,10 +954,12 @@ def _utilization_rows(results: dict[str, Any], peak: dict[str, Any]) -> list[str
             continue
         by_cpu = f"{r['fraction_of_peak_by_cpu_time']:.1%}" if "fraction_of_peak_by_cpu_time" in r else "–"
         useful_by_cpu = r.get("useful_fraction_of_peak_by_cpu_time")
-        useful = f"{r['useful_fraction_of_peak']:.1%}" + (f" ({useful_by_cpu:.1%})" if useful_by_cpu else "")
+        useful = f"{r['useful_fraction_of_peak']:.1%}" if "useful_fraction_of_peak" in r else "–"  # older results
+        useful += f" ({useful_by_cpu:.1%})" if useful_by_cpu else ""
         mfu = f"{r['mfu_executed']:.1%} / {r['mfu_useful']:.1%}" if "mfu_useful" in r else "–"
+        useful_flops = _gflop(r["flops_useful"]) if "flops_useful" in r else "–"
         rows.append(
-            f"| {name} | {_gflop(r['flops_analytic'])} | {_gflop(r['flops_useful'])} | "
+            f"| {name} | {_gflop(r['flops_analytic'])} | {useful_flops} | "
             f"{r['counted_over_analytic']:.3f} | {r['achieved_gflops']} "
             f"| {peak['gflops']} | {r['fraction_of_peak']:.1%} | {by_cpu} | {useful} | {mfu} | "
             f"{r['memory']['peak_mib']:.0f} (+{r['memory']['peak_above_start_mib']:.0f}) |"

@@ -18,7 +18,6 @@ from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
@@ -222,10 +221,9 @@ class RotaryEmbedding3D(nn.Module):
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate consecutive pairs of x (B, H, L, head_dim) by the position angles."""
-    pairs = rearrange(x.float(), "... (d two) -> ... d two", two=2)
-    first, second = pairs[..., 0], pairs[..., 1]
+    first, second = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, L, head_dim / 2) each
     rotated = torch.stack([first * cos - second * sin, first * sin + second * cos], dim=-1)
-    return rearrange(rotated, "... d two -> ... (d two)").type_as(x)
+    return rotated.flatten(-2).type_as(x)
 
 
 class KVCache:
@@ -307,11 +305,12 @@ class Attention(nn.Module):
 
         `mask` (L, L_cached + L), dense or block-sparse, says where attention is allowed; None allows everything.
         """
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        # (B, L, 3·D) -> three (B, H, L, head_dim); a plain permute: this runs at every ODE step of sampling
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         out = attend(q, k, v, mask)
-        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, H, L, head_dim) -> (B, L, D)

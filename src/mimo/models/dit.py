@@ -14,6 +14,7 @@ The same weights serve three ways of running:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -86,22 +87,20 @@ class TokenGroups:
         noisy = x[:, self.num_clean :].unflatten(1, (self.noisy_frames, self.noisy_per_frame))
         return clean, noisy
 
-    @staticmethod
-    def join(clean: Tensor, noisy: Tensor) -> Tensor:
-        """clean (B, Tc, n, D) and noisy (B, Tn, N, D) -> (B, L, D); no copy when a group is empty."""
-        if not clean.shape[1] or not noisy.shape[1]:
-            return (noisy if not clean.shape[1] else clean).flatten(1, 2)
-        return torch.cat([clean.flatten(1, 2), noisy.flatten(1, 2)], dim=1)
+    def map(self, x: Tensor, clean_fn: Callable[[Tensor], Tensor], noisy_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """(B, L, D) -> (B, L, D): `clean_fn` on the clean tokens (B, Tc, n, D), `noisy_fn` on the noisy ones
+        (B, Tn, N, D); an empty group (a cached step, a frame appended to the cache) costs nothing."""
+        clean, noisy = self.split(x)
+        parts = [fn(group).flatten(1, 2) for fn, group in ((clean_fn, clean), (noisy_fn, noisy)) if group.shape[1]]
+        return torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]
 
     def modulate(self, x: Tensor, clean_norm, noisy_norm, clean: tuple, noisy: tuple) -> Tensor:
         """Each group normalised by its own norm and modulated by its (shift, scale) terms."""
-        clean_tokens, noisy_tokens = self.split(x)
-        return self.join(modulate(clean_norm(clean_tokens), *clean), modulate(noisy_norm(noisy_tokens), *noisy))
+        return self.map(x, lambda t: modulate(clean_norm(t), *clean), lambda t: modulate(noisy_norm(t), *noisy))
 
     def gate(self, update: Tensor, clean_gate: Tensor | None, noisy_gate: Tensor | None) -> Tensor:
         """Each group's residual update scaled by its gate."""
-        clean, noisy = self.split(update)
-        return self.join(gate(clean, clean_gate), gate(noisy, noisy_gate))
+        return self.map(update, lambda t: gate(t, clean_gate), lambda t: gate(t, noisy_gate))
 
 
 class DiTBlock(nn.Module):
