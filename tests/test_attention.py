@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimo.models.attention import FrameLayout, KVCache, attend, attention_flops, frame_causal_mask
+from mimo.models.attention import (
+    FrameLayout,
+    KVCache,
+    RotaryEmbedding3D,
+    apply_rotary,
+    attend,
+    attention_flops,
+    frame_causal_mask,
+)
 from mimo.objectives.masking import kept_count, tube_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -182,3 +190,28 @@ def test_a_block_compiles_into_one_graph(attention, make_config, make_model):
     groups = TokenGroups(3, 12, 4, 16, torch.randn(2, 4, model.width), torch.randn(2, 3, model.width))
     explained = dynamo.explain(model.blocks[0])(x, groups, rope, layout.mask(attention, torch.device("cpu")))
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_rotary_rotates_each_pair_by_its_angle_like_a_complex_product():
+    head_dim = 12
+    rope = RotaryEmbedding3D(head_dim)
+    positions = torch.randint(0, 9, (2, 5, 3))
+    x = torch.randn(2, 3, 5, head_dim)
+    frame, row, col = (positions[..., axis, None].double() for axis in range(3))
+    angles = torch.cat([frame * rope.inv_freq_frame, row * rope.inv_freq_row, col * rope.inv_freq_col], dim=-1)
+    reference = (
+        torch.view_as_complex(x.double().unflatten(-1, (-1, 2)).contiguous())
+        * torch.polar(torch.ones_like(angles), angles)[:, None]
+    )
+    expected = torch.view_as_real(reference).flatten(-2).float()
+    torch.testing.assert_close(apply_rotary(x, *rope(positions)), expected, atol=FLOAT32_ATOL, rtol=0)
+
+
+def test_rotary_attention_scores_depend_on_position_offsets_only():
+    rope = RotaryEmbedding3D(12)
+    q, k = torch.randn(1, 1, 1, 12), torch.randn(1, 1, 1, 12)
+    at = torch.tensor([[[3, 1, 2]]]), torch.tensor([[[1, 4, 0]]])
+    shift = torch.tensor([5, 2, 7])
+    score = (apply_rotary(q, *rope(at[0])) * apply_rotary(k, *rope(at[1]))).sum()
+    shifted = (apply_rotary(q, *rope(at[0] + shift)) * apply_rotary(k, *rope(at[1] + shift))).sum()
+    torch.testing.assert_close(shifted, score, atol=FLOAT32_ATOL, rtol=0)

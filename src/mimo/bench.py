@@ -971,7 +971,7 @@ def _utilization_section(payload: dict[str, Any]) -> list[str]:
     s, results = payload["settings"], payload["results"]
     header = [
         "| arm | GFLOP / step executed | useful (mask-aware) | counted / analytic | achieved GFLOP/s "
-        "| measured peak GFLOP/s | executed of peak (wall) | (CPU time) | useful of peak (CPU time) "
+        "| measured peak GFLOP/s | executed of peak (wall) | (CPU time) | useful of peak: wall (CPU time) "
         "| MFU executed / useful (datasheet bf16) | peak memory MiB (+ during step) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

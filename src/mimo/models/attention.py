@@ -206,7 +206,8 @@ class RotaryEmbedding3D(nn.Module):
             self.register_buffer(f"inv_freq_{axis}", inv_freq.float(), persistent=False)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin of shape (B, 1, L, head_dim / 2) for integer positions (B, L, 3)."""
+        """cos and signed sin (B, 1, L, head_dim) for integer positions (B, L, 3), laid out for `apply_rotary`:
+        each angle twice (one per element of its pair), sin as (-sin, sin)."""
         positions = positions.float()
         angles = torch.cat(
             [
@@ -216,14 +217,16 @@ class RotaryEmbedding3D(nn.Module):
             ],
             dim=-1,
         )
-        return angles.cos()[:, None], angles.sin()[:, None]
+        cos, sin = angles.cos(), angles.sin()
+        return cos.repeat_interleave(2, dim=-1)[:, None], torch.stack([-sin, sin], dim=-1).flatten(-2)[:, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs of x (B, H, L, head_dim) by the position angles."""
-    first, second = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, H, L, head_dim / 2) each
-    rotated = torch.stack([first * cos - second * sin, first * sin + second * cos], dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate consecutive pairs (a, b) of x (B, H, L, head_dim) by their angle θ:
+    (a cos θ - b sin θ, a sin θ + b cos θ) = (a, b)·cos θ + (b, a)·(-sin θ, sin θ)."""
+    pairs = x.float()  # the rotation in fp32 (bf16 would blur large angles)
+    swapped = pairs.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b, a) for each pair (a, b)
+    return (pairs * cos + swapped * sin).to(x.dtype)
 
 
 class KVCache:
