@@ -215,3 +215,10 @@ def test_rotary_attention_scores_depend_on_position_offsets_only():
     score = (apply_rotary(q, *rope(at[0])) * apply_rotary(k, *rope(at[1]))).sum()
     shifted = (apply_rotary(q, *rope(at[0] + shift)) * apply_rotary(k, *rope(at[1] + shift))).sum()
     torch.testing.assert_close(shifted, score, atol=FLOAT32_ATOL, rtol=0)
+
+
+def test_training_with_flex_attention_on_a_cpu_says_what_to_do():
+    layout = FrameLayout(2, 4, 2, 4, 0)
+    q, k, v = _qkv(layout, "cpu", requires_grad=True)
+    with pytest.raises(ValueError, match=r"model\.attention=auto"):
+        attend(q, k, v, layout.block_mask("cpu", 8))

@@ -182,6 +182,11 @@ def _compiled_flex_attention():
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
     """Scaled dot-product attention of (B, H, L, head_dim) tensors under a dense mask, a BlockMask or none."""
     if isinstance(mask, BlockMask):
+        if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+            raise ValueError(
+                "model.attention=flex cannot train on a CPU: FlexAttention has no CPU backward in this torch; "
+                "use model.attention=auto (dense-mask SDPA on a CPU) or sdpa"
+            )
         compile_here = q.device.type == "cuda" and not torch.compiler.is_compiling()  # a compiled block fuses it
         flex = _compiled_flex_attention() if compile_here else flex_attention
         return flex(q, k.to(q.dtype), v.to(q.dtype), block_mask=mask)

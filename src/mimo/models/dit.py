@@ -133,15 +133,15 @@ class DiTBlock(nn.Module):
         layer: int = 0,
     ) -> Tensor:
         """x (B, L, D): clean tokens, then noisy tokens (either group may be empty)."""
-        c, n = self.modulation(groups.clean_cond), self.modulation(groups.noisy_cond)
+        clean, noisy = self.modulation(groups.clean_cond), self.modulation(groups.noisy_cond)  # (B, T, 1, D) terms
         attn_in = groups.modulate(
-            x, self.clean_norm1, self.norm1, (c.shift_msa, c.scale_msa), (n.shift_msa, n.scale_msa)
-        )
-        x = x + groups.gate(self.attn(attn_in, rope, mask, cache, layer), c.gate_msa, n.gate_msa)
+            x, self.clean_norm1, self.norm1, (clean.shift_msa, clean.scale_msa), (noisy.shift_msa, noisy.scale_msa)
+        )  # (B, L, D)
+        x = x + groups.gate(self.attn(attn_in, rope, mask, cache, layer), clean.gate_msa, noisy.gate_msa)
         mlp_in = groups.modulate(
-            x, self.clean_norm2, self.norm2, (c.shift_mlp, c.scale_mlp), (n.shift_mlp, n.scale_mlp)
-        )
-        return x + groups.gate(self.mlp(mlp_in), c.gate_mlp, n.gate_mlp)
+            x, self.clean_norm2, self.norm2, (clean.shift_mlp, clean.scale_mlp), (noisy.shift_mlp, noisy.scale_mlp)
+        )  # (B, L, D)
+        return x + groups.gate(self.mlp(mlp_in), clean.gate_mlp, noisy.gate_mlp)
 
 
 class FinalLayer(nn.Module):
