@@ -264,7 +264,7 @@ class Trainer:
                 losses = self.model(video, labels, generator, *extra)
                 (losses["loss"] / accumulation).backward()
             for name, value in losses.items():  # summed on the device: no host sync per micro-step
-                totals[name] = totals.get(name, 0) + value.detach() / accumulation
+                totals[name] = totals.get(name, 0) + value.detach().float() / accumulation
         norm = clip_gradients(self.objective.parameters(), train.grad_clip)
         # the step's one host read: losses and gradient norm together (the non-finite check needs them)
         *values, grad_norm = torch.stack([*totals.values(), norm.to(self.device)]).tolist()
