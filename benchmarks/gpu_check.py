@@ -130,7 +130,7 @@ def training_check(config: Config, device: torch.device, compile_: bool, repeats
     ]
     run = with_overrides(config, overrides)
     clips_per_step = train.batch_size * train.grad_accumulation
-    trainer = Trainer(run, dataset=RandomClips(run, clips_per_step * (repeats + 1)))
+    trainer = Trainer(run, dataset=RandomClips(run, clips_per_step))  # the data stream cycles over them
     step = functools.partial(trainer.train_step, trainer.batches())
 
     started = time.perf_counter()
@@ -229,35 +229,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     parts: list[tuple[str, Callable[[], Any]]] = [
         ("attention", lambda: attention_check(device, DRY_RUN["attention"] if dry else ATTENTION_SHAPES, repeats)),
-        ("training_step", lambda: [training_check(config, device, False, repeats, scratch)]),
+        ("training_step", lambda: training_check(config, device, False, repeats, scratch)),
         ("sampling", lambda: sampling_check(config, device, DRY_RUN["sampling"] if dry else SAMPLING, repeats)),
     ]
     if not dry:  # compiling on a CPU needs minutes and a C++ toolchain: the dry run leaves it out
-        parts.insert(2, ("training_step_compiled", lambda: [training_check(config, device, True, repeats, scratch)]))
+        parts.insert(2, ("training_step_compiled", lambda: training_check(config, device, True, repeats, scratch)))
     for key, run in parts:
         report[key] = run() if budget.left() > 0 else {"skipped": f"the {args.budget_s:.0f} s budget was spent"}
-    steps = [row for key in ("training_step", "training_step_compiled") for row in report.get(key, []) or []]
-    steps = [row for row in steps if isinstance(row, dict) and "step_s" in row]
+    steps = [report[key] for key in ("training_step", "training_step_compiled") if "step_s" in report.get(key, {})]
     gemm = gemm_peak(device, DRY_RUN["gemm"] if dry else GEMM_SIZE, repeats)
     datasheet = datasheet_bf16_peak(name)
     report["mfu"] = {
         "gemm_peak_tflops": round(gemm / 1e12, 2),
         "datasheet_bf16_tflops": None if datasheet is None else datasheet / 1e12,
-        "by_step": [
-            {
-                "compile": row["compile"],
-                "executed_tflops": round(row["executed_tflop"] / row["step_s"], 2),
-                "useful_tflops": round(row["useful_tflop"] / row["step_s"], 2),
-                "mfu_executed": None
-                if datasheet is None
-                else round(row["executed_tflop"] * 1e12 / row["step_s"] / datasheet, 4),
-                "mfu_useful": None
-                if datasheet is None
-                else round(row["useful_tflop"] * 1e12 / row["step_s"] / datasheet, 4),
-                "useful_of_gemm_peak": round(row["useful_tflop"] * 1e12 / row["step_s"] / gemm, 4),
-            }
-            for row in steps
-        ],
+        "by_step": [mfu_row(row, gemm, datasheet) for row in steps],
     }
     report["wall_s"] = round(args.budget_s - budget.left(), 1)
     args.out.mkdir(parents=True, exist_ok=True)
