@@ -143,8 +143,8 @@ def shard_fully(module: nn.Module, precision: str = "fp32") -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy()
-    if precision == "bf16":
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if precision == "bf16":  # inputs keep their dtype: autocast decides the compute dtype, rotary angles stay fp32
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in transformer_blocks(module):
         fully_shard(block, mp_policy=policy)
     fully_shard(module, mp_policy=policy)
