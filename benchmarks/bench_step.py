@@ -69,23 +69,24 @@ def measure(args: argparse.Namespace, publish: Callable[[dict[str, Any]], Any]) 
                 cpu[name].append(c)
         configs = {name: t.config for name, t in trainers.items()}
         step_flops = {name: t.objective.training_flops(args.batch_size) for name, t in trainers.items()}
+        tokens = {name: t.objective.layout().length for name, t in trainers.items()}
     results = {}
-    base_flops = step_flops["baseline"]["total"]
+    base_flops = step_flops["baseline"].dense
     for name in arms:
         flops = step_flops[name]
         wall_ratio = paired_ratio(wall[name], wall["baseline"])
         results[name] = {
             "mask_ratio": configs[name].mimo.mask_ratio,
             "mimo_weight": configs[name].mimo.weight,
-            "tokens_per_clip": flops["tokens_per_clip"],
-            "flops_per_step": flops["total"],
+            "tokens_per_clip": tokens[name],
+            "flops_per_step": flops.dense,
             "wall_s": [significant(x, 6) for x in wall[name]],  # the ratios can be recomputed from these
             "cpu_s": [significant(x, 6) for x in cpu[name]],
             "median_wall_s": rounded_median(wall[name]),
             "median_cpu_s": rounded_median(cpu[name]),
             "wall_ratio_to_baseline": round(wall_ratio, 3),
             "cpu_ratio_to_baseline": round(paired_ratio(cpu[name], cpu["baseline"]), 3),
-            "flop_ratio_to_baseline": round(flops["total"] / base_flops, 3),
+            "flop_ratio_to_baseline": round(flops.dense / base_flops, 3),
             "faster_than_baseline_percent": round(100 * (1 - wall_ratio), 1),
         }
     settings = settings_of(args, configs["baseline"], device, rounds=args.rounds, warmup=args.warmup)

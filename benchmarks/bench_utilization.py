@@ -42,6 +42,8 @@ from harness import (
     timed,
 )
 from mimo.config import Config, load_config, with_overrides
+from mimo.devices import datasheet_bf16_peak
+from mimo.models.attention import uses_flex
 from mimo.train.distributed import default_device
 
 GPU_PEAK_SIZE = 8192  # square bf16 matmul that saturates an H100 / A100
@@ -203,22 +205,36 @@ def _utilization_of(config: Config, batch_size: int, steps: int, peak: MatmulPea
         with memory:
             step()
         times = [timed(step, trainer.device) for _ in range(steps)]
-        analytic = trainer.objective.training_flops(batch_size)["total"]
+        flops = trainer.objective.training_flops(batch_size)
+        device = trainer.device
+    flex = uses_flex(config.model.attention, device)
+    analytic = flops.block_sparse if flex else flops.dense  # what this device's attention executes
+    useful = flops.useful  # masked-out attention pairs are not useful work
     wall, cpu = rounded_median([t[0] for t in times], 6), rounded_median([t[1] for t in times], 6)
     result = {
+        "attention": "flex (block-sparse)" if flex else "sdpa (dense mask)",
         "flops_analytic": analytic,
+        "flops_useful": useful,
         "flops_counted": counted,
         "counted_over_analytic": round(counted / analytic, 4),
         "median_wall_s": wall,
         "median_cpu_s": cpu,
         "achieved_gflops": significant(analytic / wall / 1e9),
+        "achieved_useful_gflops": significant(useful / wall / 1e9),
         "fraction_of_peak": round(analytic / wall / peak.flops_per_s, 4),
+        "useful_fraction_of_peak": round(useful / wall / peak.flops_per_s, 4),
         "memory": memory.report(),
     }
+    datasheet = datasheet_bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if datasheet is not None and config.train.precision == "bf16":  # MFU: against the datasheet, not a measurement
+        result["datasheet_bf16_tflops"] = datasheet / 1e12
+        result["mfu_executed"] = round(analytic / wall / datasheet, 4)
+        result["mfu_useful"] = round(useful / wall / datasheet, 4)
     if peak.flops_by_cpu_time is not None:  # CPU time: what the process got, so sharing the cores cancels out
-        achieved = analytic / cpu_seconds_per_thread(cpu)
-        result["achieved_gflops_by_cpu_time"] = significant(achieved / 1e9)
-        result["fraction_of_peak_by_cpu_time"] = round(achieved / peak.flops_by_cpu_time, 4)
+        per_thread = cpu_seconds_per_thread(cpu)
+        result["achieved_gflops_by_cpu_time"] = significant(analytic / per_thread / 1e9)
+        result["fraction_of_peak_by_cpu_time"] = round(analytic / per_thread / peak.flops_by_cpu_time, 4)
+        result["useful_fraction_of_peak_by_cpu_time"] = round(useful / per_thread / peak.flops_by_cpu_time, 4)
     return result
 
 

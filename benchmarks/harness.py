@@ -412,10 +412,16 @@ def _utilization_rows(results: dict[str, Any], peak: dict[str, Any]) -> list[str
         if not isinstance(r, dict) or "flops_analytic" not in r:
             continue
         by_cpu = f"{r['fraction_of_peak_by_cpu_time']:.1%}" if "fraction_of_peak_by_cpu_time" in r else "–"
+        useful_by_cpu = r.get("useful_fraction_of_peak_by_cpu_time")
+        useful = f"{r['useful_fraction_of_peak']:.1%}" if "useful_fraction_of_peak" in r else "–"  # older results
+        useful += f" ({useful_by_cpu:.1%})" if useful_by_cpu else ""
+        mfu = f"{r['mfu_executed']:.1%} / {r['mfu_useful']:.1%}" if "mfu_useful" in r else "–"
+        useful_flops = _gflop(r["flops_useful"]) if "flops_useful" in r else "–"
         rows.append(
-            f"| {name} | {_gflop(r['flops_analytic'])} | {r['counted_over_analytic']:.3f} | {r['achieved_gflops']} "
-            f"| {peak['gflops']} | {r['fraction_of_peak']:.1%} | {by_cpu} | {r['memory']['peak_mib']:.0f} "
-            f"(+{r['memory']['peak_above_start_mib']:.0f}) |"
+            f"| {name} | {_gflop(r['flops_analytic'])} | {useful_flops} | "
+            f"{r['counted_over_analytic']:.3f} | {r['achieved_gflops']} "
+            f"| {peak['gflops']} | {r['fraction_of_peak']:.1%} | {by_cpu} | {useful} | {mfu} | "
+            f"{r['memory']['peak_mib']:.0f} (+{r['memory']['peak_above_start_mib']:.0f}) |"
         )
     return rows
 
@@ -423,9 +429,10 @@ def _utilization_rows(results: dict[str, Any], peak: dict[str, Any]) -> list[str
 def _utilization_section(payload: dict[str, Any]) -> list[str]:
     s, results = payload["settings"], payload["results"]
     header = [
-        "| arm | GFLOP / step | counted / analytic | achieved GFLOP/s | peak GFLOP/s | of peak (wall) "
-        "| of peak (CPU time) | peak memory MiB (+ during step) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | GFLOP / step executed | useful (mask-aware) | counted / analytic | achieved GFLOP/s "
+        "| measured peak GFLOP/s | executed of peak (wall) | (CPU time) | useful of peak: wall (CPU time) "
+        "| MFU executed / useful (datasheet bf16) | peak memory MiB (+ during step) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = [
         f"{_model_line(s)}, {s['num_frames']} frames, {s['precision']}; peak: {results['peak']['matmul']}.",
@@ -473,11 +480,28 @@ def _convergence_section(payload: dict[str, Any], image: str) -> list[str]:
     return [*lines, "", f"![convergence curves]({image})"]
 
 
+def _memory_section(payload: dict[str, Any]) -> list[str]:
+    lines = [
+        "| config | GPUs | batch per GPU × accumulation | checkpointing | peak per GPU (GB) | activations (GB) "
+        "| static (GB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, row in payload["results"].items():
+        gb = row["gb"]
+        static = sum(v for k, v in gb.items() if k not in ("activations", "transient"))
+        lines.append(
+            f"| {path} | {row['world_size']} ({row['parallel']}) | {row['batch_size']} × {row['grad_accumulation']} | "
+            f"{row['activation_checkpointing']} | {row['peak_gb']} | {gb['activations']} | {static:.2f} |"
+        )
+    return lines
+
+
 SECTIONS = {
     "step": "Training step: MiMo against the CTF baseline",
     "sampling": "Sampling: KV cache against recomputing the history",
     "utilization": "Utilisation: achieved FLOP/s against this machine's matmul peak",
     "convergence": "Convergence on the built-in videos",
+    "memory": "Memory census of a training step per GPU (fake tensors, not a measurement)",
 }
 
 
@@ -496,9 +520,13 @@ def summary_table(results_dir: Path) -> str:
         if kind == "convergence":
             lines += _convergence_section(payload, path.with_suffix(".png").name)
         else:
-            lines += {"step": _step_section, "sampling": _sampling_section, "utilization": _utilization_section}[kind](
-                payload
-            )
+            sections = {
+                "step": _step_section,
+                "sampling": _sampling_section,
+                "utilization": _utilization_section,
+                "memory": _memory_section,
+            }
+            lines += sections[kind](payload)
     return "\n".join(lines) + "\n"
 
 

@@ -63,4 +63,4 @@ def test_bench_outside_a_checkout_says_where_benchmarks_live(monkeypatch, tmp_pa
 def test_bench_names_the_benchmarks_there_are(monkeypatch, capsys):
     monkeypatch.chdir(REPO_ROOT)
     assert main(["bench", "stepz"]) == 2
-    assert "choose one of convergence, decode, sampling, step, utilization" in capsys.readouterr().err
+    assert "choose one of convergence, decode, memory, sampling, step, utilization" in capsys.readouterr().err

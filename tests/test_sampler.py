@@ -27,10 +27,14 @@ CASES = {
         window=3,
         overrides=("model.clean_conditioning=clean_timestep", "model.rope=false"),
     ),
+    "window-block-sparse-flex-attention": dict(
+        num_frames=6, context=1, solver="euler", window=3, overrides=("model.attention=flex",)
+    ),
 }
+BF16_ATOL = 0.1  # bf16 keeps 8 bits of mantissa; a few ODE steps of a micro model stay this close to fp32
 
 
-def _sample(model, clips, case: dict, use_cache: bool, seed: int = 0) -> torch.Tensor:
+def _sample(model, clips, case: dict, use_cache: bool, seed: int = 0, precision: str = "auto") -> torch.Tensor:
     video, labels = clips
     context = video[:BATCH, : case["context"]] if case["context"] else None
     return sample_video(
@@ -45,6 +49,7 @@ def _sample(model, clips, case: dict, use_cache: bool, seed: int = 0) -> torch.T
         window=case.get("window"),
         generator=torch.Generator().manual_seed(seed),
         use_cache=use_cache,
+        precision=precision,
     )
 
 
@@ -84,3 +89,13 @@ def test_sliding_window_limits_what_long_generation_attends_to(clips, make_model
     assert (whole[:, 2] - windowed[:, 2]).abs().max() > 1e-4
     wide = _sample(model, clips, {**case, "window": 6}, use_cache=True)
     torch.testing.assert_close(wide, whole, atol=CACHE_ATOL, rtol=0)
+
+
+def test_bf16_sampling_runs_and_stays_close_to_fp32(clips, make_model):
+    case = CASES["window-longer-than-training"]
+    model = make_model()
+    fp32 = _sample(model, clips, case, use_cache=True, precision="fp32")
+    bf16 = _sample(model, clips, case, use_cache=True, precision="bf16")
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert not torch.equal(bf16, fp32)  # autocast did run in bf16
+    torch.testing.assert_close(bf16, fp32, atol=BF16_ATOL, rtol=0)

@@ -66,6 +66,7 @@ class ModelConfig:
     qk_norm: bool = True
     rope: bool = True  # False: 3-D sin-cos absolute positions (the paper's "vanilla" ablation)
     clean_conditioning: str = "independent_ln"  # ACDiT default; "clean_timestep" is FAR's way
+    attention: str = "auto"  # frame-causal masks as a FlexAttention BlockMask ("flex") or a dense mask ("sdpa")
 
     def size(self) -> tuple[int, int, int]:
         """(depth, width, heads) after applying explicit overrides to the preset."""
@@ -79,6 +80,9 @@ class ModelConfig:
             _check(value >= 1, key, f"must be positive (or null for the preset's), got {value}")
         _check_heads(width, heads, self.rope, "model.width", "model.heads")
         _check(self.patch_size >= 1, "model.patch_size", "must be a positive integer")
+        from mimo.models.attention import ATTENTION_BACKENDS
+
+        _check_choice(self.attention, ATTENTION_BACKENDS, "model.attention")
         frame_size = config.data.frame_size
         _check(
             frame_size % self.patch_size == 0,
@@ -320,11 +324,14 @@ class SampleConfig:
     num_frames: int | None = None  # None: the training clip length
     use_cache: bool = True
     grid: str = "uniform"  # the noise levels stepped through (mimo.diffusion.flow.SAMPLING_GRIDS)
+    precision: str = "auto"  # bf16 autocast (auto: on CUDA only) or fp32
 
     def validate(self, config: Config) -> None:
         from mimo.diffusion.flow import SAMPLING_GRIDS, SOLVERS
+        from mimo.diffusion.sampler import SAMPLE_PRECISIONS
 
         _check(self.steps >= 1, "sample.steps", f"must be at least 1, got {self.steps}")
+        _check_choice(self.precision, SAMPLE_PRECISIONS, "sample.precision")
         _check_choice(self.solver, SOLVERS, "sample.solver")
         _check_choice(self.grid, SAMPLING_GRIDS, "sample.grid")
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")

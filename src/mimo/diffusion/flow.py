@@ -30,12 +30,13 @@ def logit_normal_levels(
     shape: tuple[int, ...], generator: torch.Generator | None, diffusion: DiffusionConfig
 ) -> Tensor:
     """s = sigmoid(m + σ·n), n ~ N(0, 1): most levels in the middle of [0, 1] (SD3, SiT, FAR)."""
-    return torch.sigmoid(diffusion.logit_mean + diffusion.logit_std * torch.randn(shape, generator=generator))
+    noise = torch.randn(shape, generator=generator, device=_device_of(generator))
+    return torch.sigmoid(diffusion.logit_mean + diffusion.logit_std * noise)
 
 
 def uniform_levels(shape: tuple[int, ...], generator: torch.Generator | None, diffusion: DiffusionConfig) -> Tensor:
     """s ~ U[0, 1], as in rectified flow."""
-    return torch.rand(shape, generator=generator)
+    return torch.rand(shape, generator=generator, device=_device_of(generator))
 
 
 NoiseLevelSampler = Callable[[tuple[int, ...], "torch.Generator | None", DiffusionConfig], Tensor]
@@ -46,12 +47,17 @@ NOISE_LEVEL_SAMPLERS: dict[str, NoiseLevelSampler] = {"logit_normal": logit_norm
 def sample_noise_levels(
     shape: tuple[int, ...], diffusion: DiffusionConfig, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Independent noise levels, one per frame, drawn by the sampler `diffusion.timestep_sampling` names."""
+    """Independent noise levels, one per frame, drawn on the generator's device by the sampler
+    `diffusion.timestep_sampling` names."""
     if diffusion.timestep_sampling not in NOISE_LEVEL_SAMPLERS:
         raise ValueError(
             f"unknown noise-level sampling '{diffusion.timestep_sampling}'; choose one of {list(NOISE_LEVEL_SAMPLERS)}"
         )
     return NOISE_LEVEL_SAMPLERS[diffusion.timestep_sampling](shape, generator, diffusion)
+
+
+def _device_of(generator: torch.Generator | None) -> torch.device | None:
+    return generator.device if generator is not None else None
 
 
 def uniform_grid(steps: int) -> Tensor:
@@ -72,21 +78,25 @@ def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "eu
 
     `velocity(z, s)` gets s as a (B,) tensor. Heun is second order (one extra evaluation per step,
     none on the last step, which lands on s = 0 where Heun's corrector would need v at s = 0).
+    The grid is read once as host numbers and each step's s is filled on z's device in fp32: no
+    host-device sync in the loop.
     """
     if solver not in SOLVERS:
         raise InputError(f"unknown solver '{solver}'; choose one of {list(SOLVERS)}")
     if grid not in SAMPLING_GRIDS:
         raise InputError(f"unknown sampling grid '{grid}'; choose one of {list(SAMPLING_GRIDS)}")
-    levels = SAMPLING_GRIDS[grid](steps)
+    levels = SAMPLING_GRIDS[grid](steps).tolist()  # host numbers: the loop never waits for the device
     z = noise
+
+    def level(index: int) -> Tensor:  # (B,)
+        return torch.full(noise.shape[:1], levels[index], device=noise.device)
+
     for i in range(steps):
-        s_now = levels[i].expand(z.shape[0]).to(z.device)
-        s_next = levels[i + 1].expand(z.shape[0]).to(z.device)
-        dt = (levels[i + 1] - levels[i]).item()
-        v_now = velocity(z, s_now)
+        dt = levels[i + 1] - levels[i]
+        v_now = velocity(z, level(i))
         z_euler = z + dt * v_now
         if solver == "heun" and i < steps - 1:
-            z = z + dt * 0.5 * (v_now + velocity(z_euler, s_next))
+            z = z + dt * 0.5 * (v_now + velocity(z_euler, level(i + 1)))
         else:
             z = z_euler
     return z

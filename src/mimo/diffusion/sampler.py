@@ -5,20 +5,27 @@ layer, so each ODE step of the next frame costs one frame's tokens. Without it, 
 re-runs the whole history; both give the same frames (a test). Past the training length a sliding
 window attends to the last `window` clean frames only: rotary attention depends on frame offsets,
 which the window keeps inside the trained range. When the window slides, the cache is re-encoded
-from the window's frames (one clean pass per frame, cheap next to the ODE steps), because the
-deeper layers' keys of a cached frame still carry the frames that slid out.
+from the window's frames (one block-causal pass over all of them, cheap next to the ODE steps),
+because the deeper layers' keys of a cached frame still carry the frames that slid out. The cache
+is static: preallocated for the window and written in place (`attention.KVCache`).
+
+Sampling runs under inference_mode and, by default on CUDA, bf16 autocast (`sample.precision`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mimo.config import Config
+from mimo.config import PRECISIONS, Config
 from mimo.diffusion.flow import integrate
 from mimo.models.checks import check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
+
+SAMPLE_PRECISIONS = ("auto", *PRECISIONS)  # sample.precision; auto: bf16 autocast on CUDA, fp32 on a CPU
 
 
 def _guided(velocity: Tensor, cfg_scale: float, guided: bool) -> Tensor:
@@ -27,6 +34,25 @@ def _guided(velocity: Tensor, cfg_scale: float, guided: bool) -> Tensor:
         return velocity
     conditional, unconditional = velocity.chunk(2)
     return unconditional + cfg_scale * (conditional - unconditional)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `sample.precision` on `device`: bf16, or None for fp32 (auto: bf16 on CUDA)."""
+    if precision not in SAMPLE_PRECISIONS:
+        raise ValueError(f"unknown sampling precision '{precision}'; choose one of {list(SAMPLE_PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else None
+
+
+def inference(device: torch.device, precision: str = "auto") -> contextlib.ExitStack:
+    """inference_mode (no autograd bookkeeping at all) and, in bf16, autocast: how sampling runs the model
+    (and so every evaluation that generates videos)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    dtype = autocast_dtype(precision, device)
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    return stack
 
 
 def _batch_size(batch_size: int | None, labels: Tensor | None, context: Tensor | None) -> int | None:
@@ -44,7 +70,6 @@ def _guidance_labels(labels: Tensor | None, null_class: int, guided: bool, devic
     return torch.cat([labels, torch.full_like(labels, null_class)]) if guided else labels
 
 
-@torch.no_grad()
 def sample_video(
     model: FrameCausalDiT,
     num_frames: int,
@@ -59,70 +84,72 @@ def sample_video(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    precision: str = "auto",
 ) -> Tensor:
     """Generate videos (B, num_frames, C, H, W); `context` (B, k, C, H, W) frames are given, not generated.
 
     `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
     the null class. `solver` and `grid` name entries of mimo.diffusion.flow's SOLVERS and SAMPLING_GRIDS.
     `window`: clean frames attended to (None: all). Noise comes from `generator`.
+    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32.
     """
     check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
     device = model.patch_embed.weight.device
-    size = model.grid * model.patch_size
-    batch_size = _batch_size(batch_size, labels, context)
-    frames = [] if context is None else list(context.to(device).split(1, dim=1))
-    guided = labels is not None and cfg_scale != 1.0
-    labels = _guidance_labels(labels, model.null_class, guided, device)
-    copies = 2 if guided else 1
+    with inference(device, precision):
+        size = model.grid * model.patch_size
+        batch_size = _batch_size(batch_size, labels, context)
+        frames = [] if context is None else list(context.to(device, torch.float32).split(1, dim=1))
+        guided = labels is not None and cfg_scale != 1.0
+        labels = _guidance_labels(labels, model.null_class, guided, device)
+        copies = 2 if guided else 1
 
-    def doubled(x: Tensor) -> Tensor:
-        return torch.cat([x] * copies) if copies > 1 else x
+        def doubled(x: Tensor) -> Tensor:
+            return torch.cat([x] * copies) if copies > 1 else x
 
-    window = num_frames if window is None else window
-    cache = model.new_cache() if use_cache else None
+        window = num_frames if window is None else window
+        cache = model.new_cache(window) if use_cache else None
 
-    def refill_cache(last: int) -> None:
-        """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
-        starting at the window's first frame (older frames must not leak in through deeper layers' keys)."""
-        nonlocal cache
-        cache = model.new_cache()
-        first = max(0, last + 1 - window)
-        for position in range(first, last + 1):
-            model.append_to_cache(doubled(frames[position]), position, cache, labels)
+        def refill_cache(last: int) -> None:
+            """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
+            starting at the window's first frame (older frames must not leak in through deeper layers' keys).
+            One block-causal pass over all of them, written into the static cache in place."""
+            cache.clear()
+            first = max(0, last + 1 - window)
+            model.append_to_cache(doubled(torch.cat(frames[first : last + 1], dim=1)), first, cache, labels)
 
-    if cache is not None and frames:
-        refill_cache(len(frames) - 1)
-    shape = (batch_size, 1, model.channels, size, size)
-    for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
-        if cache is not None:
+        if cache is not None and frames:
+            refill_cache(len(frames) - 1)
+        shape = (batch_size, 1, model.channels, size, size)
+        for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
+            if cache is not None:
 
-            def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
-                v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
-                return _guided(v, cfg_scale, guided)
+                def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
+                    v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
+                    return _guided(v.float(), cfg_scale, guided)
 
-        else:
-            first = max(0, position - window)
-            history = torch.cat(frames[first:], dim=1) if position > first else None
-
-            def velocity(z: Tensor, s: Tensor, history=history, first=first, position=position) -> Tensor:
-                out = model(
-                    doubled(z),
-                    doubled(s[:, None]),
-                    labels,
-                    clean=None if history is None else doubled(history),
-                    clean_start=first,
-                    noisy_start=position,
-                )
-                return _guided(out.velocity, cfg_scale, guided)
-
-        noise = torch.randn(shape, generator=generator).to(device)
-        frames.append(integrate(velocity, noise, steps, solver, grid))
-        if cache is not None and position + 1 < num_frames:
-            if cache.num_frames < window:
-                model.append_to_cache(doubled(frames[-1]), position, cache, labels)
             else:
-                refill_cache(position)
-    return torch.cat(frames, dim=1)
+                first = max(0, position - window)
+                history = torch.cat(frames[first:], dim=1) if position > first else None
+
+                def velocity(z: Tensor, s: Tensor, history=history, first=first, position=position) -> Tensor:
+                    out = model(
+                        doubled(z),
+                        doubled(s[:, None]),
+                        labels,
+                        clean=None if history is None else doubled(history),
+                        clean_start=first,
+                        noisy_start=position,
+                    )
+                    return _guided(out.velocity.float(), cfg_scale, guided)
+
+            noise = torch.randn(shape, generator=generator).to(device, non_blocking=True)
+            frames.append(integrate(velocity, noise, steps, solver, grid))
+            if cache is not None and position + 1 < num_frames:
+                if cache.num_frames < window:
+                    model.append_to_cache(doubled(frames[-1]), position, cache, labels)
+                else:
+                    refill_cache(position)
+        return torch.cat(frames, dim=1)
 
 
 def sample_for_task(
@@ -151,4 +178,5 @@ def sample_for_task(
         generator=generator,
         use_cache=sample.use_cache,
         progress=progress,
+        precision=sample.precision,
     )

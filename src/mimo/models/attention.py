@@ -1,35 +1,196 @@
 """Attention with the frame-causal rules of Complete Teacher Forcing, 3-D rotary positions, a KV cache.
 
 Every token carries a frame position and a flag "clean" (history) or "noisy" (being denoised).
-The attention rules of docs/method.md are a pure function of those two per-token values, so the
-training mask, the uncached sampler and the MiMo decoder all use `frame_causal_mask`; the cached
-sampler needs no mask at all because everything in the cache is visible by construction.
+The attention rules of docs/method.md are a pure function of those two per-token values
+(`frame_causal_rule`). A `FrameLayout` describes a sequence by them and yields both forms of the
+rules: the dense boolean mask (the reference, and what SDPA takes on a CPU) and FlexAttention's
+`BlockMask`, which skips every tile of the attention matrix that the rules mask out entirely (at
+256 tokens per frame only ~27 % of the clean+noisy matrix is allowed). Both are built once per
+layout and device. The training sequence, the uncached sampler, the cache refill and the MiMo
+decoder all take their mask from a layout; the cached sampler needs none, because everything in
+the cache is visible by construction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 ROPE_BASE = 10000.0  # RoFormer (Su et al. 2021)
+FLEX_BLOCK_SIZE = 128  # FlexAttention's tile: at 256 (or 128) tokens per frame every tile is all or nothing
+# model.attention: flex = block-sparse FlexAttention, sdpa = dense-mask SDPA, auto = flex on CUDA only.
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+PADDING_FRAME = -1  # frame of the padding tokens that fill a sequence up to whole tiles: no real token sees them
 
 
-def frame_causal_mask(query_frame: Tensor, query_clean: Tensor, key_frame: Tensor, key_clean: Tensor) -> Tensor:
-    """Boolean (Lq, Lk) mask, True where a query token may attend to a key token.
+def frame_causal_rule(query_frame: Tensor, query_clean: Tensor, key_frame: Tensor, key_clean: Tensor) -> Tensor:
+    """True where a query token may attend to a key token (element-wise, broadcasting):
 
     - clean frame i sees clean frames j <= i, never a noisy token;
     - noisy frame i sees clean frames j < i (never its own clean copy) and noisy frame i only.
     """
-    qf, kf = query_frame[:, None], key_frame[None, :]
-    qc, kc = query_clean[:, None], key_clean[None, :]
-    clean_to_clean = qc & kc & (kf <= qf)
-    noisy_to_clean = ~qc & kc & (kf < qf)
-    noisy_to_noisy = ~qc & ~kc & (kf == qf)
+    clean_to_clean = query_clean & key_clean & (key_frame <= query_frame)
+    noisy_to_clean = ~query_clean & key_clean & (key_frame < query_frame)
+    noisy_to_noisy = ~query_clean & ~key_clean & (key_frame == query_frame)
     return clean_to_clean | noisy_to_clean | noisy_to_noisy
+
+
+def frame_causal_mask(query_frame: Tensor, query_clean: Tensor, key_frame: Tensor, key_clean: Tensor) -> Tensor:
+    """Boolean (Lq, Lk) mask of `frame_causal_rule` for per-token frames and clean flags."""
+    return frame_causal_rule(query_frame[:, None], query_clean[:, None], key_frame[None, :], key_clean[None, :])
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """A sequence of `clean_frames` clean frames of `clean_per_frame` tokens, then `noisy_frames` noisy
+    frames of `noisy_per_frame` tokens, frame-major. Noisy frame j sits at frame `noisy_offset + j`,
+    counted from the first clean frame (only offsets matter to the rules)."""
+
+    clean_frames: int
+    clean_per_frame: int
+    noisy_frames: int = 0
+    noisy_per_frame: int = 0
+    noisy_offset: int = 0
+
+    @property
+    def num_clean(self) -> int:
+        return self.clean_frames * self.clean_per_frame
+
+    @property
+    def length(self) -> int:
+        return self.num_clean + self.noisy_frames * self.noisy_per_frame
+
+    def tokens(self, device: torch.device | str = "cpu", padded_length: int | None = None) -> tuple[Tensor, Tensor]:
+        """Per-token frame (L,) and clean flag (L,); padding tokens up to `padded_length` see only padding."""
+        clean_frame = torch.arange(self.clean_frames, device=device).repeat_interleave(self.clean_per_frame)
+        noisy_frame = torch.arange(self.noisy_frames, device=device).repeat_interleave(self.noisy_per_frame)
+        padding = (padded_length or self.length) - self.length
+        frame = torch.cat(
+            [clean_frame, noisy_frame + self.noisy_offset, torch.full((padding,), PADDING_FRAME, device=device)]
+        )
+        clean = torch.arange(frame.shape[0], device=device) < self.num_clean
+        return frame, clean
+
+    def dense_mask(self, device: torch.device | str = "cpu") -> Tensor:
+        """Boolean (L, L) mask, True where attention is allowed (built once per layout and device)."""
+        build = _dense_mask.__wrapped__ if is_in_torch_dispatch_mode() else _dense_mask
+        return build(self, torch.device(device))
+
+    def block_mask(self, device: torch.device | str = "cpu", block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
+        """FlexAttention's BlockMask of the same rules (built once per layout, device and tile size)."""
+        build = _block_mask.__wrapped__ if is_in_torch_dispatch_mode() else _block_mask
+        return build(self, torch.device(device), block_size)
+
+    def mask(self, attention: str, device: torch.device) -> Tensor | BlockMask:
+        """The mask form `attention` (auto | sdpa | flex) asks for on `device`."""
+        return self.block_mask(device) if uses_flex(attention, device) else self.dense_mask(device)
+
+
+def uses_flex(attention: str, device: torch.device) -> bool:
+    """`model.attention`: flex = block-sparse FlexAttention, sdpa = dense-mask SDPA, auto = flex on CUDA only
+    (on a CPU, FlexAttention without torch.compile materialises the scores and is slower than SDPA)."""
+    if attention not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention '{attention}'; choose one of {list(ATTENTION_BACKENDS)} (model.attention)")
+    return attention == "flex" or (attention == "auto" and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """FLOPs of one training step (forward + backward) of a module: matmuls, plus attention three ways:
+    as dense-mask SDPA executes it (the whole L×L matrix), as block-sparse FlexAttention executes it
+    (whole tiles that hold an allowed pair), and the useful part (allowed pairs only)."""
+
+    linear: int = 0
+    attention_dense: int = 0
+    attention_block_sparse: int = 0
+    attention_useful: int = 0
+
+    def __add__(self, other: StepFlops) -> StepFlops:
+        return StepFlops(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    @property
+    def dense(self) -> int:
+        return self.linear + self.attention_dense
+
+    @property
+    def block_sparse(self) -> int:
+        return self.linear + self.attention_block_sparse
+
+    @property
+    def useful(self) -> int:
+        return self.linear + self.attention_useful
+
+    def executed(self, flex: bool) -> int:
+        return self.block_sparse if flex else self.dense
+
+
+def attention_flops(
+    layout: FrameLayout, batch: int, heads: int, head_dim: int, block_size: int = FLEX_BLOCK_SIZE
+) -> StepFlops:
+    """QKᵀ and AV of a training step (torch's FlopCounterMode formulas) over `layout`, three ways (StepFlops)."""
+    shape = (batch, heads, layout.length, head_dim)
+    dense = sdpa_flop_count(shape, shape, shape) + sdpa_backward_flop_count(shape, shape, shape, shape)
+    allowed = layout.dense_mask()
+    tiles = -(-layout.length // block_size)
+    padded = F.pad(allowed, (0, tiles * block_size - layout.length) * 2)
+    computed_tiles = padded.view(tiles, block_size, tiles, block_size).any(dim=(1, 3))
+    computed = computed_tiles.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
+    computed_pairs = int(computed[: layout.length, : layout.length].sum())
+    pairs = layout.length**2
+    return StepFlops(
+        attention_dense=dense,
+        attention_block_sparse=dense * computed_pairs // pairs,
+        attention_useful=dense * int(allowed.sum()) // pairs,
+    )
+
+
+# Cached per layout; never under a dispatch mode (fake tensors of the memory census, FLOP counting), whose
+# tensors must not leak into later real runs.
+@functools.lru_cache(maxsize=64)
+def _dense_mask(layout: FrameLayout, device: torch.device) -> Tensor:
+    frame, clean = layout.tokens(device)
+    return frame_causal_mask(frame, clean, frame, clean)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_mask(layout: FrameLayout, device: torch.device, block_size: int) -> BlockMask:
+    # mask_mod may be evaluated on whole tiles, so the per-token tables cover them (padding sees only padding)
+    padded = -(-layout.length // block_size) * block_size
+    frame, clean = layout.tokens(device, padded)
+
+    def mask_mod(batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        return frame_causal_rule(frame[query], clean[query], frame[key], clean[key])
+
+    length = layout.length
+    return create_block_mask(mask_mod, None, None, length, length, device=device, BLOCK_SIZE=block_size)
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """FlexAttention compiled once: without compile it materialises the whole score matrix (on a GPU
+    as on a CPU); under a compiled block it is compiled with the block anyway."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None) -> Tensor:
+    """Scaled dot-product attention of (B, H, L, head_dim) tensors under a dense mask, a BlockMask or none."""
+    if isinstance(mask, BlockMask):
+        if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+            raise ValueError(
+                "model.attention=flex cannot train on a CPU: FlexAttention has no CPU backward in this torch; "
+                "use model.attention=auto (dense-mask SDPA on a CPU) or sdpa"
+            )
+        compile_here = q.device.type == "cuda" and not torch.compiler.is_compiling()  # a compiled block fuses it
+        flex = _compiled_flex_attention() if compile_here else flex_attention
+        return flex(q, k.to(q.dtype), v.to(q.dtype), block_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def split_rotary_dims(head_dim: int) -> tuple[int, int, int]:
@@ -50,7 +211,8 @@ class RotaryEmbedding3D(nn.Module):
             self.register_buffer(f"inv_freq_{axis}", inv_freq.float(), persistent=False)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos and sin of shape (B, 1, L, head_dim / 2) for integer positions (B, L, 3)."""
+        """cos and signed sin (B, 1, L, head_dim) for integer positions (B, L, 3), laid out for `apply_rotary`:
+        each angle twice (one per element of its pair), sin as (-sin, sin)."""
         positions = positions.float()
         angles = torch.cat(
             [
@@ -60,81 +222,103 @@ class RotaryEmbedding3D(nn.Module):
             ],
             dim=-1,
         )
-        return angles.cos()[:, None], angles.sin()[:, None]
+        cos, sin = angles.cos(), angles.sin()
+        return cos.repeat_interleave(2, dim=-1)[:, None], torch.stack([-sin, sin], dim=-1).flatten(-2)[:, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs of x (B, H, L, head_dim) by the position angles."""
-    pairs = rearrange(x.float(), "... (d two) -> ... d two", two=2)
-    first, second = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([first * cos - second * sin, first * sin + second * cos], dim=-1)
-    return rearrange(rotated, "... d two -> ... (d two)").type_as(x)
+    """Rotate consecutive pairs (a, b) of x (B, H, L, head_dim) by their angle θ:
+    (a cos θ - b sin θ, a sin θ + b cos θ) = (a, b)·cos θ + (b, a)·(-sin θ, sin θ)."""
+    pairs = x.float()  # the rotation in fp32 (bf16 would blur large angles)
+    swapped = pairs.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b, a) for each pair (a, b)
+    return (pairs * cos + swapped * sin).to(x.dtype)
 
 
-@dataclass
 class KVCache:
-    """Per-layer keys and values (B, H, L, head_dim) of the clean frames generated so far.
+    """Keys and values of the clean frames in the sampling window, preallocated per layer as
+    (B, H, (capacity + 1)·tokens_per_frame, head_dim) and written in place: no per-step concatenation.
 
-    Each frame adds `tokens_per_frame` tokens per layer (see the sampler for the sliding window).
+    `extend(layer, k, v)` writes new keys after the `num_frames` committed frames and returns a view of
+    everything up to them; `advance(frames)` commits what the last pass wrote (a finished clean frame),
+    while the keys of a noisy frame being denoised stay uncommitted scratch, overwritten at the next step.
     """
 
-    depth: int
-    tokens_per_frame: int
-    keys: list[Tensor | None] = field(default_factory=list)
-    values: list[Tensor | None] = field(default_factory=list)
+    def __init__(self, depth: int, tokens_per_frame: int, capacity: int):
+        self.tokens_per_frame = tokens_per_frame
+        self.capacity = capacity  # committed frames; one more frame of room for the frame being denoised
+        self.num_frames = 0
+        self.keys: list[Tensor | None] = [None] * depth
+        self.values: list[Tensor | None] = [None] * depth
 
-    def __post_init__(self) -> None:
-        self.keys = [None] * self.depth
-        self.values = [None] * self.depth
-
-    @property
-    def num_frames(self) -> int:
-        first = self.keys[0]
-        return 0 if first is None else first.shape[2] // self.tokens_per_frame
-
-    def get(self, layer: int) -> tuple[Tensor, Tensor] | None:
+    def extend(self, layer: int, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Write `key`, `value` (B, H, new, head_dim) after the committed frames; return views of all the
+        keys and values up to them (B, H, committed + new, head_dim)."""
+        start = self.num_frames * self.tokens_per_frame
+        end = start + key.shape[2]
+        room = (self.capacity + 1) * self.tokens_per_frame
+        if end > room:
+            raise ValueError(
+                f"the KV cache holds {self.capacity} frames (+1 being denoised) and has {self.num_frames}; "
+                f"{key.shape[2] // self.tokens_per_frame} more do not fit: clear it (the sliding window) first"
+            )
         if self.keys[layer] is None:
-            return None
-        return self.keys[layer], self.values[layer]
+            batch, heads, _, head_dim = key.shape
+            self.keys[layer] = key.new_empty(batch, heads, room, head_dim)
+            self.values[layer] = value.new_empty(batch, heads, room, head_dim)
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def append(self, layer: int, key: Tensor, value: Tensor) -> None:
-        if self.keys[layer] is None:
-            self.keys[layer], self.values[layer] = key, value
-        else:
-            self.keys[layer] = torch.cat([self.keys[layer], key], dim=2)
-            self.values[layer] = torch.cat([self.values[layer], value], dim=2)
+    def advance(self, frames: int) -> None:
+        """Commit the `frames` clean frames the last pass wrote."""
+        self.num_frames += frames
+
+    def clear(self) -> None:
+        """Forget every frame (the buffers stay allocated for the refill)."""
+        self.num_frames = 0
+
+
+class QKNorm(nn.RMSNorm):
+    """RMSNorm of queries or keys (QK-normalisation) that keeps them in their own dtype: the mean square
+    is accumulated in fp32, the scaling is done in the input's dtype. torch's RMSNorm, given bf16 under
+    autocast, upcasts and saves three fp32 copies of q and k for the backward (~20 % of a step's memory)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        eps = torch.finfo(torch.float32).eps if self.eps is None else self.eps
+        mean_square = (x * x).mean(dim=-1, keepdim=True, dtype=torch.float32)
+        return x * torch.rsqrt(mean_square + eps).to(x.dtype) * self.weight.to(x.dtype)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with QK-normalisation, optional rotary positions and cached prefixes."""
+    """Multi-head self-attention with QK-normalisation, optional rotary positions and a KV cache."""
 
     def __init__(self, width: int, heads: int, qk_norm: bool = True):
         super().__init__()
         self.heads = heads
         head_dim = width // heads
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
 
     def forward(
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None = None,
-        mask: Tensor | None = None,
-        prefix: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Attend x (B, L, D) to [prefix, x]; returns the output and this call's (key, value).
+        mask: Tensor | BlockMask | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """Attend x (B, L, D) to itself, after the frames of `cache` (its `layer`) when one is given.
 
-        `mask` (L, L_prefix + L) is True where attention is allowed; None allows everything.
+        `mask` (L, L_cached + L), dense or block-sparse, says where attention is allowed; None allows everything.
         """
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        # (B, L, 3·D) -> three (B, H, L, head_dim); a plain permute: this runs at every ODE step of sampling
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        new_kv = (k, v)
-        if prefix is not None:
-            k = torch.cat([prefix[0], k], dim=2)
-            v = torch.cat([prefix[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(rearrange(out, "b h l d -> b l (h d)")), new_kv
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        out = attend(q, k, v, mask)
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, H, L, head_dim) -> (B, L, D)

@@ -1,33 +1,38 @@
 """The frame-causal Diffusion Transformer of Complete Teacher Forcing (CTF).
 
 One sequence per clip: [clean history tokens | noisy tokens]. Both copies of a frame share
-rotary positions (ACDiT's layout); `attention.frame_causal_mask` keeps a noisy frame from seeing
+rotary positions (ACDiT's layout); the frame-causal rules of `attention.FrameLayout` keep a noisy frame from seeing
 its own clean copy or any later frame. Noisy tokens are modulated by adaLN-Zero with their
 frame's noise level (+ class); clean tokens get their own plain LayerNorms (ACDiT, the paper's
 "independent LN") or, as a switch, the shared adaLN with a clean noise level (FAR).
 
 The same weights serve three ways of running:
-- `forward`: a whole training sequence (or an uncached sampling step), with an explicit mask;
+- `forward`: a whole training sequence (or an uncached sampling step), under its layout's mask;
 - `denoise_cached`: one noisy frame against the KV cache of the clean frames so far;
-- `append_to_cache`: one finished frame run as clean, its keys/values appended to the cache.
+- `append_to_cache`: finished frames run as clean, their keys/values written into the static cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from mimo.config import ModelConfig
-from mimo.models.attention import Attention, KVCache, RotaryEmbedding3D, frame_causal_mask
+from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D, StepFlops, attention_flops
 from mimo.models.checks import check_model_inputs
-from mimo.models.flops import Flops, add, attention_flops, linear_flops
 from mimo.models.layers import (
+    FREQUENCY_DIM,
+    LayerNorm,
     Mlp,
     NoiseLevelEmbedder,
+    block_linear_flops,
+    linear_flops,
     patchify,
     sincos_position_3d,
     token_positions,
@@ -37,19 +42,65 @@ from mimo.models.layers import (
 NORM_EPS = 1e-6  # DiT
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+def modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
+    """DiT's adaLN modulation; no terms (independent clean LayerNorms) leave x as it is."""
+    return x if shift is None else x * (1 + scale) + shift
+
+
+def gate(x: Tensor, gate: Tensor | None) -> Tensor:
+    """adaLN-Zero's gate on a residual update; independent clean tokens are not gated."""
+    return x if gate is None else gate * x
+
+
+@dataclass
+class Modulation:
+    """adaLN-Zero's six terms of one token group, each (B, frames, 1, D): one value per frame, broadcast
+    over the frame's tokens rather than repeated per token. All None: the group has its own LayerNorms."""
+
+    shift_msa: Tensor | None = None
+    scale_msa: Tensor | None = None
+    gate_msa: Tensor | None = None
+    shift_mlp: Tensor | None = None
+    scale_mlp: Tensor | None = None
+    gate_mlp: Tensor | None = None
 
 
 @dataclass
 class TokenGroups:
-    """How a block's sequence splits into clean and noisy tokens, with per-frame conditioning."""
+    """How a block's sequence (B, L, D) splits into clean and noisy tokens, frame by frame, with the
+    per-frame conditioning (B, frames, D) of each group (clean_cond None: independent LayerNorms)."""
 
-    num_clean: int
+    clean_frames: int
     clean_per_frame: int
+    noisy_frames: int
     noisy_per_frame: int
-    noisy_cond: Tensor | None  # (B, frames, D)
-    clean_cond: Tensor | None  # (B, frames, D) when clean tokens share adaLN, else None
+    noisy_cond: Tensor | None
+    clean_cond: Tensor | None
+
+    @property
+    def num_clean(self) -> int:
+        return self.clean_frames * self.clean_per_frame
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L, D) -> clean (B, Tc, n, D) and noisy (B, Tn, N, D)."""
+        clean = x[:, : self.num_clean].unflatten(1, (self.clean_frames, self.clean_per_frame))
+        noisy = x[:, self.num_clean :].unflatten(1, (self.noisy_frames, self.noisy_per_frame))
+        return clean, noisy
+
+    def map(self, x: Tensor, clean_fn: Callable[[Tensor], Tensor], noisy_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """(B, L, D) -> (B, L, D): `clean_fn` on the clean tokens (B, Tc, n, D), `noisy_fn` on the noisy ones
+        (B, Tn, N, D); an empty group (a cached step, a frame appended to the cache) costs nothing."""
+        clean, noisy = self.split(x)
+        parts = [fn(group).flatten(1, 2) for fn, group in ((clean_fn, clean), (noisy_fn, noisy)) if group.shape[1]]
+        return torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]
+
+    def modulate(self, x: Tensor, clean_norm, noisy_norm, clean: tuple, noisy: tuple) -> Tensor:
+        """Each group normalised by its own norm and modulated by its (shift, scale) terms."""
+        return self.map(x, lambda t: modulate(clean_norm(t), *clean), lambda t: modulate(noisy_norm(t), *noisy))
+
+    def gate(self, update: Tensor, clean_gate: Tensor | None, noisy_gate: Tensor | None) -> Tensor:
+        """Each group's residual update scaled by its gate."""
+        return self.map(update, lambda t: gate(t, clean_gate), lambda t: gate(t, noisy_gate))
 
 
 class DiTBlock(nn.Module):
@@ -57,59 +108,40 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool, independent_clean: bool):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm1 = LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.attn = Attention(width, heads, qk_norm)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm2 = LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.mlp = Mlp(width, int(width * mlp_ratio))
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        self.independent_clean = independent_clean
-        if independent_clean:
-            self.clean_norm1 = nn.LayerNorm(width, eps=NORM_EPS)
-            self.clean_norm2 = nn.LayerNorm(width, eps=NORM_EPS)
+        # clean tokens: their own affine LayerNorms (ACDiT), or the parameter-free ones shared with adaLN (FAR)
+        self.clean_norm1 = LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm1
+        self.clean_norm2 = LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm2
 
-    def _modulation(self, cond: Tensor | None, tokens_per_frame: int) -> list[Tensor] | None:
-        """adaLN's six (B, L, D) tensors, computed per frame and repeated over the frame's tokens."""
+    def modulation(self, cond: Tensor | None) -> Modulation:
+        """adaLN's terms from per-frame conditioning (B, frames, D); none without conditioning."""
         if cond is None:
-            return None
-        return self.adaLN(cond).repeat_interleave(tokens_per_frame, dim=1).chunk(6, dim=-1)
-
-    def _normalise(self, x: Tensor, num_clean: int, stage: int, clean_mod, noisy_mod) -> Tensor:
-        """Pre-norm of stage 0 (attention) or 1 (MLP): own LayerNorm or adaLN for clean, adaLN for noisy."""
-        clean, noisy = x[:, :num_clean], x[:, num_clean:]
-        norm = (self.norm1, self.norm2)[stage]
-        if num_clean and clean_mod is None:
-            clean = (self.clean_norm1, self.clean_norm2)[stage](clean)
-        elif num_clean:
-            clean = modulate(norm(clean), clean_mod[3 * stage], clean_mod[3 * stage + 1])
-        if noisy_mod is not None:
-            noisy = modulate(norm(noisy), noisy_mod[3 * stage], noisy_mod[3 * stage + 1])
-        return torch.cat([clean, noisy], dim=1)
-
-    @staticmethod
-    def _gate(update: Tensor, num_clean: int, stage: int, clean_mod, noisy_mod) -> Tensor:
-        """adaLN-Zero's gates on the residual update; independent clean tokens are not gated."""
-        clean, noisy = update[:, :num_clean], update[:, num_clean:]
-        if clean_mod is not None:
-            clean = clean_mod[3 * stage + 2] * clean
-        if noisy_mod is not None:
-            noisy = noisy_mod[3 * stage + 2] * noisy
-        return torch.cat([clean, noisy], dim=1)
+            return Modulation()
+        return Modulation(*self.adaLN(cond)[:, :, None].chunk(6, dim=-1))
 
     def forward(
         self,
         x: Tensor,
         groups: TokenGroups,
         rope: tuple[Tensor, Tensor] | None,
-        mask: Tensor | None,
-        prefix: tuple[Tensor, Tensor] | None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        n = groups.num_clean
-        noisy_mod = self._modulation(groups.noisy_cond, groups.noisy_per_frame) if x.shape[1] > n else None
-        clean_mod = self._modulation(groups.clean_cond, groups.clean_per_frame)
-        attended, kv = self.attn(self._normalise(x, n, 0, clean_mod, noisy_mod), rope, mask, prefix)
-        x = x + self._gate(attended, n, 0, clean_mod, noisy_mod)
-        x = x + self._gate(self.mlp(self._normalise(x, n, 1, clean_mod, noisy_mod)), n, 1, clean_mod, noisy_mod)
-        return x, kv
+        mask: Tensor | BlockMask | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """x (B, L, D): clean tokens, then noisy tokens (either group may be empty)."""
+        clean, noisy = self.modulation(groups.clean_cond), self.modulation(groups.noisy_cond)  # (B, T, 1, D) terms
+        attn_in = groups.modulate(
+            x, self.clean_norm1, self.norm1, (clean.shift_msa, clean.scale_msa), (noisy.shift_msa, noisy.scale_msa)
+        )  # (B, L, D)
+        x = x + groups.gate(self.attn(attn_in, rope, mask, cache, layer), clean.gate_msa, noisy.gate_msa)
+        mlp_in = groups.modulate(
+            x, self.clean_norm2, self.norm2, (clean.shift_mlp, clean.scale_mlp), (noisy.shift_mlp, noisy.scale_mlp)
+        )  # (B, L, D)
+        return x + groups.gate(self.mlp(mlp_in), clean.gate_mlp, noisy.gate_mlp)
 
 
 class FinalLayer(nn.Module):
@@ -117,12 +149,13 @@ class FinalLayer(nn.Module):
 
     def __init__(self, width: int, patch_dim: int):
         super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
+        self.norm = LayerNorm(width, elementwise_affine=False, eps=NORM_EPS)
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, patch_dim)
 
-    def forward(self, x: Tensor, cond: Tensor, tokens_per_frame: int) -> Tensor:
-        shift, scale = self.adaLN(cond).repeat_interleave(tokens_per_frame, dim=1).chunk(2, dim=-1)
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Noisy tokens x (B, T, N, D) and per-frame conditioning (B, T, D) -> patches (B, T, N, patch_dim)."""
+        shift, scale = self.adaLN(cond)[:, :, None].chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -145,6 +178,7 @@ class FrameCausalDiT(nn.Module):
         self.tokens_per_frame = self.grid**2
         self.num_classes = num_classes
         self.activation_checkpointing = False
+        self.attention = config.attention  # auto | sdpa | flex, see attention.uses_flex
         patch_dim = channels * config.patch_size**2
         independent_clean = config.clean_conditioning == "independent_ln"
         self.independent_clean = independent_clean
@@ -182,8 +216,9 @@ class FrameCausalDiT(nn.Module):
     def null_class(self) -> int:
         return self.num_classes
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.depth, self.tokens_per_frame)
+    def new_cache(self, window: int) -> KVCache:
+        """An empty static cache for `window` clean frames."""
+        return KVCache(self.depth, self.tokens_per_frame, window)
 
     def positions(self, first_frame: int, num_frames: int, keep: Tensor | None, batch: int) -> Tensor:
         """(B, frames × tokens, 3) integer (frame, row, column) of each token, kept tokens only."""
@@ -224,23 +259,19 @@ class FrameCausalDiT(nn.Module):
         x: Tensor,
         groups: TokenGroups,
         positions: Tensor,
-        mask: Tensor | None,
+        mask: Tensor | BlockMask | None,
         cache: KVCache | None,
-        write_cache: bool,
         return_layers: tuple[int, ...] = (),
     ) -> tuple[Tensor, dict[int, Tensor]]:
         rope = self.rope(positions) if self.rope is not None else None
         hidden = {}
-        for index, block in enumerate(self.blocks):
-            prefix = cache.get(index) if cache is not None else None
+        for layer, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x, kv = checkpoint(block, x, groups, rope, mask, prefix, use_reentrant=False)
+                x = checkpoint(block, x, groups, rope, mask, use_reentrant=False)
             else:
-                x, kv = block(x, groups, rope, mask, prefix)
-            if write_cache:
-                cache.append(index, *kv)
-            if index + 1 in return_layers:
-                hidden[index + 1] = x
+                x = block(x, groups, rope, mask, cache, layer)
+            if layer + 1 in return_layers:
+                hidden[layer + 1] = x
         return x, hidden
 
     def forward(
@@ -263,83 +294,84 @@ class FrameCausalDiT(nn.Module):
         batch, noisy_frames = noisy.shape[:2]
         clean_frames = 0 if clean is None else clean.shape[1]
         noisy_start = clean_start + clean_frames if noisy_start is None else noisy_start
-        noisy_tokens, noisy_pos = self.embed(noisy, noisy_start)
         clean_per_frame = self.tokens_per_frame if keep is None else keep.shape[1]
+        layout = FrameLayout(
+            clean_frames, clean_per_frame, noisy_frames, self.tokens_per_frame, noisy_start - clean_start
+        )
+        x, positions = self.embed(noisy, noisy_start)  # (B, Tn·N, D), (B, Tn·N, 3)
         if clean_frames:
-            clean_tokens, clean_pos = self.embed(clean, clean_start, keep)
-            x = torch.cat([clean_tokens, noisy_tokens], dim=1)
-            positions = torch.cat([clean_pos, noisy_pos], dim=1)
-        else:
-            x, positions = noisy_tokens, noisy_pos
-        num_clean = clean_frames * clean_per_frame
-        frame = positions[0, :, 0]
-        is_clean = torch.arange(frame.shape[0], device=frame.device) < num_clean
-        mask = frame_causal_mask(frame, is_clean, frame, is_clean)
-        noisy_cond = self.condition(noise_level, labels)
-        groups = TokenGroups(
-            num_clean,
-            clean_per_frame,
-            self.tokens_per_frame,
-            noisy_cond,
-            self._clean_condition(clean_frames, batch, labels, noisy),
+            clean_tokens, clean_positions = self.embed(clean, clean_start, keep)  # (B, Tc·n, D), (B, Tc·n, 3)
+            x = torch.cat([clean_tokens, x], dim=1)  # (B, L, D), L = Tc·n + Tn·N
+            positions = torch.cat([clean_positions, positions], dim=1)  # (B, L, 3)
+        noisy_cond = self.condition(noise_level, labels)  # (B, Tn, D)
+        clean_cond = self._clean_condition(clean_frames, batch, labels, noisy)  # (B, Tc, D) or None
+        groups = TokenGroups(clean_frames, clean_per_frame, noisy_frames, self.tokens_per_frame, noisy_cond, clean_cond)
+        mask = layout.mask(self.attention, x.device)  # (L, L) dense, or its BlockMask
+        x, hidden = self._run_blocks(x, groups, positions, mask, None, return_layers)  # (B, L, D)
+        out = self.final(groups.split(x)[1], noisy_cond)  # (B, Tn, N, patch_dim)
+        velocity = unpatchify(out, self.patch_size, self.grid, self.channels)  # (B, Tn, C, H, W)
+        split = {layer: groups.split(h) for layer, h in hidden.items()}  # (B, Tc, n, D), (B, Tn, N, D)
+        return DiTOutput(
+            velocity,
+            clean_hidden={layer: clean for layer, (clean, _) in split.items()},
+            noisy_hidden={layer: noisy for layer, (_, noisy) in split.items()},
         )
-        x, hidden = self._run_blocks(x, groups, positions, mask, None, False, return_layers)
-        out = self.final(x[:, num_clean:], noisy_cond, self.tokens_per_frame)
-        velocity = unpatchify(
-            rearrange(out, "b (t n) d -> b t n d", t=noisy_frames), self.patch_size, self.grid, self.channels
+
+    def training_flops(self, layout: FrameLayout, batch: int) -> StepFlops:
+        """FLOPs of a training step (forward + backward) of the backbone on `batch` sequences of `layout`,
+        layer by layer as FlopCounterMode counts them (nanoGPT's estimate_mfu, exact): matmuls, and
+        attention as dense SDPA and block-sparse FlexAttention execute it and as the rules allow it."""
+        width, patch_dim = self.width, self.patch_embed.in_features
+        hidden = self.blocks[0].mlp.fc1.out_features
+        tokens = batch * layout.length
+        noisy_frames = batch * layout.noisy_frames
+        conditioned = noisy_frames + (0 if self.independent_clean else batch * layout.clean_frames)
+        flops = (
+            linear_flops(tokens, patch_dim, width, input_grad=False)  # patch embedding
+            + linear_flops(conditioned, FREQUENCY_DIM, width, input_grad=False)  # noise-level embedder
+            + linear_flops(conditioned, width, width)
+            + linear_flops(noisy_frames, width, 2 * width)  # final adaLN
+            + linear_flops(noisy_frames * layout.noisy_per_frame, width, patch_dim)  # final projection
         )
-        clean_hidden = {
-            layer: rearrange(h[:, :num_clean], "b (t n) d -> b t n d", t=clean_frames) for layer, h in hidden.items()
-        }
-        noisy_hidden = {
-            layer: rearrange(h[:, num_clean:], "b (t n) d -> b t n d", t=noisy_frames) for layer, h in hidden.items()
-        }
-        return DiTOutput(velocity, clean_hidden, noisy_hidden)
+        per_block = (
+            linear_flops(conditioned, width, 6 * width)  # adaLN
+            + block_linear_flops(tokens, width, hidden)
+            + attention_flops(layout, batch, self.heads, width // self.heads)
+        )
+        for _ in self.blocks:
+            flops = flops + per_block
+        return flops
 
     def denoise_cached(
         self, noisy: Tensor, noise_level: Tensor, frame_position: int, cache: KVCache, labels: Tensor | None = None
     ) -> Tensor:
-        """Velocity of one noisy frame (B, 1, C, H, W) attending to every clean frame in `cache`."""
-        tokens, positions = self.embed(noisy, frame_position)
-        cond = self.condition(noise_level, labels)
-        groups = TokenGroups(0, self.tokens_per_frame, self.tokens_per_frame, cond, None)
-        x, _ = self._run_blocks(tokens, groups, positions, None, cache, write_cache=False)
-        out = rearrange(self.final(x, cond, self.tokens_per_frame), "b (t n) d -> b t n d", t=1)
-        return unpatchify(out, self.patch_size, self.grid, self.channels)
+        """Velocity of one noisy frame (B, 1, C, H, W) attending to every clean frame in `cache`.
 
-    def append_to_cache(self, frame: Tensor, frame_position: int, cache: KVCache, labels: Tensor | None = None) -> None:
-        """Run a finished frame (B, 1, C, H, W) as clean history and append its keys/values to `cache`."""
-        tokens, positions = self.embed(frame, frame_position)
-        groups = TokenGroups(
-            tokens.shape[1],
-            self.tokens_per_frame,
-            self.tokens_per_frame,
-            None,
-            self._clean_condition(1, frame.shape[0], labels, frame),
-        )
-        self._run_blocks(tokens, groups, positions, None, cache, write_cache=True)
+        Its keys and values go to the cache's scratch slot, uncommitted: the next step overwrites them.
+        """
+        tokens, positions = self.embed(noisy, frame_position)  # (B, N, D), (B, N, 3)
+        cond = self.condition(noise_level, labels)  # (B, 1, D)
+        groups = TokenGroups(0, self.tokens_per_frame, 1, self.tokens_per_frame, cond, None)
+        x, _ = self._run_blocks(tokens, groups, positions, None, cache)  # (B, N, D)
+        out = self.final(groups.split(x)[1], cond)  # (B, 1, N, patch_dim)
+        return unpatchify(out, self.patch_size, self.grid, self.channels)  # (B, 1, C, H, W)
 
-    def training_flops(self, batch: int, clean_frames: int, clean_tokens: int, noisy_frames: int) -> Flops:
-        """(forward, backward) matmul FLOPs of one training forward over a CTF sequence of `clean_tokens`
-        history tokens in `clean_frames` frames and `noisy_frames` full noisy frames, per batch of `batch`."""
-        noisy_tokens = noisy_frames * self.tokens_per_frame
-        length = clean_tokens + noisy_tokens  # the sequence every block attends over
-        conditioned = noisy_frames + (0 if self.independent_clean else clean_frames)  # frames with adaLN inputs
-        head_dim = self.width // self.heads
-        parts = [
-            linear_flops(self.patch_embed, batch * length, input_grad=False),
-            linear_flops(self.noise_embed.mlp[0], batch * conditioned, input_grad=False),
-            linear_flops(self.noise_embed.mlp[2], batch * conditioned),
-            linear_flops(self.final.adaLN[-1], batch * noisy_frames),
-            linear_flops(self.final.linear, batch * noisy_tokens),
-        ]
-        for block in self.blocks:
-            parts += [
-                linear_flops(block.adaLN[-1], batch * conditioned),
-                linear_flops(block.attn.qkv, batch * length),
-                attention_flops(batch, self.heads, length, head_dim),
-                linear_flops(block.attn.proj, batch * length),
-                linear_flops(block.mlp.fc1, batch * length),
-                linear_flops(block.mlp.fc2, batch * length),
-            ]
-        return add(parts)
+    def append_to_cache(
+        self, frames: Tensor, first_position: int, cache: KVCache, labels: Tensor | None = None
+    ) -> None:
+        """Run finished frames (B, T, C, H, W) as clean history after the cache's frames and commit their
+        keys/values. Several frames go in one block-causal pass (frame t sees frames <= t), which needs
+        an empty cache: that is the sliding window's refill."""
+        batch, num_frames = frames.shape[:2]
+        if num_frames > 1 and cache.num_frames:
+            raise ValueError(
+                f"appending {num_frames} frames at once needs an empty cache (it holds {cache.num_frames}): "
+                "clear it first, or append one frame at a time"
+            )
+        tokens, positions = self.embed(frames, first_position)  # (B, T·N, D), (B, T·N, 3)
+        clean_cond = self._clean_condition(num_frames, batch, labels, frames)  # (B, T, D) or None
+        groups = TokenGroups(num_frames, self.tokens_per_frame, 0, self.tokens_per_frame, None, clean_cond)
+        layout = FrameLayout(num_frames, self.tokens_per_frame)
+        mask = layout.mask(self.attention, tokens.device) if num_frames > 1 else None  # one frame sees the cache
+        self._run_blocks(tokens, groups, positions, mask, cache)
+        cache.advance(num_frames)

@@ -3,15 +3,48 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask
 
-from mimo.models.attention import Attention, split_rotary_dims
+from mimo.models.attention import Attention, StepFlops, split_rotary_dims
 
 TIMESTEP_SCALE = 1000.0  # noise levels s in [0, 1] are embedded as s·1000, the range DiT's embedder expects
 MAX_PERIOD = 10000.0  # DiT's sinusoidal timestep embedding
+
+
+def linear_flops(rows: int, fan_in: int, fan_out: int, input_grad: bool = True) -> StepFlops:
+    """Forward + backward FLOPs of a linear layer on `rows` rows; a leaf input needs no input gradient."""
+    forward = 2 * rows * fan_in * fan_out
+    return StepFlops(linear=forward * (3 if input_grad else 2))
+
+
+def block_linear_flops(tokens: int, width: int, hidden: int) -> StepFlops:
+    """The matmuls of a transformer block on `tokens` rows: qkv, output projection, the MLP's two layers."""
+    return (
+        linear_flops(tokens, width, 3 * width)
+        + linear_flops(tokens, width, width)
+        + linear_flops(tokens, width, hidden)
+        + linear_flops(tokens, hidden, width)
+    )
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm in its input's dtype (the kernel keeps fp32 statistics): under autocast torch's would
+    cast every block input to fp32 and keep that copy for the backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        device = x.device.type
+        # leaving autocast has a cost (it clears its cast cache): only when it is on
+        outside_autocast = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+        with outside_autocast:
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class Mlp(nn.Module):
@@ -35,10 +68,13 @@ def sinusoidal(values: Tensor, dim: int, max_period: float = MAX_PERIOD) -> Tens
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+FREQUENCY_DIM = 256  # DiT's TimestepEmbedder
+
+
 class NoiseLevelEmbedder(nn.Module):
     """Embeds a frame's noise level s in [0, 1] into the conditioning vector of adaLN."""
 
-    def __init__(self, width: int, frequency_dim: int = 256):
+    def __init__(self, width: int, frequency_dim: int = FREQUENCY_DIM):
         super().__init__()
         self.frequency_dim = frequency_dim
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
@@ -75,13 +111,13 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True):
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = LayerNorm(width)
         self.attn = Attention(width, heads, qk_norm)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = LayerNorm(width)
         self.mlp = Mlp(width, int(width * mlp_ratio))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope, mask)[0]
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | BlockMask | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, mask)
         return x + self.mlp(self.norm2(x))
 
 

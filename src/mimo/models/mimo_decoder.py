@@ -13,9 +13,15 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from mimo.models.attention import RotaryEmbedding3D, frame_causal_mask
-from mimo.models.flops import Flops, add, attention_flops, linear_flops
-from mimo.models.layers import TransformerBlock, sincos_position_3d, token_positions
+from mimo.models.attention import FrameLayout, RotaryEmbedding3D, StepFlops, attention_flops
+from mimo.models.layers import (
+    LayerNorm,
+    TransformerBlock,
+    block_linear_flops,
+    linear_flops,
+    sincos_position_3d,
+    token_positions,
+)
 
 MASK_TOKEN_STD = 0.02  # MAE's initialisation of the mask token
 
@@ -32,19 +38,34 @@ class MimoDecoder(nn.Module):
         grid: int,
         rope: bool = True,
         qk_norm: bool = True,
+        attention: str = "auto",
     ):
         super().__init__()
         self.grid = grid
         self.width = width
-        self.heads = heads
         self.num_targets = num_targets
         self.patch_dim = patch_dim
+        self.attention = attention  # auto | sdpa | flex, see attention.uses_flex
         self.embed = nn.Linear(backbone_width, width)
         self.mask_token = nn.Parameter(torch.randn(1, 1, 1, width) * MASK_TOKEN_STD)
         self.rope = RotaryEmbedding3D(width // heads) if rope else None
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, qk_norm=qk_norm) for _ in range(depth))
-        self.norm = nn.LayerNorm(width)
+        self.norm = LayerNorm(width)
         self.head = nn.Linear(width, num_targets * patch_dim)
+
+    def training_flops(self, frames: int, kept: int, batch: int) -> StepFlops:
+        """FLOPs of a training step (forward + backward) on `batch` clips of `frames` history frames with
+        `kept` tokens each (see FrameCausalDiT.training_flops); mask tokens restore every grid position."""
+        grid_tokens = batch * frames * self.grid**2
+        heads, hidden = self.blocks[0].attn.heads, self.blocks[0].mlp.fc1.out_features
+        flops = linear_flops(batch * frames * kept, self.embed.in_features, self.width)
+        flops = flops + linear_flops(grid_tokens, self.width, self.head.out_features)
+        per_block = block_linear_flops(grid_tokens, self.width, hidden) + attention_flops(
+            FrameLayout(frames, self.grid**2), batch, heads, self.width // heads
+        )
+        for _ in self.blocks:
+            flops = flops + per_block
+        return flops
 
     def forward(self, features: Tensor, keep: Tensor | None) -> Tensor:
         """Patch predictions (B, T, N, targets, patch_dim) from kept-token features (B, T, n_keep, D).
@@ -64,31 +85,13 @@ class MimoDecoder(nn.Module):
         x = rearrange(grid_tokens, "b t n d -> b (t n) d")
         spatial = repeat(torch.arange(positions_per_frame, device=x.device), "n -> b n", b=batch)
         positions = token_positions(spatial, self.grid, 0, frames)
-        frame = positions[0, :, 0]
         if self.rope is None:
             x = x + sincos_position_3d(positions, self.width).to(x.dtype)
             rope = None
         else:
             rope = self.rope(positions)
-        history = torch.ones_like(frame, dtype=torch.bool)
-        mask = frame_causal_mask(frame, history, frame, history)
+        mask = FrameLayout(frames, positions_per_frame).mask(self.attention, x.device)  # history only: block-causal
         for block in self.blocks:
             x = block(x, rope, mask)
         out = self.head(self.norm(x))
         return rearrange(out, "b (t n) (k d) -> b t n k d", t=frames, k=self.num_targets)
-
-    def training_flops(self, batch: int, frames: int, kept_tokens: int) -> Flops:
-        """(forward, backward) matmul FLOPs from `kept_tokens` history tokens in `frames` frames: mask tokens
-        restore every position, so the blocks run over full frames."""
-        grid_tokens = frames * self.grid**2
-        parts = [linear_flops(self.embed, batch * kept_tokens)]
-        for block in self.blocks:
-            parts += [
-                linear_flops(block.attn.qkv, batch * grid_tokens),
-                attention_flops(batch, self.heads, grid_tokens, self.width // self.heads),
-                linear_flops(block.attn.proj, batch * grid_tokens),
-                linear_flops(block.mlp.fc1, batch * grid_tokens),
-                linear_flops(block.mlp.fc2, batch * grid_tokens),
-            ]
-        parts.append(linear_flops(self.head, batch * grid_tokens))
-        return add(parts)

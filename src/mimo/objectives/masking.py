@@ -32,9 +32,10 @@ def kept_count(num_positions: int, ratio: float) -> int:
 
 
 def tube_mask(batch: int, num_positions: int, ratio: float, generator: torch.Generator | None = None) -> TubeMask:
-    """A fresh tube mask per clip, drawn from `generator`."""
-    noise = torch.rand(batch, num_positions, generator=generator)
+    """A fresh tube mask per clip, drawn from `generator` on its device."""
+    device = generator.device if generator is not None else None
+    noise = torch.rand(batch, num_positions, generator=generator, device=device)
     keep = noise.argsort(dim=1)[:, : kept_count(num_positions, ratio)].sort(dim=1).values
-    dropped = torch.ones(batch, num_positions, dtype=torch.bool)
+    dropped = torch.ones(batch, num_positions, dtype=torch.bool, device=noise.device)
     dropped.scatter_(1, keep, False)
     return TubeMask(keep, dropped)

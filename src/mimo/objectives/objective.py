@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from mimo.config import Config
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
+from mimo.models.attention import FrameLayout, StepFlops
 from mimo.models.dit import DiTOutput, FrameCausalDiT
 from mimo.models.encoders import build_encoder, encode_video
-from mimo.models.flops import add
 from mimo.models.layers import patchify
 from mimo.models.mimo_decoder import MimoDecoder
 from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
@@ -53,14 +53,18 @@ def build_ctf_batch(
     generator: torch.Generator,
     grid: int,
 ) -> CTFBatch:
-    """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`."""
+    """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`
+    on its own device (a CUDA generator draws on the GPU: nothing is copied from the host)."""
     batch, frames = video.shape[:2]
     first_noisy = config.context_frames
     target = video[:, first_noisy:]
     noise_level = sample_noise_levels((batch, frames - first_noisy), config.diffusion, generator).to(video.device)
-    noise = torch.randn(target.shape, generator=generator).to(video.device)
+    noise = torch.randn(target.shape, generator=generator, device=generator.device).to(video.device)
     if num_classes:
-        drop = torch.rand(batch, generator=generator).to(video.device) < config.train.label_dropout
+        drop = (
+            torch.rand(batch, generator=generator, device=generator.device).to(video.device)
+            < config.train.label_dropout
+        )
         labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
     else:
         labels = None
@@ -123,6 +127,7 @@ class TrainingObjective(nn.Module):
                 grid=backbone.grid,
                 rope=config.model.rope,
                 qk_norm=config.model.qk_norm,
+                attention=config.model.attention,
             )
         repa = config.repa
         self.repa_projector = None
@@ -144,22 +149,6 @@ class TrainingObjective(nn.Module):
         # checkpoint, and `.to()` does not move it (forward does).
         object.__setattr__(self, "encoder", encoder)
 
-    def training_flops(self, batch: int) -> dict[str, int]:
-        """Matmul and attention FLOPs of one training step (forward + backward) on `batch` clips: the backbone
-        over the CTF sequence (T-1 history frames of n kept tokens, n = N - round(r·N), and T-k noisy frames of
-        N tokens) and the MiMo decoder. REPA's projector and encoder are not counted."""
-        if self.repa_projector is not None:
-            raise ValueError("training_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
-        config, positions = self.config, self.backbone.tokens_per_frame
-        kept = kept_count(positions, config.mimo.mask_ratio) if config.mimo.mask_ratio > 0 else positions
-        clean_frames, noisy_frames = config.data.num_frames - 1, config.data.num_frames - config.context_frames
-        parts = [self.backbone.training_flops(batch, clean_frames, clean_frames * kept, noisy_frames)]
-        if self.decoder is not None:
-            parts.append(self.decoder.training_flops(batch, clean_frames, clean_frames * kept))
-        forward, backward = add(parts)
-        tokens = clean_frames * kept + noisy_frames * positions
-        return {"forward": forward, "backward": backward, "total": forward + backward, "tokens_per_clip": tokens}
-
     def forward(
         self,
         video: Tensor,
@@ -167,7 +156,7 @@ class TrainingObjective(nn.Module):
         generator: torch.Generator,
         encoder_features: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Losses for clips (B, T, C, H, W); `generator` (CPU) draws every random choice of the step.
+        """Losses for clips (B, T, C, H, W); `generator` (on the clips' device) draws every random choice of the step.
 
         `encoder_features` (B, T, h, w, E): cached features of the clips' frames for REPA; without
         them the frozen encoder runs on `video`.
@@ -200,6 +189,24 @@ class TrainingObjective(nn.Module):
             keep=keep,
             return_layers=tuple(sorted(return_layers)),
         )
+
+    def layout(self) -> FrameLayout:
+        """The CTF sequence of a training clip: T-1 clean frames of kept tokens, T-k noisy frames of N."""
+        backbone, ratio, frames = self.backbone, self.config.mimo.mask_ratio, self.config.data.num_frames
+        kept = kept_count(backbone.tokens_per_frame, ratio) if ratio > 0 else backbone.tokens_per_frame
+        first_noisy = self.config.context_frames
+        return FrameLayout(frames - 1, kept, frames - first_noisy, backbone.tokens_per_frame, first_noisy)
+
+    def training_flops(self, batch_size: int) -> StepFlops:
+        """FLOPs of one training step (forward + backward) on `batch_size` clips: backbone and MiMo decoder
+        (attention.StepFlops: executed by dense SDPA or block-sparse FlexAttention, and useful)."""
+        if self.repa_projector is not None:
+            raise ValueError("training_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
+        layout = self.layout()
+        flops = self.backbone.training_flops(layout, batch_size)
+        if self.decoder is not None:
+            flops = flops + self.decoder.training_flops(layout.clean_frames, layout.clean_per_frame, batch_size)
+        return flops
 
     def forward_diffusion_loss(self, out: DiTOutput, batch: CTFBatch) -> Tensor:
         """L_diff: flow matching, the predicted velocity against ε - x on the generated frames."""

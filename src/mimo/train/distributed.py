@@ -128,31 +128,39 @@ def transformer_blocks(module: nn.Module) -> list[nn.Module]:
     ]
 
 
-def shard_fully(module: nn.Module) -> nn.Module:
+def shard_fully(module: nn.Module, precision: str = "fp32") -> nn.Module:
     """FSDP2: each transformer block is one unit (its weights gathered only while it runs), the rest the root.
 
-    Weights are gathered in fp32; bf16 compute comes from autocast, as in the unsharded run.
+    In bf16 the shards are all-gathered and computed in bf16 and gradients reduced in fp32
+    (`MixedPrecisionPolicy`): half the all-gather traffic; the fp32 shards and optimizer state stay exact.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy()
+    if precision == "bf16":  # inputs keep their dtype: autocast decides the compute dtype, rotary angles stay fp32
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in transformer_blocks(module):
-        fully_shard(block)
-    fully_shard(module)
+        fully_shard(block, mp_policy=policy)
+    fully_shard(module, mp_policy=policy)
     return module
 
 
 PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: replicated weights, or FSDP2-sharded (for L/XL)
 
 
-def wrap_for_training(objective: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
+def wrap_for_training(objective: nn.Module, parallel: str, info: DistInfo, precision: str = "fp32") -> nn.Module:
     """The module whose forward the trainer calls: DDP, FSDP2 (sharded in place) or the objective itself."""
     if info.world_size == 1:
         return objective
     if parallel == "fsdp":
-        return shard_fully(objective)
+        return shard_fully(objective, precision)
     if parallel == "ddp":
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        return DistributedDataParallel(objective, device_ids=device_ids)
+        # buffers (rotary frequencies) are constants: no broadcast before every forward; gradients live in
+        # the all-reduce buckets instead of beside them (one copy of the gradients less)
+        return DistributedDataParallel(
+            objective, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True
+        )
     raise ValueError(f"unknown parallel mode '{parallel}'; choose one of {list(PARALLEL_MODES)} (train.parallel)")
 
 
@@ -183,12 +191,12 @@ def local_tensor(tensor: Tensor) -> Tensor:
     return tensor.to_local() if _is_dtensor(tensor) else tensor
 
 
-def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> float:
-    """Clip the global gradient norm to `max_norm` (0: no clipping) and return the norm before clipping."""
+def clip_gradients(parameters: Iterable[Tensor], max_norm: float) -> Tensor:
+    """Clip the global gradient norm to `max_norm` (0: no clipping); the norm before clipping, on the device."""
     norm = nn.utils.clip_grad_norm_(list(parameters), max_norm if max_norm > 0 else math.inf)
     if _is_dtensor(norm):
         norm = norm.full_tensor()
-    return norm.item()
+    return norm
 
 
 # ----- full (gathered) state dicts -----------------------------------------------------------------

@@ -77,10 +77,11 @@ def micro_batch_index(rank: int, micro: int, grad_accumulation: int) -> int:
     return rank * grad_accumulation + micro
 
 
-def step_generator(seed: int, step: int, micro_batch: int = 0) -> torch.Generator:
-    """The CPU generator of one micro-batch: a function of (seed, step, global micro-batch index), so
-    resuming needs no RNG state and the randomness does not depend on how the batch is split over ranks."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 65_537 + micro_batch)
+def step_generator(seed: int, step: int, micro_batch: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one micro-batch, on the training device: a function of (seed, step, global micro-batch
+    index), so resuming needs no RNG state and the randomness does not depend on how the batch is split over
+    ranks (a CUDA generator's draws differ from a CPU one's, but repeat exactly on CUDA)."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 65_537 + micro_batch)
 
 
 @dataclass
@@ -117,11 +118,14 @@ class Trainer:
         if train.compile:
             for block in transformer_blocks(self.objective):
                 block.compile()
-        self.model = wrap_for_training(self.objective, train.parallel, self.dist)
+        self.model = wrap_for_training(self.objective, train.parallel, self.dist, train.precision)
         if is_sharded(self.objective):
             shard_fully(self.ema.module)  # same shards as the weights it averages
         self.optimizer = torch.optim.AdamW(  # after sharding: FSDP replaces the parameters
-            self.objective.parameters(), lr=train.lr, weight_decay=train.weight_decay
+            self.objective.parameters(),
+            lr=train.lr,
+            weight_decay=train.weight_decay,
+            fused=self.device.type == "cuda",  # one kernel for all parameters instead of a loop of small ones
         )
         if dataset is None:
             dataset = build_dataset(config.data, "train")
@@ -260,16 +264,19 @@ class Trainer:
             labels = batch["label"].to(self.device) if "label" in batch else None
             features = batch.get(ENCODER_FEATURES_KEY)
             extra = () if features is None else (features.to(self.device, non_blocking=True),)
-            generator = step_generator(train.seed, self.step, micro_batch_index(self.dist.rank, micro, accumulation))
+            micro_batch = micro_batch_index(self.dist.rank, micro, accumulation)
+            generator = step_generator(train.seed, self.step, micro_batch, self.device)
             last = micro == accumulation - 1
             autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
             with gradient_sync(self.model, enabled=last), autocast:
                 losses = self.model(video, labels, generator, *extra)
                 (losses["loss"] / accumulation).backward()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / accumulation
-        totals = mean_over_ranks(totals)
-        grad_norm = clip_gradients(self.objective.parameters(), train.grad_clip)
+            for name, value in losses.items():  # summed on the device: no host sync per micro-step
+                totals[name] = totals.get(name, 0) + value.detach().float() / accumulation
+        norm = clip_gradients(self.objective.parameters(), train.grad_clip)
+        # the step's one host read: losses and gradient norm together (the non-finite check needs them)
+        *values, grad_norm = torch.stack([*totals.values(), norm.to(self.device)]).tolist()
+        totals = mean_over_ranks(dict(zip(totals, values, strict=True)))
         if not all(math.isfinite(v) for v in [*totals.values(), grad_norm]):
             self.optimizer.zero_grad(set_to_none=True)
             losses_text = ", ".join(f"{name} {value:.4g}" for name, value in totals.items())
