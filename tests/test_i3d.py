@@ -215,14 +215,15 @@ def test_same_max_pool_never_picks_the_padding():
 
 
 def test_preprocess_resizes_and_pads_short_clips_with_edge_frames():
-    video = torch.rand(2, 4, 3, 32, 48) * 2 - 1
+    video = torch.rand(2, 4, 3, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     clips = preprocess_for_i3d(video)
     assert clips.shape == (2, 3, I3D_MIN_FRAMES, I3D_RESOLUTION, I3D_RESOLUTION)
     resized = F.interpolate(video[:, 0], size=(224, 224), mode="bilinear", align_corners=False)
     torch.testing.assert_close(clips[:, :, 0], resized)
     torch.testing.assert_close(clips[:, :, 2], resized)  # 5 missing frames: 3 copies of the first
     torch.testing.assert_close(clips[:, :, -1], clips[:, :, -3])  # 2 copies of the last
-    assert preprocess_for_i3d(video * 3).abs().max() <= 1
+    # clamped to [-1, 1] before resizing; bilinear weights summing to 1 in float32 may overshoot by an ulp or two
+    assert preprocess_for_i3d(video * 3).abs().max() <= 1 + 4 * torch.finfo(torch.float32).eps
 
 
 @pytest.mark.slow
