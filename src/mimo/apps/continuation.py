@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mimo.config import with_overrides
+from mimo.apps.sample import SAMPLE_KEYS
+from mimo.config import with_sampling_overrides
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.data.real_set import pixel_size
 from mimo.data.video_folder import BadVideoError, ClipSampling, read_clip, to_unit_range
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import InputError
 from mimo.models.autoencoder import to_model_space, to_pixels
-from mimo.train.checkpoint import load_trained_model
+from mimo.train.checkpoint import load_trained_model, output_folder
+from mimo.train.distributed import default_device
 
 
 def continue_video(
@@ -38,12 +40,13 @@ def continue_video(
 ) -> dict[str, Path]:
     """Continue the first `context_frames` frames (default: the run's train.context_frames) of `video` to
     `num_frames` (default: the run's sample length); writes continued.mp4, continued.npz and a GIF
-    with the given frames above the continuation."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with the given frames above the continuation, to `out_dir` (default: RUN/continued)."""
+    device = default_device(device)
     model, config = load_trained_model(checkpoint, use_ema=use_ema, device=device)
-    config = with_overrides(config, overrides or [])
-    k = context_frames or config.train.context_frames
-    length = num_frames or config.sample.num_frames or config.data.num_frames
+    config = with_sampling_overrides(config, overrides or [], SAMPLE_KEYS)
+    out = output_folder(checkpoint, out_dir, "continued")
+    k = config.train.context_frames if context_frames is None else context_frames
+    length = num_frames if num_frames is not None else config.sample.num_frames or config.data.num_frames
     if not 1 <= k < length:
         raise InputError(f"--context-frames must be at least 1 and below the {length} frames generated, got {k}")
     if model.num_classes and label is None:
@@ -69,7 +72,6 @@ def continue_video(
     context = to_model_space(given, config.data).to(device)
     samples = sample_for_task(model, as_prediction, context, labels, generator, num_frames=length, progress=True)
     continued = to_pixels(samples.cpu(), config.data)
-    out = Path(out_dir) if out_dir is not None else Path(config.train.out_dir) / "continued"
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "continued.npz", samples=continued.numpy(), context=given.numpy())
     return {
