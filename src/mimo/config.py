@@ -90,12 +90,19 @@ class MimoConfig:
     weight: float = 0.5  # λ in L_total = L_diff + λ·L_mask; 0 gives the CTF baseline
     mask_ratio: float = 0.5  # r, share of spatial positions dropped from every history frame
     decoder_layer: int | None = None  # l, 1-based backbone layer read by the decoder; None: last
-    decoder_depth: int = 2
+    decoder_depth: int = 4  # METHOD.md: the paper's decoder has 4 DiT-style blocks
     decoder_width: int | None = None  # None: half the backbone width
     decoder_heads: int | None = None  # None: the backbone's heads
     targets: str = "current+next"
     loss_on: str = "dropped"
     normalize_targets: bool = False  # MAE's per-patch normalised pixels
+    # The paper's unmasked fine-tuning: the last N of train.steps train with r = 0 and λ = 0 (full history,
+    # no L_mask), so the model ends on the histories it sees at inference. 0: off.
+    unmasked_tail_steps: int = 0
+
+    def masked_at(self, step: int, total_steps: int) -> bool:
+        """Whether training step `step` (0-based) of `total_steps` masks the history and adds L_mask."""
+        return step < total_steps - self.unmasked_tail_steps
 
     @property
     def enabled(self) -> bool:
@@ -388,6 +395,11 @@ def validate(config: Config) -> None:
     )
     _check(k.loss_on in MASK_LOSS_ON, "mimo.loss_on", f"choose one of {list(MASK_LOSS_ON)}")
     _check(k.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
+    _check(
+        k.unmasked_tail_steps >= 0,
+        "mimo.unmasked_tail_steps",
+        f"must be 0 (off) or the number of final unmasked steps, got {k.unmasked_tail_steps}",
+    )
     decoder_width, decoder_heads = k.decoder_width or width // 2, k.decoder_heads or heads
     _check(
         decoder_width % decoder_heads == 0,

@@ -50,8 +50,13 @@ def build_ctf_batch(
     num_classes: int,
     generator: torch.Generator,
     grid: int,
+    masked: bool = True,
 ) -> CTFBatch:
-    """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`."""
+    """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`.
+
+    `masked=False` keeps the whole history (the unmasked fine-tuning tail); the mask is drawn last, so
+    everything else is the same draw either way.
+    """
     batch, frames = video.shape[:2]
     first_noisy = config.context_frames
     target = video[:, first_noisy:]
@@ -69,7 +74,7 @@ def build_ctf_batch(
     else:
         labels = None
     mask = None
-    if config.mimo.mask_ratio > 0:
+    if masked and config.mimo.mask_ratio > 0:
         mask = tube_mask(batch, grid * grid, config.mimo.mask_ratio, generator)
         mask = TubeMask(mask.keep.to(video.device), mask.dropped.to(video.device))
     return CTFBatch(
@@ -150,16 +155,19 @@ class TrainingObjective(nn.Module):
         labels: Tensor | None,
         generator: torch.Generator,
         encoder_features: Tensor | None = None,
+        masked: bool = True,
     ) -> dict[str, Tensor]:
         """Losses for clips (B, T, C, H, W); `generator` (CPU) draws every random choice of the step.
 
         `encoder_features` (B, T, h, w, E): cached features of the clips' frames for REPA; without
-        them the frozen encoder runs on `video`.
+        them the frozen encoder runs on `video`. `masked=False` (the unmasked fine-tuning tail,
+        `mimo.unmasked_tail_steps`) trains with the full history and without L_mask.
         """
         backbone = self.backbone
-        batch = build_ctf_batch(video, labels, self.config, backbone.num_classes, generator, backbone.grid)
+        batch = build_ctf_batch(video, labels, self.config, backbone.num_classes, generator, backbone.grid, masked)
         keep = batch.mask.keep if batch.mask is not None else None
-        return_layers = {self.decoder_layer} if self.decoder is not None else set()
+        decoding = self.decoder is not None and masked
+        return_layers = {self.decoder_layer} if decoding else set()
         if self.repa_projector is not None:
             return_layers.add(self.config.repa.layer)
         out = backbone(
@@ -173,7 +181,10 @@ class TrainingObjective(nn.Module):
         )
         losses = {"diffusion": (out.velocity - batch.velocity).pow(2).mean()}
         total = losses["diffusion"]
-        if self.decoder is not None:
+        if self.decoder is not None and not decoding:
+            # DDP needs every parameter in the graph of every step: the idle decoder joins with weight 0
+            total = total + 0.0 * sum(p.sum() for p in self.decoder.parameters())
+        if decoding:
             mimo = self.config.mimo
             prediction = self.decoder(out.clean_hidden[self.decoder_layer], keep)
             target = mimo_targets(video, backbone.patch_size, mimo.targets, mimo.normalize_targets)
