@@ -277,7 +277,7 @@ def write_report(args: argparse.Namespace, jobs: list[Job]) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--steps", type=int, default=480)
+    parser.add_argument("--steps", type=int, default=360)
     parser.add_argument("--evaluations", type=int, default=4, help="evenly spaced, the last at --steps")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
     parser.add_argument("--tail-fraction", type=float, default=0.25, help="0: no tail arm")
