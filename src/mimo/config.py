@@ -177,6 +177,9 @@ class EvalConfig:
     i3d_path: str | None = None  # StyleGAN-V's i3d_torchscript.pt instead of the built-in I3D port
     probe_layer: int | None = None  # backbone layer whose history features are probed; None: mimo's decoder layer
     probe_clips: int = 512
+    # perturbations of the context to measure robustness to (mimo.evaluation.robustness), comma-separated
+    # from noise,drop,repeat,mask; empty: none
+    robustness: str = ""
 
     def seed_list(self) -> list[int]:
         return [int(seed) for seed in str(self.seeds).split(",") if seed.strip()]

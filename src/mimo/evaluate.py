@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from mimo.config import Config, with_overrides
 from mimo.data import build_dataset, to_pixels
 from mimo.diffusion.sampler import sample_for_task
+from mimo.evaluation.robustness import evaluate_robustness
 from mimo.media import plot_curves, save_gif, video_grid
 from mimo.metrics.cknna import cknna
 from mimo.metrics.frame_metrics import psnr, ssim
@@ -147,6 +148,8 @@ def evaluate_run(
                 log_y=False,
             )
         )
+    if config.eval.robustness:
+        results["robustness"] = evaluate_robustness(model, config, clips, out)
     _write_report(out, "eval", results)
     return results
 
