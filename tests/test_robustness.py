@@ -3,12 +3,13 @@ context frame) more as it grows, the draws are shared across models, and `mimo e
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 import torch
-from conftest import micro_config
 
+from conftest import micro_config
 from mimo.cli import main
 from mimo.data.synthetic import MovingShapes
 from mimo.evaluation.robustness import PERTURBATIONS, perturb_history, robustness_curves
@@ -37,7 +38,7 @@ def test_each_perturbation_degrades_copy_last_monotonically(shapes, kind):
     psnr = [row["psnr"] for row in rows]
     error = [row["trajectory_error"] for row in rows]
     assert rows[0]["strength"] == 0 and rows[0]["psnr_change"] == 0
-    assert all(a > b for a, b in zip(psnr, psnr[1:], strict=False)), psnr
+    assert all(a > b for a, b in itertools.pairwise(psnr)), psnr
     assert error[-1] > error[0]  # found by colour: a faint noise can move a centroid either way, a strong one hurts
 
 
@@ -84,8 +85,16 @@ def test_eval_reports_robustness_curves_and_plots_for_a_trained_run(tmp_path):
     train(micro_config("train.steps=1", f"train.out_dir={run}", "train.tensorboard=false", "sample.steps=1"))
     out = tmp_path / "eval"
     code = main(
-        ["eval", str(run), "--out", str(out), "eval.num_videos=4", "eval.metrics=psnr", "sample.steps=1",
-         "eval.robustness=noise,mask"]
+        [
+            "eval",
+            str(run),
+            "--out",
+            str(out),
+            "eval.num_videos=4",
+            "eval.metrics=psnr",
+            "sample.steps=1",
+            "eval.robustness=noise,mask",
+        ]
     )
     assert code == 0
     curves = json.loads((out / "eval.json").read_text())["robustness"]["curves"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import micro_config, randomize_zero_init
 
+from conftest import micro_config, randomize_zero_init
 from mimo.config import ConfigError
 from mimo.models import build_backbone
 from mimo.objectives.objective import TrainingObjective
@@ -91,7 +91,7 @@ def test_run_stopped_before_or_inside_the_tail_resumes_exactly(tmp_path, stop_at
 
 
 def test_negative_tail_is_rejected():
-    with pytest.raises(ConfigError, match="mimo.unmasked_tail_steps"):
+    with pytest.raises(ConfigError, match=r"mimo\.unmasked_tail_steps"):
         micro_config("mimo.unmasked_tail_steps=-1")
 
 

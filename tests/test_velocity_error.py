@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import micro_model
 
+from conftest import micro_model
 from mimo.diffusion.flow import interpolate, velocity_target
 from mimo.evaluation.velocity import velocity_error
 

@@ -247,7 +247,9 @@ class Trainer:
         totals: dict[str, float] = {}
         masked = self.config.mimo.masked_at(self.step, train.steps)
         if not masked and self.config.mimo.masked_at(self.step - 1, train.steps) and self.dist.is_main:
-            tqdm.write(f"unmasked fine-tuning from step {self.step}: full history, no L_mask (mimo.unmasked_tail_steps)")
+            tqdm.write(
+                f"unmasked fine-tuning (mimo.unmasked_tail_steps) from step {self.step}: full history, no L_mask"
+            )
         for micro in range(accumulation):
             batch = next(batches)
             self.check_batch(batch)
