@@ -12,8 +12,14 @@ import torch
 from conftest import micro_config
 from mimo.cli import main
 from mimo.data.synthetic import MovingShapes
-from mimo.evaluation.robustness import PERTURBATIONS, perturb_history, robustness_curves
-from mimo.train.trainer import train
+from mimo.evaluation.robustness import (
+    PERTURBATIONS,
+    continuation_scores,
+    perturb_history,
+    robustness_curves,
+    velocity_error_curves,
+)
+from mimo.train.trainer import load_trained_model, train
 
 CONTEXT = 3
 PATCH = 4
@@ -33,7 +39,12 @@ def copy_last(context: torch.Tensor, num_frames: int = 6) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", list(PERTURBATIONS))
 def test_each_perturbation_degrades_copy_last_monotonically(shapes, kind):
-    curves = robustness_curves(copy_last, shapes, CONTEXT, PATCH, {kind: PERTURBATIONS[kind]})
+    curves = robustness_curves(
+        lambda context: continuation_scores(copy_last(context), shapes, CONTEXT),
+        shapes["video"][:, :CONTEXT],
+        PATCH,
+        {kind: PERTURBATIONS[kind]},
+    )
     rows = curves[kind]
     psnr = [row["psnr"] for row in rows]
     error = [row["trajectory_error"] for row in rows]
@@ -110,3 +121,15 @@ def test_eval_rejects_an_unknown_perturbation_naming_the_key(tmp_path, capsys):
     code = main(["eval", str(run), "eval.num_videos=2", "eval.metrics=psnr", "sample.steps=1", "eval.robustness=blur"])
     assert code != 0
     assert "eval.robustness" in capsys.readouterr().err
+
+
+def test_velocity_error_grows_with_the_noise_on_the_history_of_a_trained_model(tmp_path):
+    run = tmp_path / "run"
+    overrides = ("train.steps=30", "train.lr=3e-3", "train.batch_size=4", "mimo.weight=0", "mimo.mask_ratio=0")
+    train(micro_config(*overrides, f"train.out_dir={run}", "train.tensorboard=false", "sample.steps=1"))
+    model, _ = load_trained_model(run)
+    dataset = MovingShapes(16, frame_size=16, num_frames=4, seed=5)
+    video = torch.stack([dataset[i]["video"] for i in range(16)])
+    curves = velocity_error_curves(model, video, 2, {"noise": (0.0, 0.5, 2.0)})
+    errors = [row["velocity_error"] for row in curves["noise"]]
+    assert errors[0] < errors[1] < errors[2], errors

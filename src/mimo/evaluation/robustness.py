@@ -29,6 +29,7 @@ from torch import Tensor
 from mimo.config import Config, ConfigError
 from mimo.data import to_pixels
 from mimo.diffusion.sampler import sample_for_task
+from mimo.evaluation.velocity import velocity_error
 from mimo.media import plot_curves
 from mimo.metrics.frame_metrics import psnr
 from mimo.metrics.trajectory import trajectory_error
@@ -42,6 +43,7 @@ PERTURBATIONS: dict[str, tuple[float, ...]] = {
     "mask": (0.0, 0.25, 0.5, 0.75),
 }
 BLANK = 0.0
+ROBUSTNESS_NOISE_LEVEL = 0.75  # of the velocity error under a perturbed history: noisy enough that history matters
 STRENGTH_LABEL = "strength (noise: σ; drop, repeat: probability per frame; mask: share of patches)"
 
 
@@ -83,34 +85,52 @@ def continuation_scores(videos: Tensor, clips: Mapping[str, Tensor], context_fra
 
 
 def robustness_curves(
-    continue_clips: Callable[[Tensor], Tensor],
-    clips: Mapping[str, Tensor],
-    context_frames: int,
+    score: Callable[[Tensor], dict[str, float]],
+    context: Tensor,
     patch_size: int,
     perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
     seed: int = 0,
 ) -> dict[str, list[dict[str, float]]]:
-    """{kind: [{strength, score..., score_change...} per strength]} for a model seen as `continue_clips`.
+    """{kind: [{strength, score..., score_change...} per strength]}: `score` of each perturbed copy of
+    `context` (B, k, C, H, W), and its change against the same kind at strength 0.
 
-    `continue_clips` maps context frames (B, k, C, H, W) to whole videos (B, T, C, H, W) whose frames
-    k.. are generated; `clips` holds the true `video` (and, on the built-in videos, `positions`,
-    `colors`, `valid` for the trajectory error). Changes are against the same kind at strength 0.
+    `score` maps context frames to named scores of what a model makes of them: e.g. the generated
+    frames against the truth (`continuation_scores`) or the velocity error given that history.
     """
-    context = clips["video"][:, :context_frames]
     curves: dict[str, list[dict[str, float]]] = {}
     for kind, strengths in perturbations.items():
         kind_seed = seed * len(PERTURBATIONS) + (list(PERTURBATIONS).index(kind) if kind in PERTURBATIONS else 0)
         rows = []
         for strength in strengths:
             generator = torch.Generator().manual_seed(kind_seed)
-            perturbed = perturb_history(context, kind, strength, patch_size, generator)
-            scores = continuation_scores(continue_clips(perturbed), clips, context_frames)
-            rows.append({"strength": float(strength), **scores})
+            rows.append(
+                {"strength": float(strength), **score(perturb_history(context, kind, strength, patch_size, generator))}
+            )
         reference = next((row for row in rows if row["strength"] == 0), rows[0])
         for row in rows:
             row.update({f"{name}_change": row[name] - reference[name] for name in list(row) if name != "strength"})
         curves[kind] = rows
     return curves
+
+
+def velocity_error_curves(
+    model: FrameCausalDiT,
+    video: Tensor,
+    context_frames: int,
+    perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
+    noise_level: float = ROBUSTNESS_NOISE_LEVEL,
+    seed: int = 0,
+) -> dict[str, list[dict[str, float]]]:
+    """Robustness without sampling: the held-out velocity error (`mimo.evaluation.velocity`) of frames k..
+    of `video` when its context frames are perturbed (later frames of the history stay true). Cheap and
+    paired across models (same clips, noise and perturbations), so small differences are measurable."""
+    later = video[:, context_frames:]
+
+    def score(context: Tensor) -> dict[str, float]:
+        history = torch.cat([context, later], dim=1)
+        return {"velocity_error": velocity_error(model, history, context_frames, (noise_level,), seed).mean().item()}
+
+    return robustness_curves(score, video[:, :context_frames], model.patch_size, perturbations, seed)
 
 
 def plot_robustness(curves: Mapping[str, list[dict[str, Any]]], out_dir: str | Path) -> list[Path]:
@@ -159,9 +179,8 @@ def evaluate_robustness(
 
     pixel_clips = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
     curves = robustness_curves(
-        continue_clips,
-        pixel_clips,
-        config.context_frames,
+        lambda context: continuation_scores(continue_clips(context), pixel_clips, config.context_frames),
+        clips["video"][:, : config.context_frames],
         model.patch_size,
         {kind: PERTURBATIONS[kind] for kind in kinds},
         seed=config.eval.seed_list()[0],
