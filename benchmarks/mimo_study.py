@@ -24,8 +24,10 @@ the baseline (paired t-test over seeds, sign test over seeds × clips) and the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -40,10 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mimo.bench import machine_info, steps_to_reach
 from mimo.config import Config, load_config, with_overrides
 from mimo.data.synthetic import MovingShapes, shape_coverage, trajectories
-from mimo.demo import autoregressive, teacher_forced
+from mimo.demo import autoregressive, copy_last_frame, teacher_forced
 from mimo.evaluate import history_features, load_clips, proxy_config
+from mimo.evaluation.robustness import velocity_error_curves
 from mimo.evaluation.velocity import NOISE_LEVELS, velocity_error
 from mimo.metrics.depthwise import DEFAULT_PROBE_SEEDS, depthwise_scores
 from mimo.metrics.fvd import extract_feature_statistics
@@ -74,6 +78,7 @@ class Sizes:
     trajectory_clips: int = 32
     probe_clips: int = 192
     probe_seeds: tuple[int, ...] = DEFAULT_PROBE_SEEDS
+    robustness_clips: int = 64
     probe_c: float = 1.0  # one inverse L2 strength: sweeping C (mimo.metrics.probe) costs 5x per evaluation
 
 
@@ -265,13 +270,427 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def write_report(args: argparse.Namespace, jobs: list[Job]) -> Path:
-    """Every job's evaluations in one JSON (the full report is drawn from it)."""
-    records = [_read(job.run_dir / "study.json") for job in jobs]
-    path = args.results / f"{args.name}.json"
-    args.results.mkdir(parents=True, exist_ok=True)
-    _write(path, {"steps": args.steps, "seeds": args.seeds, "records": [r for r in records if r]})
+# ----- robustness of the final models --------------------------------------------------------------
+def run_robustness(job: Job) -> Path | None:
+    """Velocity error under a perturbed history for the job's final checkpoint (cached in robustness.json)."""
+    torch.set_num_threads(1)
+    out = job.run_dir / "robustness.json"
+    final = _checkpoint(job.run_dir, job.eval_steps[-1])
+    if out.is_file() or not (final / "state.json").is_file():
+        return out if out.is_file() else None
+    model, config = load_trained_model(final)
+    video = _evaluation_data(job.config, job.sizes)["clips"]["video"][: job.sizes.robustness_clips]
+    started = time.perf_counter()
+    curves = velocity_error_curves(model, video, config.context_frames)
+    _write(out, {"curves": curves, "wall_s": round(time.perf_counter() - started, 1)})
+    return out
+
+
+# ----- the report ----------------------------------------------------------------------------------
+HIGHER_IS_BETTER = {
+    "velocity_error": False,
+    "teacher_forced_trajectory_error": False,
+    "trajectory_error": False,
+    "proxy_fd": False,
+    "probe_last_layer": True,
+    "probe_best_layer": True,
+}
+LABELS = {
+    "velocity_error": "held-out velocity error, full history (mean of s = 0.5, 0.75, 0.9)",
+    "teacher_forced_trajectory_error": "teacher-forced trajectory error (px)",
+    "trajectory_error": "autoregressive trajectory error (px)",
+    "proxy_fd": "proxy Fréchet distance",
+    "probe_last_layer": "probe accuracy, last layer",
+    "probe_best_layer": "probe accuracy, best layer",
+}
+PER_CLIP = {
+    "velocity_error": "velocity_error_per_clip",
+    "teacher_forced_trajectory_error": "teacher_forced_trajectory_error_per_clip",
+    "trajectory_error": "trajectory_error_per_clip",
+}
+COLORS = {"baseline": "tab:blue", "masking-only": "tab:grey", "mimo-r0.25": "tab:green", "mimo-r0.5": "tab:orange"}
+COLORS[TAIL_ARM] = "tab:red"
+
+
+def scalar_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The summary numbers of one evaluation; probe accuracies averaged over the probe's split seeds."""
+    probe = {int(layer): statistics.fmean(values) for layer, values in evaluation["probe_per_layer"].items()}
+    return {
+        "velocity_error": statistics.fmean(evaluation["velocity_error"].values()),
+        "teacher_forced_trajectory_error": evaluation["teacher_forced_trajectory_error"],
+        "trajectory_error": evaluation["trajectory_error"],
+        "proxy_fd": evaluation["proxy_fd"],
+        "probe_last_layer": probe[max(probe)],
+        "probe_best_layer": max(probe.values()),
+    }
+
+
+def per_clip(evaluation: dict[str, Any], metric: str) -> np.ndarray:
+    values = np.asarray(evaluation[PER_CLIP[metric]], dtype=np.float64)
+    return values.mean(axis=0) if metric == "velocity_error" else values  # velocity: mean over noise levels
+
+
+def collect(jobs: list[Job]) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
+    """{arm: {seed: {step: evaluation}}}; the tail arm's steps before its tail are the r = 0.5 run's."""
+    runs: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
+    for job in jobs:
+        record = _read(job.run_dir / "study.json")
+        runs.setdefault(job.arm, {})[job.seed] = {int(s): e for s, e in record.get("evaluations", {}).items()}
+    for seed, evaluations in runs.get(TAIL_ARM, {}).items():
+        tail_start = min(evaluations, default=None)
+        shared = runs.get(TAIL_SOURCE, {}).get(seed, {})
+        if tail_start is not None:
+            evaluations.update({step: e for step, e in shared.items() if step < tail_start})
+    return runs
+
+
+def speedup(
+    steps: list[int], baseline: list[float], arm: list[float], higher_is_better: bool
+) -> tuple[float | None, str]:
+    """How much faster the arm reaches its quality than the baseline, at the same budget (the last step).
+
+    Arm worse than the baseline's final value: the steps the baseline needs to reach the arm's final value
+    over the budget (below 1). Arm better: the budget over the steps the arm needs to reach the baseline's
+    final value (above 1). Both use the reach-and-stay rule of mimo.bench.steps_to_reach; a crossing at
+    the first evaluation is only a bound.
+    """
+    budget = steps[-1]
+    better = arm[-1] > baseline[-1] if higher_is_better else arm[-1] < baseline[-1]
+    if better:
+        reached = steps_to_reach(steps, arm, baseline[-1], higher_is_better)
+        return budget / reached, "≥" if reached == steps[0] else ""
+    reached = steps_to_reach(steps, baseline, arm[-1], higher_is_better)
+    return reached / budget, "≤" if reached == steps[0] else ""
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(mean: float, std: float, digits: int = 3) -> str:
+    return f"{mean:.{digits}g} ± {std:.2g}"
+
+
+def _p(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2g}"
+
+
+def summarise(runs: dict[str, dict[int, dict[int, dict[str, Any]]]], final: int) -> dict[str, Any]:
+    """Final values (mean ± std over seeds), paired differences against the baseline, speed-ups."""
+    from scipy import stats
+
+    baseline = runs.get("baseline", {})
+    summary: dict[str, Any] = {}
+    for arm, seeds in runs.items():
+        done = {seed: e for seed, e in seeds.items() if final in e}
+        if not done:
+            continue
+        row: dict[str, Any] = {"seeds": sorted(done), "final": {}, "paired": {}, "speedup": {}}
+        for metric in HIGHER_IS_BETTER:
+            values = [scalar_metrics(e[final])[metric] for e in done.values()]
+            row["final"][metric] = _mean_std(values)
+        per_level = {
+            level: _mean_std([e[final]["velocity_error"][level] for e in done.values()])
+            for level in next(iter(done.values()))[final]["velocity_error"]
+        }
+        row["final"]["velocity_error_per_level"] = per_level
+        last = {seed: {int(k): v for k, v in e[final]["probe_per_layer"].items()} for seed, e in done.items()}
+        layers = sorted(next(iter(last.values())))
+        row["final"]["probe_per_layer"] = {
+            layer: _mean_std([statistics.fmean(last[seed][layer]) for seed in last]) for layer in layers
+        }
+        row["final"]["probe_split_std"] = {  # the probe's own noise: std over split seeds, averaged over runs
+            layer: statistics.fmean(statistics.stdev(last[seed][layer]) for seed in last) for layer in layers
+        }
+        row["final"]["cknna_per_layer"] = {
+            layer: _mean_std([e[final]["cknna_per_layer"][str(layer)] for e in done.values()]) for layer in layers
+        }
+        paired_seeds = [seed for seed in done if final in baseline.get(seed, {})]
+        if arm != "baseline" and paired_seeds:
+            for metric, higher in HIGHER_IS_BETTER.items():
+                differences = [
+                    scalar_metrics(done[seed][final])[metric] - scalar_metrics(baseline[seed][final])[metric]
+                    for seed in paired_seeds
+                ]
+                t_p = stats.ttest_1samp(differences, 0.0).pvalue if len(differences) > 1 else math.nan
+                entry = {"difference": _mean_std(differences), "t_test_p": float(t_p), "pairs": len(differences)}
+                if metric in PER_CLIP:  # sign test over every (seed, clip) pair
+                    clip_differences = np.concatenate(
+                        [per_clip(done[s][final], metric) - per_clip(baseline[s][final], metric) for s in paired_seeds]
+                    )
+                    wins = int((clip_differences > 0).sum() if higher else (clip_differences < 0).sum())
+                    ties = int((clip_differences == 0).sum())
+                    trials = len(clip_differences) - ties
+                    sign_p = stats.binomtest(wins, trials).pvalue if trials else math.nan
+                    entry.update(clip_pairs=len(clip_differences), arm_better_share=wins / max(trials, 1))
+                    entry["sign_test_p"] = float(sign_p)
+                row["paired"][metric] = entry
+                factors, bounds = [], []
+                for seed in paired_seeds:
+                    steps = sorted(set(baseline[seed]) & set(done[seed]))
+                    curve = [scalar_metrics(baseline[seed][s])[metric] for s in steps]
+                    ours = [scalar_metrics(done[seed][s])[metric] for s in steps]
+                    factor, bound = speedup(steps, curve, ours, higher)
+                    factors.append(factor)
+                    bounds.append(bound)
+                row["speedup"][metric] = {"per_seed": factors, "bounds": bounds, "mean_std": _mean_std(factors)}
+        summary[arm] = row
+    return summary
+
+
+def robustness_summary(jobs: list[Job]) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """{arm: {kind: [{strength, change mean, std, seeds}]}} of the velocity error's change under perturbation."""
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        record = _read(job.run_dir / "robustness.json")
+        if record:
+            by_arm.setdefault(job.arm, []).append(record["curves"])
+    summary: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for arm, curves in by_arm.items():
+        summary[arm] = {}
+        for kind, rows in curves[0].items():
+            summary[arm][kind] = []
+            for index, row in enumerate(rows):
+                changes = [c[kind][index]["velocity_error_change"] for c in curves]
+                values = [c[kind][index]["velocity_error"] for c in curves]
+                mean, std = _mean_std(changes)
+                summary[arm][kind].append(
+                    {
+                        "strength": row["strength"],
+                        "change": mean,
+                        "change_std": std,
+                        "value": statistics.fmean(values),
+                        "seeds": len(curves),
+                    }
+                )
+    return summary
+
+
+def plot_study(runs, summary, robustness, path: Path) -> Path:
+    """Curves (mean ± std over seeds) of every metric, the per-layer probe and the robustness curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [*HIGHER_IS_BETTER, "probe_per_layer", "cknna_per_layer", *(["robustness"] if robustness else [])]
+    columns = 3
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.7 * rows), dpi=100)
+    axes = axes.ravel()
+    for ax, panel in zip(axes, panels, strict=False):
+        for arm, seeds in runs.items():
+            color = COLORS.get(arm)
+            if panel in HIGHER_IS_BETTER:
+                steps = sorted(set.intersection(*(set(e) for e in seeds.values()))) if seeds else []
+                if not steps:
+                    continue
+                values = np.array([[scalar_metrics(e[s])[panel] for s in steps] for e in seeds.values()])
+                mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(values) > 1 else 0 * values[0]
+                ax.plot(steps, mean, "o-", markersize=3, color=color, label=f"{arm} ({len(values)})")
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
+                ax.set_xlabel("training step")
+                ax.set_title(LABELS[panel], fontsize=9)
+            elif panel in ("probe_per_layer", "cknna_per_layer") and arm in summary:
+                per_layer = summary[arm]["final"][panel]
+                layers = sorted(per_layer)
+                mean = [per_layer[layer][0] for layer in layers]
+                std = [per_layer[layer][1] for layer in layers]
+                ax.errorbar(layers, mean, yerr=std, fmt="o-", markersize=3, capsize=3, color=color, label=arm)
+                ax.set_xlabel("backbone layer")
+                what = "probe accuracy" if panel == "probe_per_layer" else "CKNNA vs the proxy video classifier"
+                ax.set_title(f"{what} of history features, final step", fontsize=9)
+        if panel == "robustness":
+            for arm, kinds in robustness.items():
+                for kind, style in zip(kinds, ("o-", "s--", "^:", "d-."), strict=False):
+                    rows_ = kinds[kind]
+                    ax.errorbar(
+                        [r["strength"] for r in rows_],
+                        [r["change"] for r in rows_],
+                        yerr=[r["change_std"] for r in rows_],
+                        fmt=style,
+                        markersize=3,
+                        capsize=2,
+                        color=COLORS.get(arm),
+                        label=f"{arm} {kind}" if arm == "baseline" or kind == "noise" else None,
+                    )
+            ax.set_xlabel("perturbation strength")
+            ax.set_title("velocity error increase, perturbed history (o noise, s drop, ^ repeat, d mask)", fontsize=8)
+        if panel == "proxy_fd":
+            ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
     return path
+
+
+def markdown(args, summary, robustness, hidden, settings) -> str:
+    final = args.steps
+    lines = [
+        "# Does MiMo help when masking keeps the content? (`benchmarks/mimo_study.py`)",
+        "",
+        f"_{settings['machine']}; {settings['wall']}._",
+        "",
+        f"{settings['model']}; {final} steps per arm, evaluated at steps {settings['eval_steps']}; "
+        f"training seeds {args.seeds} (each seed: the same initial weights, clips and noise in every arm); "
+        f"held-out velocity error on {settings['sizes']['velocity_clips']} clips, trajectories on "
+        f"{settings['sizes']['trajectory_clips']} clips ({settings['sample_steps']} Euler steps), probes on "
+        f"{settings['sizes']['probe_clips']} clips with split seeds {list(settings['sizes']['probe_seeds'])}.",
+        "",
+        "## Objects a tube mask hides (one random mask per clip, 2000 clips, up to 3 objects)",
+        "",
+        "| frames | tokens per frame | r | hidden in both context frames | in the whole history | "
+        "in the frame before a generated one |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in hidden:
+        lines.append(
+            f"| {row['frame_size']}² px, patch {row['patch_size']} | {row['tokens']} | {row['ratio']} | "
+            f"{row['hidden_in_all_context_frames']:.1%} | {row['hidden_in_whole_history']:.1%} | "
+            f"{row['hidden_in_frame_before_a_generated_one']:.1%} |"
+        )
+    lines += [
+        "",
+        f"## Final values at step {final} (mean ± std over seeds)",
+        "",
+        "| arm | seeds | velocity error s=0.5 / 0.75 / 0.9 | teacher-forced traj. (px) | autoregressive traj. (px) | "
+        "proxy FD | probe, last layer | probe, best layer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, row in summary.items():
+        f = row["final"]
+        levels = " / ".join(_fmt(*v) for v in f["velocity_error_per_level"].values())
+        lines.append(
+            f"| {arm} | {len(row['seeds'])} | {levels} | {_fmt(*f['teacher_forced_trajectory_error'])} | "
+            f"{_fmt(*f['trajectory_error'])} | {_fmt(*f['proxy_fd'])} | {_fmt(*f['probe_last_layer'])} | "
+            f"{_fmt(*f['probe_best_layer'])} |"
+        )
+    lines += [
+        "",
+        f"Copy-last-frame reference (both trajectory errors): {settings['copy_last_px']:.3g} px.",
+        "",
+        "## Paired against the baseline (arm − baseline at the final step; negative = arm lower)",
+        "",
+        "t-test: one-sample t-test of the per-seed differences; sign test: over every (seed, clip) pair, two-sided; "
+        "speed-up: per seed, see `speedup` in the script (above 1: the arm gets there in fewer steps).",
+        "",
+        "| arm | metric | difference (mean ± std over seeds) | t-test p | arm better on (seed, clip) pairs | "
+        "sign test p | speed-up per seed | speed-up mean ± std |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, row in summary.items():
+        for metric, entry in row["paired"].items():
+            better = f"{entry['arm_better_share']:.0%} of {entry['clip_pairs']}" if "clip_pairs" in entry else "–"
+            factors = row["speedup"][metric]
+            per_seed = ", ".join(f"{b}×{x:.2f}" for x, b in zip(factors["per_seed"], factors["bounds"], strict=True))
+            lines.append(
+                f"| {arm} | {LABELS[metric]} | {_fmt(*entry['difference'])} | {_p(entry['t_test_p'])} | {better} | "
+                f"{_p(entry.get('sign_test_p', math.nan))} | {per_seed} | ×{_fmt(*factors['mean_std'])} |"
+            )
+    lines += ["", "## History features at every layer (final step; mean ± std over seeds)", ""]
+    layers = sorted(next(iter(summary.values()))["final"]["probe_per_layer"]) if summary else []
+    lines += [
+        "| arm | "
+        + " | ".join(f"probe L{layer}" for layer in layers)
+        + " | "
+        + " | ".join(f"CKNNA L{layer}" for layer in layers)
+        + " |",
+        "|---|" + "---|" * (2 * len(layers)),
+    ]
+    for arm, row in summary.items():
+        f = row["final"]
+        lines.append(
+            f"| {arm} | "
+            + " | ".join(_fmt(*f["probe_per_layer"][layer]) for layer in layers)
+            + " | "
+            + " | ".join(_fmt(*f["cknna_per_layer"][layer]) for layer in layers)
+            + " |"
+        )
+    if summary:
+        noise = statistics.fmean(v for row in summary.values() for v in row["final"]["probe_split_std"].values())
+        lines += ["", f"The probe's own noise (std over its split seeds, mean over runs and layers): {noise:.3f}."]
+    if robustness:
+        lines += [
+            "",
+            "## Robustness: increase of the velocity error (s = 0.75) when the context is perturbed",
+            "",
+            "Final checkpoints; the later history frames stay true; mean ± std over seeds.",
+            "",
+            "| arm | "
+            + " | ".join(
+                f"{kind} {row['strength']:g}"
+                for kind, rows in next(iter(robustness.values())).items()
+                for row in rows
+                if row["strength"] > 0
+            )
+            + " |",
+            "|---|"
+            + "---|" * sum(1 for rows in next(iter(robustness.values())).values() for r in rows if r["strength"] > 0),
+        ]
+        for arm, kinds in robustness.items():
+            lines.append(
+                f"| {arm} | "
+                + " | ".join(
+                    _fmt(r["change"], r["change_std"], 2) for rows in kinds.values() for r in rows if r["strength"] > 0
+                )
+                + " |"
+            )
+    lines += ["", f"![study]({args.name}.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(args: argparse.Namespace, jobs: list[Job]) -> Path:
+    """benchmarks/results/NAME.{json,md,png} from every job's evaluations so far."""
+    runs = collect(jobs)
+    summary = summarise(runs, args.steps)
+    robustness = robustness_summary(jobs)
+    base = jobs[0].config
+    hidden = []
+    for frame_size, ratio in ((16, 0.5), (32, 0.25), (32, 0.5)):
+        fractions = hidden_object_fractions(frame_size, 4, ratio, base.data.num_frames, base.context_frames)
+        hidden.append(
+            {"frame_size": frame_size, "patch_size": 4, "tokens": (frame_size // 4) ** 2, "ratio": ratio, **fractions}
+        )
+    clips = _evaluation_data(base, jobs[0].sizes)["clips"]
+    shown = {key: value[: jobs[0].sizes.trajectory_clips] for key, value in clips.items()}
+    copied = copy_last_frame(shown["video"], base.context_frames)
+    copy_last_px = statistics.fmean(per_clip_trajectory(copied, shown, base.context_frames))
+    depth, width, heads = base.model.size()
+    walls = [_read(job.run_dir / "study.json").get("train_wall_s", 0) for job in jobs]
+    evals = [e.get("eval_wall_s", 0) for seeds in runs.values() for steps in seeds.values() for e in steps.values()]
+    settings = {
+        "machine": f"{machine_info(torch.device('cpu'))['cpu']}, {os.cpu_count()} cores shared with other jobs, "
+        f"{args.workers} worker processes of one torch thread",
+        "wall": f"training {sum(walls) / 60:.0f} min and evaluation {sum(evals) / 60:.0f} min summed over jobs",
+        "model": f"{base.model.preset} (depth {depth}, width {width}, heads {heads}, decoder depth "
+        f"{base.mimo.decoder_depth}), {base.data.frame_size}² px, patch {base.model.patch_size}, "
+        f"{base.data.num_frames} frames ({base.context_frames} given), batch {base.train.batch_size}, lr "
+        f"{base.train.lr}, EMA {base.train.ema_decay}",
+        "eval_steps": list(jobs[0].eval_steps),
+        "sizes": dataclasses.asdict(jobs[0].sizes),
+        "sample_steps": base.sample.steps,
+        "copy_last_px": copy_last_px,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    plot = plot_study(runs, summary, robustness, args.results / f"{args.name}.png")
+    payload = {
+        "settings": settings,
+        "hidden_objects": hidden,
+        "summary": summary,
+        "robustness": robustness,
+        "evaluations": {
+            arm: {str(seed): {str(step): e for step, e in steps.items()} for seed, steps in seeds.items()}
+            for arm, seeds in runs.items()
+        },
+    }
+    _write(args.results / f"{args.name}.json", payload)
+    (args.results / f"{args.name}.md").write_text(markdown(args, summary, robustness, hidden, settings))
+    print(f"[study] report: {args.results / args.name}.md, {plot}", flush=True)
+    return args.results / f"{args.name}.md"
 
 
 def main() -> None:
@@ -286,7 +705,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--name", default="mimo_study")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every arm, section.key=value")
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="no training or evaluation of checkpoints")
+    parser.add_argument("--robustness", action="store_true", help="velocity error under perturbed histories")
     args = parser.parse_args()
     jobs = build_jobs(args)
     started = time.perf_counter()
@@ -299,6 +719,10 @@ def main() -> None:
                 for future in [pool.submit(run_job, job) for job in jobs]:
                     future.result()
         print(f"[study] jobs done in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.robustness:
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(run_robustness, jobs))
+        print(f"[study] robustness done at {time.perf_counter() - started:.0f} s", flush=True)
     write_report(args, jobs)
 
 
