@@ -15,18 +15,9 @@ from mimo.objectives.objective import TrainingObjective
 from mimo.train.checkpoint import find_checkpoint, load_tensors
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import Trainer, step_generator, train
+from test_training import run_config
 
-RUN = (
-    "train.batch_size=2",
-    "data.num_clips=6",
-    "train.lr=1e-3",
-    "train.log_every=1",
-    "train.checkpoint_every=0",
-    "train.tensorboard=false",
-    "sample.steps=1",
-    "train.steps=5",
-    "mimo.unmasked_tail_steps=2",
-)
+TAIL = ("train.steps=5", "mimo.unmasked_tail_steps=2")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,7 +38,7 @@ def test_tail_step_equals_the_baseline_step_with_the_same_weights(clips):
 
 
 def test_tail_switches_the_masking_off_for_the_last_steps_and_logs_it(tmp_path):
-    train(micro_config(*RUN, f"train.out_dir={tmp_path}"))
+    train(run_config(tmp_path, *TAIL))
     records = read_metrics(tmp_path)
     assert [r["mask_ratio"] for r in records] == [0.5, 0.5, 0.5, 0.0, 0.0]
     assert ["mask" in r for r in records] == [True, True, True, False, False]
@@ -79,8 +70,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("stop_at", [2, 4], ids=["before-the-tail", "inside-the-tail"])
 def test_run_stopped_before_or_inside_the_tail_resumes_exactly(tmp_path, stop_at):
-    straight = micro_config(*RUN, f"train.out_dir={tmp_path / 'straight'}")
-    split = micro_config(*RUN, f"train.out_dir={tmp_path / 'split'}")
+    straight, split = run_config(tmp_path / "straight", *TAIL), run_config(tmp_path / "split", *TAIL)
     train(straight)
     _stopped_after(split, stop_at)
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == list(range(1, stop_at + 1))
