@@ -205,7 +205,7 @@ def _checkpoint(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"step_{step:08d}"
 
 
-def run_job(job: Job, position: int = 0) -> Path:
+def run_job(job: Job) -> Path:
     """Train one (arm, seed) to the end and evaluate its checkpoints; resumable at every stage."""
     torch.set_num_threads(1)
     job.run_dir.mkdir(parents=True, exist_ok=True)
