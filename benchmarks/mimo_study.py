@@ -47,7 +47,7 @@ from mimo.config import Config, load_config, with_overrides
 from mimo.data.synthetic import MovingShapes, shape_coverage, trajectories
 from mimo.demo import autoregressive, copy_last_frame, teacher_forced
 from mimo.evaluate import history_features, load_clips, proxy_config
-from mimo.evaluation.robustness import velocity_error_curves
+from mimo.evaluation.robustness import PERTURBATIONS, velocity_error_curves
 from mimo.evaluation.velocity import NOISE_LEVELS, velocity_error
 from mimo.metrics.depthwise import DEFAULT_PROBE_SEEDS, depthwise_scores
 from mimo.metrics.fvd import extract_feature_statistics
@@ -67,6 +67,8 @@ ARMS: dict[str, list[str]] = {
     "mimo-r0.5": ["mimo.weight=0.5", "mimo.mask_ratio=0.5"],
 }
 TAIL_ARM, TAIL_SOURCE = "mimo-r0.5-tail", "mimo-r0.5"
+# the weakest non-zero and the strongest of mimo.evaluation.robustness.PERTURBATIONS, to keep it cheap
+ROBUSTNESS_STRENGTHS = {kind: (0.0, strengths[1], strengths[-1]) for kind, strengths in PERTURBATIONS.items()}
 OBJECT_PIXEL_COVERAGE = 0.5  # a pixel belongs to an object when the object covers at least half of it
 
 
@@ -78,7 +80,7 @@ class Sizes:
     trajectory_clips: int = 32
     probe_clips: int = 192
     probe_seeds: tuple[int, ...] = DEFAULT_PROBE_SEEDS
-    robustness_clips: int = 64
+    robustness_clips: int = 48
     probe_c: float = 1.0  # one inverse L2 strength: sweeping C (mimo.metrics.probe) costs 5x per evaluation
 
 
@@ -91,6 +93,7 @@ class Job:
     run_dir: Path
     sizes: Sizes
     start_from: Path | None = None  # the tail arm: the r = 0.5 run's checkpoint at the tail's first step
+    sampled_steps: tuple[int, ...] = ()  # evaluations that also sample (trajectories, proxy FD); the others do not
 
 
 # ----- what masking hides ------------------------------------------------------------------------
@@ -160,34 +163,38 @@ def per_clip_trajectory(videos: torch.Tensor, clips: dict[str, torch.Tensor], k:
     ]
 
 
-def evaluate_checkpoint(checkpoint: Path, config: Config, sizes: Sizes) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: Path, config: Config, sizes: Sizes, sampled: bool = True) -> dict[str, Any]:
+    """Every metric of one checkpoint; `sampled=False` skips the sampled ones (trajectories, proxy FD)."""
     data = _evaluation_data(config, sizes)
     model, config = load_trained_model(checkpoint)
     k, clips = config.context_frames, data["clips"]
     started = time.perf_counter()
     velocity = velocity_error(model, clips["video"][: sizes.velocity_clips], k, NOISE_LEVELS, seed=0)
-    shown = {key: value[: sizes.trajectory_clips] for key, value in clips.items()}
-    samples, _ = autoregressive(model, config, shown, config.data.num_frames, progress=False)
-    forced = teacher_forced(model, config, shown["video"])
-    fd = proxy_frechet_distance(data["real_statistics"], samples, data["classifier"], method="eigh", progress=False)
     features = history_features(model, clips["video"][: sizes.probe_clips])
     clip_features = {layer: f.mean(dim=1) for layer, f in features.items()}
     labels = clips["label"][: sizes.probe_clips]
     layers = depthwise_scores(clip_features, labels, sizes.probe_seeds, sizes.probe_c, data["reference"])
-    autoregressive_errors = per_clip_trajectory(samples, shown, k)
-    forced_errors = per_clip_trajectory(forced, shown, k)
-    return {
+    scores = {
         "velocity_error": {str(s): round(float(v.mean()), 6) for s, v in zip(NOISE_LEVELS, velocity, strict=True)},
         "velocity_error_per_clip": [[round(float(x), 6) for x in row] for row in velocity],
-        "trajectory_error": round(statistics.fmean(autoregressive_errors), 4),
-        "teacher_forced_trajectory_error": round(statistics.fmean(forced_errors), 4),
-        "trajectory_error_per_clip": autoregressive_errors,
-        "teacher_forced_trajectory_error_per_clip": forced_errors,
-        "proxy_fd": round(fd, 4),
         "probe_per_layer": {str(layer): [round(a, 4) for a in s.accuracies] for layer, s in layers.items()},
         "cknna_per_layer": {str(layer): round(s.cknna, 4) for layer, s in layers.items()},
-        "eval_wall_s": round(time.perf_counter() - started, 1),
     }
+    if sampled:
+        shown = {key: value[: sizes.trajectory_clips] for key, value in clips.items()}
+        samples, _ = autoregressive(model, config, shown, config.data.num_frames, progress=False)
+        forced = teacher_forced(model, config, shown["video"])
+        fd = proxy_frechet_distance(data["real_statistics"], samples, data["classifier"], method="eigh", progress=False)
+        autoregressive_errors = per_clip_trajectory(samples, shown, k)
+        forced_errors = per_clip_trajectory(forced, shown, k)
+        scores |= {
+            "trajectory_error": round(statistics.fmean(autoregressive_errors), 4),
+            "teacher_forced_trajectory_error": round(statistics.fmean(forced_errors), 4),
+            "trajectory_error_per_clip": autoregressive_errors,
+            "teacher_forced_trajectory_error_per_clip": forced_errors,
+            "proxy_fd": round(fd, 4),
+        }
+    return scores | {"eval_wall_s": round(time.perf_counter() - started, 1)}
 
 
 # ----- jobs ----------------------------------------------------------------------------------------
@@ -227,7 +234,10 @@ def run_job(job: Job) -> Path:
         record.setdefault("train_wall_s", round(time.perf_counter() - started, 1))
     bar.update(1)
     for step in todo:
-        record["evaluations"][str(step)] = evaluate_checkpoint(_checkpoint(job.run_dir, step), job.config, job.sizes)
+        sampled = step in job.sampled_steps
+        record["evaluations"][str(step)] = evaluate_checkpoint(
+            _checkpoint(job.run_dir, step), job.config, job.sizes, sampled
+        )
         _write(out, record)
         bar.update(1)
     bar.close()
@@ -243,6 +253,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     if args.steps - tail not in eval_steps:
         raise SystemExit(f"the tail's first step {args.steps - tail} must be an evaluation step {eval_steps}")
     sizes = Sizes()
+    sampled = tuple(sorted({*eval_steps[args.sample_every - 1 :: args.sample_every], args.steps}))
     jobs: list[Job] = []
     for seed in args.seeds:
         for arm, overrides in ARMS.items():
@@ -258,14 +269,23 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                     f"train.keep_checkpoints={len(eval_steps) + 1}",
                 ],
             )
-            jobs.append(Job(arm, seed, config, eval_steps, run_dir, sizes))
+            jobs.append(Job(arm, seed, config, eval_steps, run_dir, sizes, sampled_steps=sampled))
     for seed in args.seeds if tail else ():
         source = next(job for job in jobs if job.arm == TAIL_SOURCE and job.seed == seed)
         run_dir = args.runs / f"{TAIL_ARM}-seed{seed}"
         config = with_overrides(source.config, [f"mimo.unmasked_tail_steps={tail}", f"train.out_dir={run_dir}"])
         tail_steps = tuple(step for step in eval_steps if step > args.steps - tail)
         jobs.append(
-            Job(TAIL_ARM, seed, config, tail_steps, run_dir, sizes, _checkpoint(source.run_dir, args.steps - tail))
+            Job(
+                TAIL_ARM,
+                seed,
+                config,
+                tail_steps,
+                run_dir,
+                sizes,
+                _checkpoint(source.run_dir, args.steps - tail),
+                sampled,
+            )
         )
     return jobs
 
@@ -281,7 +301,7 @@ def run_robustness(job: Job) -> Path | None:
     model, config = load_trained_model(final)
     video = _evaluation_data(job.config, job.sizes)["clips"]["video"][: job.sizes.robustness_clips]
     started = time.perf_counter()
-    curves = velocity_error_curves(model, video, config.context_frames)
+    curves = velocity_error_curves(model, video, config.context_frames, ROBUSTNESS_STRENGTHS)
     _write(out, {"curves": curves, "wall_s": round(time.perf_counter() - started, 1)})
     return out
 
@@ -315,11 +335,10 @@ COLORS[TAIL_ARM] = "tab:red"
 def scalar_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     """The summary numbers of one evaluation; probe accuracies averaged over the probe's split seeds."""
     probe = {int(layer): statistics.fmean(values) for layer, values in evaluation["probe_per_layer"].items()}
+    sampled = [key for key in ("teacher_forced_trajectory_error", "trajectory_error", "proxy_fd") if key in evaluation]
     return {
         "velocity_error": statistics.fmean(evaluation["velocity_error"].values()),
-        "teacher_forced_trajectory_error": evaluation["teacher_forced_trajectory_error"],
-        "trajectory_error": evaluation["trajectory_error"],
-        "proxy_fd": evaluation["proxy_fd"],
+        **{key: evaluation[key] for key in sampled},
         "probe_last_layer": probe[max(probe)],
         "probe_best_layer": max(probe.values()),
     }
@@ -427,7 +446,11 @@ def summarise(runs: dict[str, dict[int, dict[int, dict[str, Any]]]], final: int)
                 row["paired"][metric] = entry
                 factors, bounds = [], []
                 for seed in paired_seeds:
-                    steps = sorted(set(baseline[seed]) & set(done[seed]))
+                    steps = sorted(
+                        step
+                        for step in set(baseline[seed]) & set(done[seed])
+                        if metric in scalar_metrics(baseline[seed][step]) and metric in scalar_metrics(done[seed][step])
+                    )
                     curve = [scalar_metrics(baseline[seed][s])[metric] for s in steps]
                     ours = [scalar_metrics(done[seed][s])[metric] for s in steps]
                     factor, bound = speedup(steps, curve, ours, higher)
@@ -482,7 +505,8 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
         for arm, seeds in runs.items():
             color = COLORS.get(arm)
             if panel in HIGHER_IS_BETTER:
-                steps = sorted(set.intersection(*(set(e) for e in seeds.values()))) if seeds else []
+                common = set.intersection(*(set(e) for e in seeds.values())) if seeds else set()
+                steps = sorted(s for s in common if all(panel in scalar_metrics(e[s]) for e in seeds.values()))
                 if not steps:
                     continue
                 values = np.array([[scalar_metrics(e[s])[panel] for s in steps] for e in seeds.values()])
@@ -699,6 +723,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=360)
     parser.add_argument("--evaluations", type=int, default=4, help="evenly spaced, the last at --steps")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
+    parser.add_argument(
+        "--sample-every",
+        type=int,
+        default=1,
+        help="sample (trajectories, proxy FD) at every N-th evaluation and the last",
+    )
     parser.add_argument("--tail-fraction", type=float, default=0.25, help="0: no tail arm")
     parser.add_argument("--workers", type=int, default=1, help="processes, one torch thread each")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study")
