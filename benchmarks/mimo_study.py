@@ -94,6 +94,7 @@ class Job:
     sizes: Sizes
     start_from: Path | None = None  # the tail arm: the r = 0.5 run's checkpoint at the tail's first step
     sampled_steps: tuple[int, ...] = ()  # evaluations that also sample (trajectories, proxy FD); the others do not
+    robustness: bool = False  # then also the velocity error of the final model under perturbed histories
 
 
 # ----- what masking hides ------------------------------------------------------------------------
@@ -240,6 +241,8 @@ def run_job(job: Job) -> Path:
         )
         _write(out, record)
         bar.update(1)
+    if job.robustness:
+        run_robustness(job)
     bar.close()
     _write(out, record)
     return out
@@ -269,7 +272,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                     f"train.keep_checkpoints={len(eval_steps) + 1}",
                 ],
             )
-            jobs.append(Job(arm, seed, config, eval_steps, run_dir, sizes, sampled_steps=sampled))
+            jobs.append(Job(arm, seed, config, eval_steps, run_dir, sizes, None, sampled, args.robustness))
     for seed in args.seeds if tail else ():
         source = next(job for job in jobs if job.arm == TAIL_SOURCE and job.seed == seed)
         run_dir = args.runs / f"{TAIL_ARM}-seed{seed}"
@@ -285,6 +288,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                 sizes,
                 _checkpoint(source.run_dir, args.steps - tail),
                 sampled,
+                args.robustness,
             )
         )
     return jobs
@@ -736,7 +740,9 @@ def main() -> None:
     parser.add_argument("--name", default="mimo_study")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every arm, section.key=value")
     parser.add_argument("--report-only", action="store_true", help="no training or evaluation of checkpoints")
-    parser.add_argument("--robustness", action="store_true", help="velocity error under perturbed histories")
+    parser.add_argument(
+        "--robustness", action="store_true", help="velocity error of the final models under perturbed histories"
+    )
     args = parser.parse_args()
     jobs = build_jobs(args)
     started = time.perf_counter()
@@ -749,10 +755,6 @@ def main() -> None:
                 for future in [pool.submit(run_job, job) for job in jobs]:
                     future.result()
         print(f"[study] jobs done in {time.perf_counter() - started:.0f} s", flush=True)
-    if args.robustness:
-        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(run_robustness, jobs))
-        print(f"[study] robustness done at {time.perf_counter() - started:.0f} s", flush=True)
     write_report(args, jobs)
 
 
