@@ -357,8 +357,9 @@ def collect(jobs: list[Job]) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
     """{arm: {seed: {step: evaluation}}}; the tail arm's steps before its tail are the r = 0.5 run's."""
     runs: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
     for job in jobs:
-        record = _read(job.run_dir / "study.json")
-        runs.setdefault(job.arm, {})[job.seed] = {int(s): e for s, e in record.get("evaluations", {}).items()}
+        evaluations = _read(job.run_dir / "study.json").get("evaluations")
+        if evaluations:
+            runs.setdefault(job.arm, {})[job.seed] = {int(s): e for s, e in evaluations.items()}
     for seed, evaluations in runs.get(TAIL_ARM, {}).items():
         tail_start = min(evaluations, default=None)
         shared = runs.get(TAIL_SOURCE, {}).get(seed, {})
@@ -500,7 +501,7 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [*HIGHER_IS_BETTER, "probe_per_layer", "cknna_per_layer", *(["robustness"] if robustness else [])]
+    panels = [*HIGHER_IS_BETTER, "probe_per_layer", "cknna_per_layer"]
     columns = 3
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.7 * rows), dpi=100)
@@ -528,22 +529,6 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
                 ax.set_xlabel("backbone layer")
                 what = "probe accuracy" if panel == "probe_per_layer" else "CKNNA vs the proxy video classifier"
                 ax.set_title(f"{what} of history features, final step", fontsize=9)
-        if panel == "robustness":
-            for arm, kinds in robustness.items():
-                for kind, style in zip(kinds, ("o-", "s--", "^:", "d-."), strict=False):
-                    rows_ = kinds[kind]
-                    ax.errorbar(
-                        [r["strength"] for r in rows_],
-                        [r["change"] for r in rows_],
-                        yerr=[r["change_std"] for r in rows_],
-                        fmt=style,
-                        markersize=3,
-                        capsize=2,
-                        color=COLORS.get(arm),
-                        label=f"{arm} {kind}" if arm == "baseline" or kind == "noise" else None,
-                    )
-            ax.set_xlabel("perturbation strength")
-            ax.set_title("velocity error increase, perturbed history (o noise, s drop, ^ repeat, d mask)", fontsize=8)
         if panel == "proxy_fd":
             ax.set_yscale("log")
         ax.legend(fontsize=6)
@@ -553,6 +538,28 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+    if robustness:
+        fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 3.4), dpi=100)
+        for ax, kind in zip(axes, PERTURBATIONS, strict=True):
+            for arm, kinds in robustness.items():
+                rows_ = kinds[kind]
+                x = [r["strength"] for r in rows_]
+                ax.errorbar(
+                    x,
+                    [r["change"] for r in rows_],
+                    yerr=[r["change_std"] for r in rows_],
+                    fmt="o-",
+                    markersize=3,
+                    capsize=3,
+                    color=COLORS.get(arm),
+                    label=arm,
+                )
+            ax.set_xlabel(f"{kind} strength")
+            ax.set_title(f"velocity error increase, {kind}", fontsize=9)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(path.with_name(path.stem + "_robustness.png"))
+        plt.close(fig)
     return path
 
 
@@ -668,6 +675,8 @@ def markdown(args, summary, robustness, hidden, settings) -> str:
                 + " |"
             )
     lines += ["", f"![study]({args.name}.png)", ""]
+    if robustness:
+        lines += [f"![robustness]({args.name}_robustness.png)", ""]
     return "\n".join(lines)
 
 
