@@ -222,7 +222,7 @@ def test_preprocess_resizes_and_pads_short_clips_with_edge_frames():
     torch.testing.assert_close(clips[:, :, 0], resized)
     torch.testing.assert_close(clips[:, :, 2], resized)  # 5 missing frames: 3 copies of the first
     torch.testing.assert_close(clips[:, :, -1], clips[:, :, -3])  # 2 copies of the last
-    assert preprocess_for_i3d(video * 3).abs().max() <= 1
+    assert preprocess_for_i3d(video * 3).abs().max() <= 1 + 1e-6  # bilinear weights sum to 1 within float32 rounding
 
 
 @pytest.mark.slow
