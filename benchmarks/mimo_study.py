@@ -259,7 +259,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     sampled = tuple(sorted({*eval_steps[args.sample_every - 1 :: args.sample_every], args.steps}))
     jobs: list[Job] = []
     for seed in args.seeds:
-        for arm, overrides in ARMS.items():
+        for arm, overrides in ((arm, ARMS[arm]) for arm in args.arms):
             run_dir = args.runs / f"{arm}-seed{seed}"
             config = with_overrides(
                 base,
@@ -273,7 +273,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
                 ],
             )
             jobs.append(Job(arm, seed, config, eval_steps, run_dir, sizes, None, sampled, args.robustness))
-    for seed in args.seeds if tail else ():
+    for seed in args.seeds if tail and TAIL_SOURCE in args.arms else ():
         source = next(job for job in jobs if job.arm == TAIL_SOURCE and job.seed == seed)
         run_dir = args.runs / f"{TAIL_ARM}-seed{seed}"
         config = with_overrides(source.config, [f"mimo.unmasked_tail_steps={tail}", f"train.out_dir={run_dir}"])
@@ -736,6 +736,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=360)
     parser.add_argument("--evaluations", type=int, default=4, help="evenly spaced, the last at --steps")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
+    parser.add_argument(
+        "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="the tail arm follows mimo-r0.5"
+    )
     parser.add_argument(
         "--sample-every",
         type=int,
