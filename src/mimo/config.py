@@ -149,12 +149,19 @@ class MimoConfig:
     weight: float = 0.5  # λ in L_total = L_diff + λ·L_mask; 0 gives the CTF baseline
     mask_ratio: float = 0.5  # r, share of spatial positions dropped from every history frame
     decoder_layer: int | None = None  # l, 1-based backbone layer read by the decoder; None: last
-    decoder_depth: int = 2
+    decoder_depth: int = 4  # METHOD.md: the paper's decoder has 4 DiT-style blocks
     decoder_width: int | None = None  # None: half the backbone width
     decoder_heads: int | None = None  # None: the backbone's heads
     targets: str = "current+next"
     loss_on: str = "dropped"
     normalize_targets: bool = False  # MAE's per-patch normalised pixels
+    # The paper's unmasked fine-tuning: the last N of train.steps train with r = 0 and λ = 0 (full history,
+    # no L_mask), so the model ends on the histories it sees at inference. 0: off.
+    unmasked_tail_steps: int = 0
+
+    def masked_at(self, step: int, total_steps: int) -> bool:
+        """Whether training step `step` (0-based) of `total_steps` masks the history and adds L_mask."""
+        return step < total_steps - self.unmasked_tail_steps
 
     @property
     def enabled(self) -> bool:
@@ -179,6 +186,11 @@ class MimoConfig:
         _check_choice(self.targets, TARGET_OFFSETS, "mimo.targets")
         _check_choice(self.loss_on, MASK_LOSS_ON, "mimo.loss_on")
         _check(self.decoder_depth >= 1, "mimo.decoder_depth", "must be at least 1")
+        _check(
+            self.unmasked_tail_steps >= 0,
+            "mimo.unmasked_tail_steps",
+            f"must be 0 (off) or the number of final unmasked steps, got {self.unmasked_tail_steps}",
+        )
         decoder_width, decoder_heads = self.decoder_size(width, heads)
         for key, value in (("mimo.decoder_width", decoder_width), ("mimo.decoder_heads", decoder_heads)):
             _check(value >= 1, key, f"must be positive (or null for the default), got {value}")
@@ -359,9 +371,15 @@ class EvalConfig:
     drift_hop: int | None = None  # frames between the scored windows of a long video; None: a quarter window
     probe_layer: int | None = None  # backbone layer whose history features are probed; None: mimo's decoder layer
     probe_clips: int = 512
+    # perturbations of the context to measure robustness to (mimo.evaluation.robustness), comma-separated
+    # from noise,drop,repeat,mask; empty: none
+    robustness: str = ""
 
     def seed_list(self) -> list[int]:
         return [int(seed) for seed in str(self.seeds).split(",") if seed.strip()]
+
+    def robustness_list(self) -> list[str]:
+        return [kind.strip() for kind in self.robustness.split(",") if kind.strip()]
 
     def metric_list(self, dataset: str) -> list[str]:
         """The metrics to report; auto: FVD on real data, proxy FD, trajectory error and PSNR on the built-in videos."""
@@ -371,6 +389,7 @@ class EvalConfig:
 
     def validate(self, config: Config) -> None:
         from mimo.evaluation.metrics import METRICS
+        from mimo.evaluation.robustness import PERTURBATIONS
         from mimo.metrics.frechet import COVARIANCE_DDOF
 
         depth = config.model.size()[0]
@@ -390,6 +409,13 @@ class EvalConfig:
         _check(self.probe_layer is None or 1 <= self.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
         _check(self.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
         _check_choice(self.fvd_normaliser, COVARIANCE_DDOF, "eval.fvd_normaliser")
+        for kind in self.robustness_list():
+            _check_choice(kind, PERTURBATIONS, "eval.robustness")
+        _check(
+            not self.robustness or config.context_frames > 0,
+            "eval.robustness",
+            "it perturbs the given context frames: it needs train.task=prediction",
+        )
         _check(
             self.num_frames is None or self.num_frames > config.context_frames,
             "eval.num_frames",

@@ -32,6 +32,7 @@ from mimo.diffusion.cost import sampling_cost
 from mimo.errors import ConfigError
 from mimo.evaluation.metrics import Metric, build_metrics, proxy_config, score_trajectory
 from mimo.evaluation.protocols import generate, history_features, load_clips
+from mimo.evaluation.robustness import evaluate_robustness
 from mimo.metrics.cknna import cknna
 from mimo.metrics.drift import default_hop, window_starts, window_statistics, windowed_distances
 from mimo.metrics.drift import per_frame as per_frame_curve
@@ -141,6 +142,8 @@ def evaluate_run(
     )
     if starts:
         results["drift"] = _drift_report(drift, starts, window, k, out)
+    if config.eval.robustness:
+        results["robustness"] = evaluate_robustness(model, config, clips, out)
     if config.data.channels in (1, 3) or config.data.dataset == "latents":
         results["samples_gif"] = str(
             save_gif(video_grid([real["video"][:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2), out / "samples.gif")

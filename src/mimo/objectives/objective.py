@@ -52,9 +52,14 @@ def build_ctf_batch(
     num_classes: int,
     generator: torch.Generator,
     grid: int,
+    masked: bool = True,
 ) -> CTFBatch:
     """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`
-    on its own device (a CUDA generator draws on the GPU: nothing is copied from the host)."""
+    on its own device (a CUDA generator draws on the GPU: nothing is copied from the host).
+
+    `masked=False` keeps the whole history (the unmasked fine-tuning tail); the mask is drawn last, so
+    everything else is the same draw either way.
+    """
     batch, frames = video.shape[:2]
     first_noisy = config.context_frames
     target = video[:, first_noisy:]
@@ -69,7 +74,7 @@ def build_ctf_batch(
     else:
         labels = None
     mask = None
-    if config.mimo.mask_ratio > 0:
+    if masked and config.mimo.mask_ratio > 0:
         mask = tube_mask(batch, grid * grid, config.mimo.mask_ratio, generator)
         mask = TubeMask(mask.keep.to(video.device), mask.dropped.to(video.device))
     return CTFBatch(
@@ -155,29 +160,38 @@ class TrainingObjective(nn.Module):
         labels: Tensor | None,
         generator: torch.Generator,
         encoder_features: Tensor | None = None,
+        masked: bool = True,
     ) -> dict[str, Tensor]:
         """Losses for clips (B, T, C, H, W); `generator` (on the clips' device) draws every random choice of the step.
 
         `encoder_features` (B, T, h, w, E): cached features of the clips' frames for REPA; without
-        them the frozen encoder runs on `video`.
+        them the frozen encoder runs on `video`. `masked=False` (the unmasked fine-tuning tail,
+        `mimo.unmasked_tail_steps`) trains with the full history and without L_mask.
         """
-        batch = build_ctf_batch(video, labels, self.config, self.backbone.num_classes, generator, self.backbone.grid)
-        out = self.forward_backbone(batch)
+        batch = build_ctf_batch(
+            video, labels, self.config, self.backbone.num_classes, generator, self.backbone.grid, masked
+        )
+        decoding = self.decoder is not None and masked
+        out = self.forward_backbone(batch, decoding)
         losses = {"diffusion": self.forward_diffusion_loss(out, batch)}
         total = losses["diffusion"]
-        if self.decoder is not None:
+        if decoding:
             losses["mask"] = self.forward_mask_loss(out, batch, video)
             total = total + self.config.mimo.weight * losses["mask"]
+        elif self.decoder is not None:
+            # DDP needs every parameter in the graph of every step: the idle decoder joins with weight 0
+            total = total + 0.0 * sum(p.sum() for p in self.decoder.parameters())
         if self.repa_projector is not None:
             losses["repa"] = self.forward_repa_loss(out, batch, video, encoder_features)
             total = total + self.config.repa.weight * losses["repa"]
         losses["loss"] = total  # L_total = L_diff + λ·L_mask (+ λ_repa·L_repa)
         return losses
 
-    def forward_backbone(self, batch: CTFBatch) -> DiTOutput:
-        """The backbone over the CTF sequence, returning the hidden states the heads read."""
+    def forward_backbone(self, batch: CTFBatch, decoding: bool = True) -> DiTOutput:
+        """The backbone over the CTF sequence, returning the hidden states the heads read (the decoder's
+        layer only while `decoding`)."""
         keep = batch.mask.keep if batch.mask is not None else None
-        return_layers = {self.decoder_layer} if self.decoder is not None else set()
+        return_layers = {self.decoder_layer} if decoding and self.decoder is not None else set()
         if self.repa_projector is not None:
             return_layers.add(self.config.repa.layer)
         return self.backbone(

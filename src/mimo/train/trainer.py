@@ -257,6 +257,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = train.lr * _lr_factor(self.step, train.warmup_steps)
         totals: dict[str, float] = {}
+        masked = self.config.mimo.masked_at(self.step, train.steps)
+        if not masked and self.config.mimo.masked_at(self.step - 1, train.steps) and self.dist.is_main:
+            tqdm.write(
+                f"unmasked fine-tuning (mimo.unmasked_tail_steps) from step {self.step}: full history, no L_mask"
+            )
         for micro in range(accumulation):
             batch = next(batches)
             self.check_batch(batch)
@@ -269,7 +274,7 @@ class Trainer:
             last = micro == accumulation - 1
             autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=train.precision == "bf16")
             with gradient_sync(self.model, enabled=last), autocast:
-                losses = self.model(video, labels, generator, *extra)
+                losses = self.model(video, labels, generator, *extra, masked=masked)
                 (losses["loss"] / accumulation).backward()
             for name, value in losses.items():  # summed on the device: no host sync per micro-step
                 totals[name] = totals.get(name, 0) + value.detach().float() / accumulation
@@ -291,7 +296,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.backbone, self.step)
-        return dict(totals, grad_norm=grad_norm)
+        return dict(totals, grad_norm=grad_norm, mask_ratio=self.config.mimo.mask_ratio if masked else 0.0)
 
     def _out_of_time(self, started: float) -> bool:
         """train.max_seconds spent (decided on rank 0's clock, so every rank stops at the same step)."""
