@@ -75,8 +75,42 @@ def score_trajectory(samples: Tensor, clips: dict[str, Tensor], context_frames: 
     return trajectory_error(samples[:, k:], clips["positions"][:, k:frames], clips["colors"], clips["valid"])
 
 
+class SetDistance(Metric):
+    """A Fréchet distance between the features of the samples and of the real clips (FVD, proxy FD): the
+    real set's statistics are computed once, here, and every call extracts the samples' features."""
+
+    def __init__(
+        self,
+        config: Config,
+        clips: dict[str, Tensor],
+        device: str,
+        features: FeatureExtractor,
+        normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
+        method: SqrtMethod = "sqrtm",
+        progress: bool = True,
+    ):
+        super().__init__(config, clips, device)
+        self.features, self.normaliser, self.method, self.progress = features, normaliser, method, progress
+        self.batch_size = config.eval.batch_size
+        self.real = extract_feature_statistics(
+            clips["video"], features, self.batch_size, device, "real features", progress
+        )
+
+    def __call__(self, samples: Tensor) -> float:
+        return compute_fvd(
+            self.real,
+            samples,
+            self.features,
+            self.batch_size,
+            self.device,
+            self.normaliser,
+            method=self.method,
+            progress=self.progress,
+        )
+
+
 @register_metric("fvd")
-class FVD(Metric):
+class FVD(SetDistance):
     """Fréchet Video Distance with the Kinetics-400 I3D (eval.i3d_path: StyleGAN-V's TorchScript instead).
 
     Options: `extractor` replaces the I3D (a stand-in in tests: then it is not FVD), `normaliser` the
@@ -93,17 +127,8 @@ class FVD(Metric):
         extractor: FeatureExtractor | None = None,
         normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
     ):
-        super().__init__(config, clips, device)
-        self.batch_size, self.normaliser = config.eval.batch_size, normaliser
         self.extractor = extractor or load_i3d(config.eval.i3d_path, device=device)
-        self.real = extract_feature_statistics(clips["video"], self.extractor, self.batch_size, device, "real features")
-
-    @property
-    def features(self) -> FeatureExtractor:
-        return self.extractor
-
-    def __call__(self, samples: Tensor) -> float:
-        return compute_fvd(self.real, samples, self.extractor, self.batch_size, self.device, self.normaliser)
+        super().__init__(config, clips, device, self.extractor, normaliser)
 
 
 def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
@@ -113,11 +138,11 @@ def proxy_config(config: Config, **settings: int) -> ProxyClassifierConfig:
 
 
 @register_metric("proxy_fd")
-class ProxyFD(Metric):
+class ProxyFD(SetDistance):
     """Fréchet distance of a small classifier's features of the built-in videos (never reported as FVD).
 
     Options: `classifier` (ProxyClassifierConfig settings: steps, width), `method` of the matrix square
-    root (eigh is exact for the rank-deficient covariances of a few hundred clips), `progress`.
+    root (eigh is exact for the rank-deficient covariances of a few hundred clips), `progress`, `normaliser`.
     """
 
     label = "proxy Fréchet distance (lower is better)"
@@ -132,29 +157,8 @@ class ProxyFD(Metric):
         progress: bool = True,
         normaliser: CovarianceNormaliser = DEFAULT_COVARIANCE_NORMALISER,
     ):
-        super().__init__(config, clips, device)
-        self.batch_size, self.method, self.progress = config.eval.batch_size, method, progress
-        self.normaliser = normaliser
         self.classifier = load_proxy_classifier(proxy_config(config, **(classifier or {})), device, progress=progress)
-        self.real = extract_feature_statistics(
-            clips["video"], self.classifier.features, self.batch_size, device, "real features", progress
-        )
-
-    @property
-    def features(self) -> FeatureExtractor:
-        return self.classifier.features
-
-    def __call__(self, samples: Tensor) -> float:
-        return compute_fvd(
-            self.real,
-            samples,
-            self.classifier.features,
-            self.batch_size,
-            self.device,
-            self.normaliser,
-            method=self.method,
-            progress=self.progress,
-        )
+        super().__init__(config, clips, device, self.classifier.features, normaliser, method, progress)
 
 
 class TrajectoryMetric(Metric):
