@@ -1,7 +1,10 @@
 """Does MiMo help when masking keeps the content? Arms × seeds, same steps, clips and noise; paired tests.
 
-    nohup python benchmarks/mimo_study.py --workers 2 > benchmarks/results/mimo_study.log 2>&1 &
-    python benchmarks/mimo_study.py --report-only      # tables and plots from what has run so far
+    nohup python benchmarks/mimo_study.py --workers 2 --sample-every 2 --robustness \
+        > benchmarks/results/mimo_study.log 2>&1 &
+    python benchmarks/mimo_study.py --sample-every 2 --robustness --report-only   # report what has run so far
+    # the 8-layer comparison: --arms baseline mimo-r0.5 --tail-fraction 0 --set model.depth=8 \
+    #     --name mimo_study_depth8 --runs runs/study-depth8
 
 Arms (configs/study/cpu.yaml is the MiMo r = 0.5 arm; the others are overrides of it):
 baseline (λ = 0, r = 0), masking only (λ = 0, r = 0.5), MiMo r = 0.25 and r = 0.5 (λ = 0.5), and MiMo
@@ -12,10 +15,12 @@ The tail arm is the r = 0.5 run up to the tail's first step (the runs are identi
 deterministic per step), so it starts from a copy of that checkpoint and trains only the tail.
 
 At every evaluation (the EMA weights of a checkpoint): held-out velocity error with the full history
-at fixed noise levels (same clips and noise for every arm, per clip, for paired tests), autoregressive
-and teacher-forced trajectory error (per clip), proxy Fréchet distance of the autoregressive samples,
-and the linear probe (several split seeds) and CKNNA (against the proxy video classifier) of the
-history features at every layer. Each (arm, seed) is one resumable job: a run folder with its
+at fixed noise levels (same clips and noise for every arm, per clip, for paired tests) and the linear
+probe (several split seeds) and CKNNA (against the proxy video classifier) of the history features at
+every layer; at every `--sample-every`-th evaluation and the last, also the autoregressive and
+teacher-forced trajectory error (per clip) and the proxy Fréchet distance of the autoregressive
+samples. With `--robustness`, the final model's velocity error under perturbed histories
+(mimo.evaluation.robustness). Each (arm, seed) is one resumable job: a run folder with its
 checkpoints and a study.json of its evaluations; rerunning the command skips what is done. The report
 (benchmarks/results/mimo_study.{json,md,png}) gives mean ± std over seeds, paired differences against
 the baseline (paired t-test over seeds, sign test over seeds × clips) and the speed-up factor per seed.
