@@ -5,6 +5,8 @@
     python benchmarks/mimo_study.py --sample-every 2 --robustness --report-only   # report what has run so far
     # the 8-layer comparison: --arms baseline mimo-r0.5 --tail-fraction 0 --set model.depth=8 \
     #     --name mimo_study_depth8 --runs runs/study-depth8
+    # the target ablation, beside the study's runs: --arms baseline mimo-r0.5 mimo-r0.5-current mimo-r0.5-next \
+    #     --tail-fraction 0 --sample-every 4 --name mimo_study_targets
 
 Arms (configs/study/cpu.yaml is the MiMo r = 0.5 arm; the others are overrides of it):
 baseline (λ = 0, r = 0), masking only (λ = 0, r = 0.5), MiMo r = 0.25 and r = 0.5 (λ = 0.5), and MiMo
@@ -70,6 +72,11 @@ ARMS: dict[str, list[str]] = {
     "masking-only": ["mimo.weight=0", "mimo.mask_ratio=0.5"],
     "mimo-r0.25": ["mimo.weight=0.5", "mimo.mask_ratio=0.25"],
     "mimo-r0.5": ["mimo.weight=0.5", "mimo.mask_ratio=0.5"],
+}
+# the paper's target ablation (its current+next is mimo-r0.5): only when named with --arms
+TARGET_ARMS: dict[str, list[str]] = {
+    f"mimo-r0.5-{target}": ["mimo.weight=0.5", "mimo.mask_ratio=0.5", f"mimo.targets={target}"]
+    for target in ("current", "next")
 }
 TAIL_ARM, TAIL_SOURCE = "mimo-r0.5-tail", "mimo-r0.5"
 # the weakest non-zero and the strongest of mimo.evaluation.robustness.PERTURBATIONS, to keep it cheap
@@ -264,7 +271,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     sampled = tuple(sorted({*eval_steps[args.sample_every - 1 :: args.sample_every], args.steps}))
     jobs: list[Job] = []
     for seed in args.seeds:
-        for arm, overrides in ((arm, ARMS[arm]) for arm in args.arms):
+        for arm, overrides in ((arm, (ARMS | TARGET_ARMS)[arm]) for arm in args.arms):
             run_dir = args.runs / f"{arm}-seed{seed}"
             config = with_overrides(
                 base,
@@ -742,7 +749,11 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=4, help="evenly spaced, the last at --steps")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2])
     parser.add_argument(
-        "--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="the tail arm follows mimo-r0.5"
+        "--arms",
+        nargs="+",
+        choices=list(ARMS | TARGET_ARMS),
+        default=list(ARMS),
+        help="the tail arm follows mimo-r0.5; the target ablation arms run only when named",
     )
     parser.add_argument(
         "--sample-every",
