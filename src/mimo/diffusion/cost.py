@@ -92,7 +92,7 @@ def sampling_cost(
     sample = config.sample
     length = num_frames or sample.num_frames or config.data.num_frames
     frames = length - config.context_frames  # generated
-    window = sample.window or config.data.num_frames - 1  # as sample_for_task
+    window = config.sample_window  # as sample_for_task
     clean_passes = window if length > window + 1 else 1  # past the window the sampler re-encodes it every frame
     guided = bool(model.num_classes) and sample.cfg_scale != 1.0
     batch = min(videos, batch_size or videos)
