@@ -149,7 +149,7 @@ def test_resize_and_centre_crop_match_an_antialiased_torch_reference(tmp_path: P
 def test_a_header_that_overstates_the_length_gives_a_clip_from_the_true_length(
     class_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(video_folder, "_claimed_num_frames", lambda container, stream: 3 * RAMP_FRAMES)
+    monkeypatch.setattr(video_folder, "claimed_num_frames", lambda container, stream: 3 * RAMP_FRAMES)
     path = folder_records(class_root)[0].path
     clip = read_clip(path, ClipSampling(num_frames=4, frame_stride=2, size=32), lambda max_start: max_start)
     levels = frame_indices(video_folder.to_unit_range(clip))

@@ -23,12 +23,12 @@ from mimo.data import VIDEO_DATASETS
 from mimo.data.clip_windows import latent_disk_bytes
 from mimo.data.video_folder import (
     VideoRecord,
-    _claimed_num_frames,
-    _kinetics_stem,
-    _lines,
+    claimed_num_frames,
     class_folder_records,
     folder_records,
     kinetics_records,
+    kinetics_stem,
+    non_empty_lines,
     ucf101_records,
 )
 
@@ -101,7 +101,8 @@ def _listed_and_found(data: DataConfig) -> tuple[list[VideoRecord], list[str], l
             records, classes = ucf101_records(data.path, data.split, data.fold)
             split_dir = Path(data.path) / "ucfTrainTestlist"
             split_dir = split_dir if split_dir.is_dir() else Path(data.path)
-            listed = [line.split()[0].lower() for line in _lines(split_dir / f"{data.split}list0{data.fold}.txt")]
+            split_file = split_dir / f"{data.split}list0{data.fold}.txt"
+            listed = [line.split()[0].lower() for line in non_empty_lines(split_file)]
             found = {"/".join(r.path.parts[-2:]).lower() for r in records}
             expected = UCF101_SPLIT_VIDEOS[(data.fold, data.split)]
             return (
@@ -114,7 +115,7 @@ def _listed_and_found(data: DataConfig) -> tuple[list[VideoRecord], list[str], l
         if kind == "kinetics600" and data.annotations:
             records, classes = kinetics_records(data.path, data.annotations)
             with open(data.annotations, newline="") as file:
-                listed = [_kinetics_stem(row) for row in csv.DictReader(file)]
+                listed = [kinetics_stem(row) for row in csv.DictReader(file)]
             found = {r.path.stem for r in records}
             missing = [stem for stem in listed if stem not in found]
             return records, classes, missing, len(listed), f"Kinetics-600, rows of {data.annotations}"
@@ -139,7 +140,7 @@ def _probe(path: Path) -> tuple[int, float, str | None]:
             if first is None:
                 return 0, 1.0, "no frame decodes"
             aspect = max(first.width, first.height) / min(first.width, first.height)
-            return _claimed_num_frames(container, stream), aspect, None
+            return claimed_num_frames(container, stream), aspect, None
     except Exception as error:  # any failure is a finding to report, not a crash
         return 0, 1.0, f"{type(error).__name__}: {error}"
 

@@ -40,19 +40,19 @@ from tqdm import tqdm
 from mimo.data.atomic import write_atomically
 from mimo.data.latents import (
     FORMAT_VERSION,
-    _normalised,
-    _resume_or_start,
-    _write_manifest,
+    normalised_settings,
     read_manifest,
+    resume_or_start,
     shard_name,
+    write_manifest,
 )
 from mimo.data.video_folder import (
     BadVideoError,
     BadVideoWarning,
     ClipSampling,
     VideoRecord,
-    _to_rgb,
     clip_start,
+    frame_to_rgb,
     resize_shorter_side,
     to_unit_range,
 )
@@ -86,7 +86,7 @@ def read_video(path: str | Path, size: int | None, multiple: int | None = None) 
             raise BadVideoError("undecodable", "the file has no video stream")
         for frame in container.decode(container.streams.video[0]):
             if multiple is None or size is None:
-                frames.append(_to_rgb(frame, size, reformatter))
+                frames.append(frame_to_rgb(frame, size, reformatter))
             else:
                 frames.append(resize_shorter_side(frame, size, reformatter, multiple))
     if not frames:
@@ -147,7 +147,7 @@ def encode_videos(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = [min(videos_per_shard, len(records) - start) for start in range(0, len(records), videos_per_shard)]
-    settings = _normalised(
+    settings = normalised_settings(
         {
             "format_version": FORMAT_VERSION,
             "layout": LAYOUT,
@@ -159,7 +159,7 @@ def encode_videos(
             "dtype": str(storage_dtype).removeprefix("torch."),
         }
     )
-    manifest = _resume_or_start(out_dir, settings, len(counts))
+    manifest = resume_or_start(out_dir, settings, len(counts))
     autoencoder.to(device).eval()
     videos = _WholeVideos(records, clips.size, clips.span, autoencoder.downsample if crop == "random" else None)
     for shard, count in enumerate(tqdm(counts, desc="encoding shards", disable=not progress)):
@@ -185,9 +185,9 @@ def encode_videos(
         write_atomically(path, lambda temporary, t=tensors: save_file(t, temporary))
         written = {"file": shard_name(shard), "count": len(labels), "frames": frames, "skipped": skipped}
         manifest["shards"] = [*manifest["shards"], written]
-        _write_manifest(out_dir, manifest)
+        write_manifest(out_dir, manifest)
     manifest["complete"] = True
-    _write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     return manifest
 
 

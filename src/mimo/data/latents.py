@@ -68,7 +68,7 @@ def encode_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     num_items = len(dataset)
     counts = [min(shard_size, num_items - start) for start in range(0, num_items, shard_size)]
-    settings = _normalised(
+    settings = normalised_settings(
         {
             "format_version": FORMAT_VERSION,
             "autoencoder": autoencoder.describe(),
@@ -78,7 +78,7 @@ def encode_dataset(
             "dtype": str(storage_dtype).removeprefix("torch."),
         }
     )
-    manifest = _resume_or_start(out_dir, settings, len(counts))
+    manifest = resume_or_start(out_dir, settings, len(counts))
     todo = [shard for shard in range(len(counts)) if not (out_dir / shard_name(shard)).exists()]
     indices = [i for shard in todo for i in range(shard * shard_size, shard * shard_size + counts[shard])]
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
@@ -101,14 +101,14 @@ def encode_dataset(
                 tensors = {"latents": shard_latents, "labels": shard_labels}
                 write_atomically(out_dir / shard_name(shard), partial(save_file, tensors))
                 manifest["shards"] = _finished_shards(out_dir, counts)
-                _write_manifest(out_dir, manifest)
+                write_manifest(out_dir, manifest)
                 shard = next(pending, None)
 
     manifest["shards"] = _finished_shards(out_dir, counts)
     manifest["complete"] = True
     if hasattr(dataset, "failures"):
         manifest["skipped_videos"] = str(dataset.failures)
-    _write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -118,12 +118,12 @@ def _split(chunks: list[torch.Tensor], count: int) -> tuple[torch.Tensor, list[t
     return joined[:count].clone(), [joined[count:]] if len(joined) > count else []
 
 
-def _normalised(value: dict[str, Any]) -> dict[str, Any]:
+def normalised_settings(value: dict[str, Any]) -> dict[str, Any]:
     """As it reads back from JSON (tuples become lists), so that settings compare equal."""
     return json.loads(json.dumps(value))
 
 
-def _resume_or_start(out_dir: Path, settings: dict[str, Any], num_shards: int) -> dict[str, Any]:
+def resume_or_start(out_dir: Path, settings: dict[str, Any], num_shards: int) -> dict[str, Any]:
     """The manifest to continue: the existing one if its settings match, else a new one on disk."""
     if (out_dir / MANIFEST).exists():
         manifest = read_manifest(out_dir, require_complete=False)
@@ -141,7 +141,7 @@ def _resume_or_start(out_dir: Path, settings: dict[str, Any], num_shards: int) -
             "a new directory) and encode again."
         )
     manifest = {**settings, "num_shards": num_shards, "shards": [], "complete": False}
-    _write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest)
     return manifest
 
 
@@ -151,7 +151,7 @@ def _finished_shards(out_dir: Path, counts: list[int]) -> list[dict[str, Any]]:
     ]
 
 
-def _write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     write_atomically(out_dir / MANIFEST, lambda path: Path(path).write_text(json.dumps(manifest, indent=2)))
 
 

@@ -134,7 +134,7 @@ def read_clip(
         if not container.streams.video:
             raise BadVideoError("undecodable", "the file has no video stream")
         stream = container.streams.video[0]
-        claimed = _claimed_num_frames(container, stream)
+        claimed = claimed_num_frames(container, stream)
         frames, last_index = _decode(container, stream, _clip_indices(claimed, clips, choose_start), clips.size)
         if len(frames) < clips.num_frames:  # the header overstated the length: retry with the true one
             frames, _ = _decode(container, stream, _clip_indices(last_index + 1, clips, choose_start), clips.size)
@@ -153,7 +153,7 @@ def _clip_indices(num_frames: int, clips: ClipSampling, choose_start: Callable[[
     return range(start, start + clips.span, clips.frame_stride)
 
 
-def _claimed_num_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+def claimed_num_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
     """Frame count from the header, else from the duration, else by counting packets (no decoding)."""
     if stream.frames > 0:
         return stream.frames
@@ -186,7 +186,7 @@ def _decode(
         picked, index = [], first[0]
         for index, frame in itertools.chain([first], frames):
             if index in wanted:
-                picked.append(_to_rgb(frame, size, reformatter))
+                picked.append(frame_to_rgb(frame, size, reformatter))
             if index >= wanted[-1]:
                 break
         return picked, index
@@ -212,7 +212,7 @@ def _frames_from(
     yield from enumerate(itertools.chain([first], decoded), start=first_index)
 
 
-def _to_rgb(frame: av.VideoFrame, size: int | None, reformatter: VideoReformatter) -> np.ndarray:
+def frame_to_rgb(frame: av.VideoFrame, size: int | None, reformatter: VideoReformatter) -> np.ndarray:
     """uint8 (size, size, 3): shorter side resized to `size` by libswscale, then a centre crop.
 
     One reformatter per clip reuses its scaling context across frames, and one thread avoids
@@ -302,9 +302,9 @@ def ucf101_records(
                 "https://www.crcv.ucf.edu/data/UCF101.php and unpack it into the dataset folder (or pass "
                 "split_dir), or list the classes from the folder names with class_folder_records."
             )
-    classes = [line.split()[1] for line in _lines(class_file)]
+    classes = [line.split()[1] for line in non_empty_lines(class_file)]
     label = {name.lower(): index for index, name in enumerate(classes)}
-    listed = [line.split()[0].lower() for line in _lines(list_file)]  # "Class/v_Class_g08_c01.avi [label]"
+    listed = [line.split()[0].lower() for line in non_empty_lines(list_file)]  # "Class/v_Class_g08_c01.avi [label]"
     entries = [(entry, _label_of(entry.split("/")[0], label, class_file)) for entry in listed]
     by_key = {"/".join(path.parts[-2:]).lower(): path for path in find_videos(root)}
     return _resolve(entries, by_key, list_file, root), classes
@@ -331,12 +331,12 @@ def kinetics_records(
     if classes is None:
         classes = sorted({row["label"] for row in rows}) if labelled else []
     label = {name: index for index, name in enumerate(classes)}
-    entries = [(_kinetics_stem(row), _label_of(row["label"], label, annotations) if labelled else -1) for row in rows]
+    entries = [(kinetics_stem(row), _label_of(row["label"], label, annotations) if labelled else -1) for row in rows]
     by_key = {path.stem: path for path in find_videos(root)}
     return _resolve(entries, by_key, Path(annotations), Path(root)), list(classes)
 
 
-def _kinetics_stem(row: dict[str, str]) -> str:
+def kinetics_stem(row: dict[str, str]) -> str:
     return f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
 
 
@@ -346,7 +346,7 @@ def _label_of(name: str, label: dict[str, int], source: str | Path) -> int:
     return label[name]
 
 
-def _lines(path: Path) -> list[str]:
+def non_empty_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
