@@ -46,7 +46,13 @@ def micro_model(
     config = config or micro_config()
     torch.manual_seed(seed)
     classes = config.num_classes if num_classes is None else num_classes
-    model = FrameCausalDiT(config.model, config.data.channels, config.data.frame_size, classes)
+    model = FrameCausalDiT(
+        config.model,
+        config.data.channels,
+        config.data.frame_size,
+        classes,
+        history_conditioned=config.diffusion.history_conditioned,
+    )
     return randomize_zero_init(model, seed).to(dtype).eval()
 
 

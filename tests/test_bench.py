@@ -12,7 +12,7 @@ import torch
 from bench_utilization import counted_flops
 from harness import convergence_summary, run_benchmark, steps_to_reach
 from mimo.config import ConfigError
-from mimo.models.dit import FrameCausalDiT
+from mimo.models import build_backbone
 from mimo.objectives.objective import TrainingObjective
 
 MACHINE_KEYS = {"cpu", "cores", "torch_threads", "torch", "date", "load_average_at_start", "cpu_share"}
@@ -41,14 +41,14 @@ def _tiny(name: str, tmp_path, *extra: str) -> dict:
     [  # the default MiMo arm is cross-checked by the utilisation benchmark's test
         ("mimo.weight=0", "mimo.mask_ratio=0", "model.clean_conditioning=clean_timestep", "train.task=unconditional"),
         ("mimo.mask_ratio=0.75", "mimo.targets=current", "mimo.decoder_depth=1", "mimo.decoder_width=32"),
+        ("diffusion.history_noise_max=0.3", "diffusion.history_dropout=0.1"),  # the history noise-level embedder
     ],
 )
 def test_analytic_flops_match_flop_counter(make_config, clips, overrides):
     config = make_config(*overrides)
     video = clips[0]
     torch.manual_seed(0)
-    backbone = FrameCausalDiT(config.model, config.data.channels, config.data.frame_size, config.num_classes)
-    objective = TrainingObjective(config, backbone)
+    objective = TrainingObjective(config, build_backbone(config))
 
     def step():
         objective(video, None, torch.Generator().manual_seed(0))["loss"].backward()

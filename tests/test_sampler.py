@@ -30,6 +30,31 @@ CASES = {
     "window-block-sparse-flex-attention": dict(
         num_frames=6, context=1, solver="euler", window=3, overrides=("model.attention=flex",)
     ),
+    "window-noised-history": dict(
+        num_frames=6,
+        context=2,
+        solver="euler",
+        window=3,
+        history_noise=0.2,
+        overrides=("diffusion.history_noise_max=0.3",),
+    ),
+    "window-history-guidance": dict(
+        num_frames=6,
+        context=1,
+        solver="heun",
+        window=3,
+        history_noise=0.1,
+        history_guidance=1.5,
+        overrides=("diffusion.history_noise_max=0.3", "diffusion.history_dropout=0.1"),
+    ),
+    "class-conditional-history-guidance": dict(
+        num_frames=4,
+        context=1,
+        solver="euler",
+        classes=3,
+        history_guidance=2.0,
+        overrides=("diffusion.history_dropout=0.1",),
+    ),
 }
 BF16_ATOL = 0.1  # bf16 keeps 8 bits of mantissa; a few ODE steps of a micro model stay this close to fp32
 
@@ -50,6 +75,8 @@ def _sample(model, clips, case: dict, use_cache: bool, seed: int = 0, precision:
         generator=torch.Generator().manual_seed(seed),
         use_cache=use_cache,
         precision=precision,
+        history_noise=case.get("history_noise", 0.0),
+        history_guidance=case.get("history_guidance", 1.0),
     )
 
 

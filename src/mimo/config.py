@@ -33,6 +33,7 @@ TASKS = ("unconditional", "class_conditional", "prediction")
 CLEAN_CONDITIONING = ("independent_ln", "clean_timestep")
 MASK_LOSS_ON = ("dropped", "all")
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -136,12 +137,32 @@ class DiffusionConfig:
     timestep_sampling: str = "logit_normal"  # SiT / FAR; "uniform" as in rectified flow
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    # Noise augmentation of the history against exposure bias (GameNGen, Diffusion Forcing): each clean history
+    # frame is noised to its own level s ~ U[0, max] that the model is told. 0: the clean history of CTF (the paper).
+    history_noise_max: float = 0.0
+    # Share of clips whose whole history is pure noise (s = 1): the history-free branch of history guidance.
+    history_dropout: float = 0.0
+
+    @property
+    def history_conditioned(self) -> bool:
+        """Whether the model is told its history's noise level (and so has an embedder for it)."""
+        return self.history_noise_max > 0 or self.history_dropout > 0
 
     def validate(self, config: Config) -> None:
         from mimo.diffusion.flow import NOISE_LEVEL_SAMPLERS
 
         _check_choice(self.timestep_sampling, NOISE_LEVEL_SAMPLERS, "diffusion.timestep_sampling")
         _check(self.logit_std > 0, "diffusion.logit_std", "must be positive")
+        _check(
+            0 <= self.history_noise_max <= 1,
+            "diffusion.history_noise_max",
+            f"a noise level in [0, 1] (0: clean history), got {self.history_noise_max}",
+        )
+        _check(
+            0 <= self.history_dropout < 1,
+            "diffusion.history_dropout",
+            f"a share of clips in [0, 1), got {self.history_dropout}",
+        )
 
 
 @dataclass(frozen=True)
@@ -267,6 +288,7 @@ class TrainConfig:
     lr: float = 1e-4  # FAR: AdamW 1e-4 constant, no weight decay
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # FAR's constant rate, or "cosine" decay to a tenth over train.steps (nanoGPT)
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)) so short runs still average
@@ -309,6 +331,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be 0 or more")
         _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be 0 or more, got {self.warmup_steps}")
+        _check_choice(self.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be 0 (off) or positive")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
@@ -336,7 +359,10 @@ class SampleConfig:
     num_frames: int | None = None  # None: the training clip length
     use_cache: bool = True
     grid: str = "uniform"  # the noise levels stepped through (mimo.diffusion.flow.SAMPLING_GRIDS)
+    shift: float = 1.0  # SD3's time shift of the grid: > 1 spends more steps at high noise levels; 1: the grid as is
     precision: str = "auto"  # bf16 autocast (auto: on CUDA only) or fp32
+    history_noise: float = 0.0  # every history frame noised to this level (needs diffusion.history_noise_max > 0)
+    history_guidance: float = 1.0  # w of history guidance (DFoT); 1: off (needs diffusion.history_dropout > 0)
 
     def validate(self, config: Config) -> None:
         from mimo.diffusion.flow import SAMPLING_GRIDS, SOLVERS
@@ -347,6 +373,27 @@ class SampleConfig:
         _check_choice(self.solver, SOLVERS, "sample.solver")
         _check_choice(self.grid, SAMPLING_GRIDS, "sample.grid")
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be 0 or more (1 = no guidance)")
+        _check(self.shift > 0, "sample.shift", f"must be positive (1: no shift), got {self.shift}")
+        diffusion = config.diffusion
+        _check(
+            0 <= self.history_noise <= max(diffusion.history_noise_max, 0),
+            "sample.history_noise",
+            f"{self.history_noise} is outside the levels the model was trained on "
+            f"(diffusion.history_noise_max={diffusion.history_noise_max}); choose 0 to {diffusion.history_noise_max}",
+        )
+        _check(self.history_guidance >= 0, "sample.history_guidance", "must be 0 or more (1 = no guidance)")
+        _check(
+            self.history_guidance == 1 or diffusion.history_dropout > 0,
+            "sample.history_guidance",
+            "history guidance needs a model trained without history on some clips: set diffusion.history_dropout "
+            "(e.g. 0.1) when training, or sample.history_guidance=1",
+        )
+        _check(
+            self.history_guidance == 1 or self.cfg_scale == 1 or config.num_classes == 0,
+            "sample.history_guidance",
+            "history guidance and classifier-free guidance together are not supported; set one of "
+            "sample.history_guidance or sample.cfg_scale to 1",
+        )
         _check(self.window is None or self.window >= 1, "sample.window", "must be at least 1 clean frame")
         _check(self.num_videos >= 1, "sample.num_videos", "must be at least 1")
         _check(

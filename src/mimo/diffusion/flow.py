@@ -67,14 +67,23 @@ def uniform_grid(steps: int) -> Tensor:
 
 # Noise levels the sampler steps through, by name (sample.grid): (steps,) -> (steps + 1,) from 1 down to 0.
 SAMPLING_GRIDS: dict[str, Callable[[int], Tensor]] = {"uniform": uniform_grid}
+
+
+def shift_levels(levels: Tensor, shift: float) -> Tensor:
+    """SD3's time shift (Esser et al. 2024, eq. 23): s' = shift·s / (1 + (shift - 1)·s). It keeps 0 and 1 and,
+    for shift > 1, moves every level towards noise, so more of the steps decide the coarse layout."""
+    return shift * levels / (1 + (shift - 1) * levels)
 SOLVERS = ("euler", "heun")  # sample.solver; `integrate` implements both
 
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "euler", grid: str = "uniform") -> Tensor:
-    """Integrate dz/ds = v(z, s) from s = 1 (noise) to s = 0 on the grid `grid` of `steps` steps.
+def integrate(
+    velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "euler", grid: str = "uniform", shift: float = 1.0
+) -> Tensor:
+    """Integrate dz/ds = v(z, s) from s = 1 (noise) to s = 0 on the grid `grid` of `steps` steps, time-shifted
+    by `shift` (1: as the grid is).
 
     `velocity(z, s)` gets s as a (B,) tensor. Heun is second order (one extra evaluation per step,
     none on the last step, which lands on s = 0 where Heun's corrector would need v at s = 0).
@@ -85,7 +94,9 @@ def integrate(velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "eu
         raise InputError(f"unknown solver '{solver}'; choose one of {list(SOLVERS)}")
     if grid not in SAMPLING_GRIDS:
         raise InputError(f"unknown sampling grid '{grid}'; choose one of {list(SAMPLING_GRIDS)}")
-    levels = SAMPLING_GRIDS[grid](steps).tolist()  # host numbers: the loop never waits for the device
+    if not shift > 0:
+        raise InputError(f"the grid's time shift must be positive (1: none), got {shift}")
+    levels = shift_levels(SAMPLING_GRIDS[grid](steps).double(), shift).tolist()  # host numbers: no device waits
     z = noise
 
     def level(index: int) -> Tensor:  # (B,)

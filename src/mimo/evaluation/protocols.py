@@ -23,12 +23,16 @@ EVAL_SEED = 12345  # held-out clips: a seed no training clip uses
 
 
 def _sampler_settings(config: Config) -> dict[str, Any]:
-    """The run's sampler (steps, solver, grid, window) and the fixed noise seed every rollout starts from."""
+    """The run's sampler (steps, solver, grid and its shift, window, history options) and the fixed noise seed
+    every rollout starts from."""
     sample = config.sample
     return {
         "steps": sample.steps,
         "solver": sample.solver,
         "grid": sample.grid,
+        "shift": sample.shift,
+        "history_noise": sample.history_noise,
+        "history_guidance": sample.history_guidance,
         "window": config.sample_window,
         "generator": torch.Generator().manual_seed(0),
     }

@@ -179,3 +179,18 @@ def check_sample_inputs(
         check_labels(None, batch or 0, model.num_classes)
     if batch is None:
         raise InputError("give batch_size, labels or context so that the number of videos is known")
+
+
+def check_history_options(model: FrameCausalDiT, history_noise: float, history_guidance: float, class_guided: bool):
+    """sample_video's history options against what the model was trained for."""
+    if not 0 <= history_noise <= 1:
+        raise InputError(f"history_noise is a noise level in [0, 1] (0: the history as it is), got {history_noise}")
+    if history_guidance < 0:
+        raise InputError(f"history_guidance must be 0 or more (1: off), got {history_guidance}")
+    if (history_noise > 0 or history_guidance != 1) and model.history_noise_embed is None:
+        raise InputError(
+            "this model was trained on clean histories only: sample with history_noise=0 and history_guidance=1, "
+            "or train with diffusion.history_noise_max / diffusion.history_dropout"
+        )
+    if history_guidance != 1 and class_guided:
+        raise InputError("history guidance and classifier-free guidance together are not supported: set one to 1")

@@ -24,6 +24,7 @@ from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from mimo.config import ModelConfig
+from mimo.errors import InputError
 from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D, StepFlops, attention_flops
 from mimo.models.checks import check_model_inputs
 from mimo.models.layers import (
@@ -169,7 +170,16 @@ class DiTOutput:
 class FrameCausalDiT(nn.Module):
     """Frame-causal DiT over clips of `channels`×`frame_size`² frames (pixels or latents)."""
 
-    def __init__(self, config: ModelConfig, channels: int, frame_size: int, num_classes: int = 0):
+    def __init__(
+        self,
+        config: ModelConfig,
+        channels: int,
+        frame_size: int,
+        num_classes: int = 0,
+        history_conditioned: bool = False,
+    ):
+        """`history_conditioned`: clean frames may be noised (history noise augmentation, history guidance) and
+        the model is told each one's noise level through an embedding added to its tokens."""
         super().__init__()
         self.depth, self.width, self.heads = config.size()
         self.patch_size = config.patch_size
@@ -185,6 +195,7 @@ class FrameCausalDiT(nn.Module):
 
         self.patch_embed = nn.Linear(patch_dim, self.width)
         self.noise_embed = NoiseLevelEmbedder(self.width)
+        self.history_noise_embed = NoiseLevelEmbedder(self.width) if history_conditioned else None
         # index num_classes is the null class of classifier-free guidance
         self.class_embed = nn.Embedding(num_classes + 1, self.width) if num_classes else None
         self.rope = RotaryEmbedding3D(self.width // self.heads) if config.rope else None
@@ -203,7 +214,8 @@ class FrameCausalDiT(nn.Module):
                 nn.init.zeros_(module.bias)
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
-        for linear in self.noise_embed.mlp[0::2]:
+        embedders = [self.noise_embed] + ([self.history_noise_embed] if self.history_noise_embed else [])
+        for linear in (linear for embedder in embedders for linear in embedder.mlp[0::2]):
             nn.init.normal_(linear.weight, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN[-1].weight)
@@ -228,17 +240,37 @@ class FrameCausalDiT(nn.Module):
             )
         return token_positions(keep, self.grid, first_frame, num_frames)
 
-    def embed(self, frames: Tensor, first_frame: int, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Patch tokens (B, T·n, D) and their positions; `keep` (B, n) selects spatial positions (MiMo)."""
+    def embed(
+        self, frames: Tensor, first_frame: int, keep: Tensor | None = None, history_level: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Patch tokens (B, T·n, D) and their positions; `keep` (B, n) selects spatial positions (MiMo).
+
+        `history_level` (B, T): the noise level of clean frames, embedded into their tokens (history-conditioned
+        models, see `history_levels`); None for noisy frames and models of clean histories."""
         patches = patchify(frames, self.patch_size)
         if keep is not None:
             index = repeat(keep, "b n -> b t n d", t=patches.shape[1], d=patches.shape[-1])
             patches = patches.gather(2, index)
-        tokens = rearrange(self.patch_embed(patches), "b t n d -> b (t n) d")
+        tokens = self.patch_embed(patches)  # (B, T, n, D)
+        if history_level is not None:
+            tokens = tokens + self.history_noise_embed(history_level)[:, :, None].to(tokens.dtype)
+        tokens = rearrange(tokens, "b t n d -> b (t n) d")
         positions = self.positions(first_frame, frames.shape[1], keep, frames.shape[0])
         if self.rope is None:
             tokens = tokens + sincos_position_3d(positions, self.width).to(tokens.dtype)
         return tokens, positions
+
+    def history_levels(self, level: Tensor | None, frames: Tensor) -> Tensor | None:
+        """The noise level (B, T) of clean frames (B, T, C, H, W) that `embed` adds to their tokens: as given, 0
+        (a clean history) when not given, and None for a model trained on clean histories only."""
+        if self.history_noise_embed is None:
+            if level is not None:
+                raise InputError(
+                    "this model was trained on clean histories only: it has no history noise level to be told "
+                    "(train with diffusion.history_noise_max > 0 to use noised histories)"
+                )
+            return None
+        return frames.new_zeros(frames.shape[:2]) if level is None else level
 
     def condition(self, noise_level: Tensor, labels: Tensor | None) -> Tensor:
         """Per-frame conditioning (B, T, D): noise-level embedding plus class embedding."""
@@ -284,11 +316,13 @@ class FrameCausalDiT(nn.Module):
         noisy_start: int | None = None,
         keep: Tensor | None = None,
         return_layers: tuple[int, ...] = (),
+        clean_noise_level: Tensor | None = None,
     ) -> DiTOutput:
         """Velocities for `noisy` (B, Tn, C, H, W) given clean history `clean` (B, Tc, C, H, W).
 
         Clean frames sit at positions clean_start.., noisy frames at noisy_start.. (default: right
         after the clean frames). `keep` (B, n) drops clean tokens (MiMo's tube mask).
+        `clean_noise_level` (B, Tc): how noised each history frame is (history-conditioned models only).
         """
         check_model_inputs(self, noisy, noise_level, labels, clean, keep)
         batch, noisy_frames = noisy.shape[:2]
@@ -300,7 +334,8 @@ class FrameCausalDiT(nn.Module):
         )
         x, positions = self.embed(noisy, noisy_start)  # (B, Tn·N, D), (B, Tn·N, 3)
         if clean_frames:
-            clean_tokens, clean_positions = self.embed(clean, clean_start, keep)  # (B, Tc·n, D), (B, Tc·n, 3)
+            level = self.history_levels(clean_noise_level, clean)  # (B, Tc) or None
+            clean_tokens, clean_positions = self.embed(clean, clean_start, keep, level)  # (B, Tc·n, D), (B, Tc·n, 3)
             x = torch.cat([clean_tokens, x], dim=1)  # (B, L, D), L = Tc·n + Tn·N
             positions = torch.cat([clean_positions, positions], dim=1)  # (B, L, 3)
         noisy_cond = self.condition(noise_level, labels)  # (B, Tn, D)
@@ -326,8 +361,11 @@ class FrameCausalDiT(nn.Module):
         tokens = batch * layout.length
         noisy_frames = batch * layout.noisy_frames
         conditioned = noisy_frames + (0 if self.independent_clean else batch * layout.clean_frames)
+        history_embedded = 0 if self.history_noise_embed is None else batch * layout.clean_frames
         flops = (
-            linear_flops(tokens, patch_dim, width, input_grad=False)  # patch embedding
+            linear_flops(history_embedded, FREQUENCY_DIM, width, input_grad=False)  # history noise-level embedder
+            + linear_flops(history_embedded, width, width)
+            + linear_flops(tokens, patch_dim, width, input_grad=False)  # patch embedding
             + linear_flops(conditioned, FREQUENCY_DIM, width, input_grad=False)  # noise-level embedder
             + linear_flops(conditioned, width, width)
             + linear_flops(noisy_frames, width, 2 * width)  # final adaLN
@@ -357,18 +395,25 @@ class FrameCausalDiT(nn.Module):
         return unpatchify(out, self.patch_size, self.grid, self.channels)  # (B, 1, C, H, W)
 
     def append_to_cache(
-        self, frames: Tensor, first_position: int, cache: KVCache, labels: Tensor | None = None
+        self,
+        frames: Tensor,
+        first_position: int,
+        cache: KVCache,
+        labels: Tensor | None = None,
+        noise_level: Tensor | None = None,
     ) -> None:
         """Run finished frames (B, T, C, H, W) as clean history after the cache's frames and commit their
         keys/values. Several frames go in one block-causal pass (frame t sees frames <= t), which needs
-        an empty cache: that is the sliding window's refill."""
+        an empty cache: that is the sliding window's refill. `noise_level` (B, T): how noised the frames are
+        (history-conditioned models)."""
         batch, num_frames = frames.shape[:2]
         if num_frames > 1 and cache.num_frames:
             raise ValueError(
                 f"appending {num_frames} frames at once needs an empty cache (it holds {cache.num_frames}): "
                 "clear it first, or append one frame at a time"
             )
-        tokens, positions = self.embed(frames, first_position)  # (B, T·N, D), (B, T·N, 3)
+        level = self.history_levels(noise_level, frames)  # (B, T) or None
+        tokens, positions = self.embed(frames, first_position, None, level)  # (B, T·N, D), (B, T·N, 3)
         clean_cond = self._clean_condition(num_frames, batch, labels, frames)  # (B, T, D) or None
         groups = TokenGroups(num_frames, self.tokens_per_frame, 0, self.tokens_per_frame, None, clean_cond)
         layout = FrameLayout(num_frames, self.tokens_per_frame)

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from mimo.config import Config
+from mimo.config import Config, DiffusionConfig
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
 from mimo.models.attention import FrameLayout, StepFlops
 from mimo.models.dit import DiTOutput, FrameCausalDiT
@@ -36,7 +36,8 @@ TARGET_OFFSETS = {"current": (0,), "next": (1,), "current+next": (0, 1)}
 class CTFBatch:
     """The sequence that the backbone sees for one batch of clips, and the diffusion targets."""
 
-    clean: Tensor  # (B, T-1, C, H, W) history frames
+    clean: Tensor  # (B, T-1, C, H, W) history frames (noised to history_level under noise augmentation)
+    history_level: Tensor | None  # (B, T-1) noise level of each history frame; None: clean (CTF)
     noisy: Tensor  # (B, T-k, C, H, W) noised frames k..T-1
     noise_level: Tensor  # (B, T-k)
     velocity: Tensor  # (B, T-k, C, H, W) target ε - x
@@ -57,8 +58,9 @@ def build_ctf_batch(
     """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`
     on its own device (a CUDA generator draws on the GPU: nothing is copied from the host).
 
-    `masked=False` keeps the whole history (the unmasked fine-tuning tail); the mask is drawn last, so
-    everything else is the same draw either way.
+    `masked=False` keeps the whole history (the unmasked fine-tuning tail); the mask is drawn after the noise
+    and labels, so they are the same draw either way. The history's noise (diffusion.history_noise_max,
+    history_dropout) comes last of all.
     """
     batch, frames = video.shape[:2]
     first_noisy = config.context_frames
@@ -77,8 +79,14 @@ def build_ctf_batch(
     if masked and config.mimo.mask_ratio > 0:
         mask = tube_mask(batch, grid * grid, config.mimo.mask_ratio, generator)
         mask = TubeMask(mask.keep.to(video.device), mask.dropped.to(video.device))
+    history, history_level = video[:, :-1], None
+    if config.diffusion.history_conditioned:  # drawn after everything else: arms with and without it are paired
+        history_level = history_noise_levels(batch, frames - 1, config.diffusion, generator).to(video.device)
+        history_noise = torch.randn(history.shape, generator=generator, device=generator.device).to(video.device)
+        history = interpolate(history, history_noise, history_level)
     return CTFBatch(
-        clean=video[:, :-1],
+        clean=history,
+        history_level=history_level,
         noisy=interpolate(target, noise, noise_level),
         noise_level=noise_level,
         velocity=velocity_target(target, noise),
@@ -86,6 +94,16 @@ def build_ctf_batch(
         mask=mask,
         first_noisy=first_noisy,
     )
+
+
+def history_noise_levels(
+    batch: int, frames: int, diffusion: DiffusionConfig, generator: torch.Generator
+) -> Tensor:
+    """(B, frames) noise levels of the history: s ~ U[0, history_noise_max] per frame, and s = 1 for every
+    frame of the clips that history dropout draws (the history-free branch of history guidance)."""
+    level = torch.rand(batch, frames, generator=generator, device=generator.device) * diffusion.history_noise_max
+    dropped = torch.rand(batch, 1, generator=generator, device=generator.device) < diffusion.history_dropout
+    return torch.where(dropped, torch.ones_like(level), level)
 
 
 def mimo_targets(video: Tensor, patch_size: int, targets: str, normalize: bool) -> Tensor:
@@ -199,6 +217,7 @@ class TrainingObjective(nn.Module):
             batch.noise_level,
             labels=batch.labels,
             clean=batch.clean,
+            clean_noise_level=batch.history_level,
             noisy_start=batch.first_noisy,
             keep=keep,
             return_layers=tuple(sorted(return_layers)),

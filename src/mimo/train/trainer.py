@@ -25,7 +25,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mimo.config import Config
+from mimo.config import Config, TrainConfig
 from mimo.data import build_dataset, stack_clips
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
 from mimo.data.media import plot_curves, save_gif, video_grid
@@ -96,8 +96,19 @@ class TrainResult:
     out_of_time: bool = False  # train.max_seconds ended the run before train.steps
 
 
-def _lr_factor(step: int, warmup: int) -> float:
-    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+COSINE_FLOOR = 0.1  # nanoGPT: the cosine schedule ends at a tenth of the peak rate
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """The learning rate of `step` as a share of train.lr: linear warm-up, then constant or a cosine decay
+    that reaches COSINE_FLOOR at train.steps."""
+    warmup = train.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if train.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, train.steps - warmup))
+    return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -255,7 +266,7 @@ class Trainer:
         accumulation = train.grad_accumulation
         self.objective.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = train.lr * _lr_factor(self.step, train.warmup_steps)
+            group["lr"] = train.lr * lr_factor(self.step, train)
         totals: dict[str, float] = {}
         masked = self.config.mimo.masked_at(self.step, train.steps)
         if not masked and self.config.mimo.masked_at(self.step - 1, train.steps) and self.dist.is_main:
