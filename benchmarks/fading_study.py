@@ -1,0 +1,273 @@
+"""What stops the demo's samples from fading? Training arms × seeds, step-matched and paired; sampler variants.
+
+    nohup python benchmarks/fading_study.py > benchmarks/results/fading_study.log 2>&1 &
+    python benchmarks/fading_study.py --report-only     # the report of what has run so far
+
+Every arm trains the demo's model on the demo's videos (src/mimo/apps/demo.yaml) for `--steps` steps from
+the same initial weights (train.seed), on the same clips in the same order (data.seed), with the same noise
+levels, noise and tube masks per step (the history's noise is drawn after them); a seed changes all of
+these together. The arms differ only in what the history is during training:
+
+- clean-history: the paper's Complete Teacher Forcing, as the demo trains;
+- history-noise: every history frame noised to s ~ U[0, 0.3], the level told to the model (GameNGen);
+- history-noise+dropout: the same, and 10 % of clips with a history of pure noise, for history guidance;
+- ema-0.999: the clean-history arm with a slower EMA (the demo's is 0.995).
+
+Each final EMA model is evaluated with the samplers that apply to it (SAMPLERS) on the same held-out clips
+with the same noise: autoregressive and teacher-forced trajectory error and objects lost at the training
+length (8 frames, 2 given) and at twice it (sliding window). The report gives mean ± std over seeds and the
+paired difference to the clean-history arm's default sampler, per seed, with a paired t-test over seeds
+(the seed is the unit of replication: three seeds are three trained models). Each (arm, seed) is one
+resumable job: rerunning the command skips what is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from scipy import stats
+
+from harness import machine_info
+from mimo.config import Config, load_config, with_overrides
+from mimo.data.media import plot_curves
+from mimo.evaluation.metrics import score_trajectory
+from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
+from mimo.train.checkpoint import load_trained_model
+from mimo.train.logger import read_metrics
+from mimo.train.trainer import train
+
+ARMS = {
+    "clean-history": [],
+    "history-noise": ["diffusion.history_noise_max=0.3"],
+    "history-noise+dropout": ["diffusion.history_noise_max=0.3", "diffusion.history_dropout=0.1"],
+    "ema-0.999": ["train.ema_decay=0.999"],
+}
+# Sampler variants: overrides of the sample section, and the arms they apply to (None: every arm).
+SAMPLERS: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
+    "euler-20": ([], None),  # the demo's sampler
+    "euler-50": (["sample.steps=50"], ("clean-history",)),
+    "heun-10": (["sample.solver=heun", "sample.steps=10"], ("clean-history", "history-noise")),  # 19 evaluations
+    "shift-3": (["sample.shift=3"], ("clean-history", "history-noise")),
+    "history-noise-0.1": (["sample.history_noise=0.1"], ("history-noise", "history-noise+dropout")),
+    "history-guidance-1.5": (["sample.history_noise=0.1", "sample.history_guidance=1.5"], ("history-noise+dropout",)),
+}
+REFERENCE = ("clean-history", "euler-20")  # what every cell is paired against
+METRICS = ("ar_px", "ar_lost", "tf_px", "tf_lost", "gap_px", "ar2_px", "ar2_lost", "tf2_px", "tf2_lost", "gap2_px")
+
+
+def demo_config(overrides: list[str]) -> Config:
+    with resources.as_file(resources.files("mimo.apps") / "demo.yaml") as path:
+        return load_config(path, overrides)
+
+
+def score(videos: torch.Tensor, clips: dict[str, torch.Tensor], k: int) -> tuple[float, float]:
+    error = score_trajectory(videos, clips, k)
+    return round(error.mean_error, 3), round(error.miss_rate, 3)
+
+
+def evaluate(model, config: Config, clips: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Autoregressive and teacher-forced rollouts at the training length and twice it, scored."""
+    k, length = config.context_frames, config.data.num_frames
+    row: dict[str, float] = {}
+    for suffix, frames in (("", length), ("2", 2 * length)):
+        samples, _ = autoregressive(model, config, clips, frames, progress=False)
+        forced = teacher_forced(model, config, clips["video"][:, :frames])
+        row[f"ar{suffix}_px"], row[f"ar{suffix}_lost"] = score(samples, clips, k)
+        row[f"tf{suffix}_px"], row[f"tf{suffix}_lost"] = score(forced, clips, k)
+        row[f"gap{suffix}_px"] = round(row[f"ar{suffix}_px"] - row[f"tf{suffix}_px"], 3)
+    return row
+
+
+def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one (arm, seed) and evaluate its final EMA model with every sampler that applies; resumable."""
+    run_dir = args.runs / f"{arm}-s{seed}"
+    result_path = run_dir / "fading.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    overrides = [
+        *ARMS[arm],
+        f"train.seed={seed}",
+        f"data.seed={seed}",
+        f"train.steps={args.steps}",
+        "train.max_seconds=null",
+        f"train.checkpoint_every={args.steps // 4}",
+        "train.sample_at_end=false",
+        "train.tensorboard=false",
+        f"train.out_dir={run_dir}",
+    ]
+    started = time.perf_counter()
+    train(demo_config(overrides))
+    train_seconds = time.perf_counter() - started
+    model, config = load_trained_model(run_dir)
+    clips = held_out_clips(config, 2 * config.data.num_frames, args.clips)
+    results = {}
+    for sampler, (sample_overrides, arms) in SAMPLERS.items():
+        if arms is None or arm in arms:
+            started_eval = time.perf_counter()
+            results[sampler] = evaluate(model, with_overrides(config, sample_overrides), clips)
+            results[sampler]["eval_seconds"] = round(time.perf_counter() - started_eval, 1)
+            print(arm, seed, sampler, json.dumps(results[sampler]), flush=True)
+    logged = read_metrics(run_dir)
+    rates = [record["clips_per_second"] for record in logged if "clips_per_second" in record]
+    payload = {
+        "arm": arm,
+        "seed": seed,
+        "steps": args.steps,
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_step": round(config.train.batch_size / statistics.median(rates), 4) if rates else None,
+        "final_diffusion_loss": logged[-1].get("diffusion") if logged else None,
+        "samplers": results,
+    }
+    result_path.write_text(json.dumps(payload, indent=1))
+    return payload
+
+
+def copy_last_scores(clips_count: int) -> dict[str, float]:
+    config = demo_config([])
+    k, length = config.context_frames, config.data.num_frames
+    clips = held_out_clips(config, 2 * length, clips_count)
+    copied = copy_last_frame(clips["video"], k)
+    row = {}
+    for suffix, frames in (("", length), ("2", 2 * length)):
+        row[f"px{suffix}"], row[f"lost{suffix}"] = score(copied[:, :frames], clips, k)
+    return row
+
+
+def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (arm, sampler) and metric: mean ± std over seeds, and the paired difference to REFERENCE per seed
+    with its paired t-test over seeds."""
+    by_cell: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    for job in jobs:
+        for sampler, row in job["samplers"].items():
+            by_cell.setdefault((job["arm"], sampler), {})[job["seed"]] = row
+    reference = by_cell.get(REFERENCE, {})
+    cells = []
+    for (arm, sampler), rows in by_cell.items():
+        seeds = sorted(rows)
+        cell: dict[str, Any] = {"arm": arm, "sampler": sampler, "seeds": seeds}
+        for metric in METRICS:
+            values = [rows[s][metric] for s in seeds]
+            cell[metric] = {
+                "mean": round(statistics.fmean(values), 3),
+                "std": round(statistics.stdev(values), 3) if len(values) > 1 else None,
+                "per_seed": values,
+            }
+            paired = [s for s in seeds if s in reference]
+            if (arm, sampler) != REFERENCE and len(paired) >= 2:
+                differences = [rows[s][metric] - reference[s][metric] for s in paired]
+                test = stats.ttest_rel([rows[s][metric] for s in paired], [reference[s][metric] for s in paired])
+                cell[metric]["paired_difference"] = {
+                    "mean": round(statistics.fmean(differences), 3),
+                    "std": round(statistics.stdev(differences), 3),
+                    "per_seed": [round(d, 3) for d in differences],
+                    "p": None if test.pvalue != test.pvalue else round(float(test.pvalue), 4),
+                }
+        cells.append(cell)
+    costs = {}
+    for arm in ARMS:
+        times = [job["seconds_per_step"] for job in jobs if job["arm"] == arm and job["seconds_per_step"]]
+        if times:
+            costs[arm] = round(statistics.median(times), 3)
+    return {"cells": cells, "seconds_per_step": costs}
+
+
+def _cell_text(value: dict[str, Any]) -> str:
+    text = f"{value['mean']:.2f} ± {value['std']:.2f}" if value["std"] is not None else f"{value['mean']:.2f}"
+    paired = value.get("paired_difference")
+    if paired:
+        text += f" ({paired['mean']:+.2f} ± {paired['std']:.2f}, p {paired['p']})"
+    return text
+
+
+def markdown(summary: dict[str, Any], copy_last: dict[str, float], settings: dict[str, Any]) -> str:
+    lines = [
+        "# What stops the fading? (`benchmarks/fading_study.py`)",
+        "",
+        f"_{settings['machine']['cpu']}, {settings['machine']['torch_threads']} thread(s), torch "
+        f"{settings['machine']['torch']}; {settings['date']}._",
+        "",
+        f"The demo's model and videos, {settings['steps']} steps per run, seeds {settings['seeds']} (paired: same "
+        f"weights, clips, noise and masks per seed); {settings['clips']} held-out clips, the same noise for every "
+        "model. px: trajectory error (misses scored as a random guess); lost: share of objects not found; "
+        "gap: autoregressive − teacher-forced. In brackets: the paired difference to clean-history with the "
+        "euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n = 3 gives little power, so "
+        "read the per-seed signs in the JSON as well).",
+        "",
+        f"Copy-last: {copy_last['px']} px, {copy_last['lost']:.0%} lost at the training length; "
+        f"{copy_last['px2']} px, {copy_last['lost2']:.0%} lost at twice it.",
+        "",
+        "| arm | sampler | AR px (1×) | AR lost (1×) | TF px (1×) | gap (1×) | AR px (2×) | AR lost (2×) | "
+        "TF px (2×) | gap (2×) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in summary["cells"]:
+        metrics = ("ar_px", "ar_lost", "tf_px", "gap_px", "ar2_px", "ar2_lost", "tf2_px", "gap2_px")
+        lines.append(
+            f"| {cell['arm']} | {cell['sampler']} | " + " | ".join(_cell_text(cell[m]) for m in metrics) + " |"
+        )
+    lines += ["", "Training cost (median seconds per step over the logged intervals, one thread, shared machine):"]
+    lines += [f"- {arm}: {seconds} s" for arm, seconds in summary["seconds_per_step"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], copy_last: dict[str, float], path: Path) -> Path:
+    """Autoregressive error at 1× and 2× the training length per (arm, sampler), copy-last as a line."""
+    curves = {}
+    for cell in summary["cells"]:
+        label = f"{cell['arm']} / {cell['sampler']}"
+        curves[label] = ([1, 2], [cell["ar_px"]["mean"], cell["ar2_px"]["mean"]])
+    curves["copy last frame"] = ([1, 2], [copy_last["px"], copy_last["px2"]])
+    return plot_curves(curves, path, title="autoregressive trajectory error (px) at 1x and 2x the training length")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=Path, default=Path("runs/fading-study"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="fading_study")
+    parser.add_argument("--report-only", action="store_true", help="summarise the finished jobs, train nothing")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    jobs = []
+    for seed in args.seeds:  # seed-major: every arm of a seed before the next seed, so partial results pair
+        for arm in args.arms:
+            path = args.runs / f"{arm}-s{seed}" / "fading.json"
+            if args.report_only:
+                if path.exists():
+                    jobs.append(json.loads(path.read_text()))
+            else:
+                jobs.append(run_job(arm, seed, args))
+    if not jobs:
+        raise SystemExit(f"no finished jobs under {args.runs}")
+    summary = summarise(jobs)
+    copy_last = copy_last_scores(args.clips)
+    settings = {
+        "steps": args.steps,
+        "seeds": sorted({job["seed"] for job in jobs}),
+        "clips": args.clips,
+        "machine": machine_info(torch.device("cpu")),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python benchmarks/fading_study.py",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": args.name, "settings": settings, "copy_last": copy_last, "summary": summary, "jobs": jobs}
+    (args.out / f"{args.name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(summary, copy_last, settings))
+    plot(summary, copy_last, args.out / f"{args.name}.png")
+    print((args.out / f"{args.name}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
