@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from mimo.config import DiffusionConfig
-from mimo.diffusion.flow import integrate, interpolate, sample_noise_levels, velocity_target
+from mimo.diffusion.flow import (
+    integrate,
+    interpolate,
+    sample_noise_levels,
+    shift_levels,
+    uniform_grid,
+    velocity_target,
+)
 
 SHAPE = (3, 2, 1, 4, 4)  # (B, T, C, H, W)
 
@@ -98,3 +105,30 @@ def test_logit_normal_levels_follow_their_mean_and_std():
     logits = torch.logit(levels.double())
     assert abs(logits.mean().item() - 0.5) < 0.03
     assert abs(logits.std().item() - 0.7) < 0.03
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_time_shift_keeps_the_endpoints_and_moves_levels_towards_noise_above_one(shift):
+    levels = uniform_grid(8).double()
+    shifted = shift_levels(levels, shift)
+    assert shifted[0] == 1 and shifted[-1] == 0
+    assert (shifted.diff() < 0).all()  # still a grid from noise to clean
+    inner = slice(1, -1)
+    if shift == 1:
+        assert torch.equal(shifted, levels)
+    elif shift > 1:
+        assert (shifted[inner] > levels[inner]).all()
+    else:
+        assert (shifted[inner] < levels[inner]).all()
+
+
+def test_the_solver_steps_through_the_shifted_grid():
+    seen = []
+
+    def velocity(z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        seen.append(s[0].item())
+        return torch.zeros_like(z)
+
+    integrate(velocity, torch.zeros(1, 2), 4, "euler", shift=3.0)
+    expected = shift_levels(uniform_grid(4).double(), 3.0)[:-1].tolist()
+    assert seen == pytest.approx(expected, abs=1e-7)

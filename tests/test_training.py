@@ -3,6 +3,7 @@ and the switches that trade memory or speed for nothing else (activation checkpo
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from mimo.config import load_config
 from mimo.train.checkpoint import find_checkpoint, load_tensors, read_state
 from mimo.train.logger import read_metrics
-from mimo.train.trainer import Trainer, train
+from mimo.train.trainer import COSINE_FLOOR, Trainer, lr_factor, train
 
 MICRO = ("model.preset=micro", "data.frame_size=16", "model.patch_size=4", "data.num_frames=4")
 RUN = (
@@ -107,3 +108,22 @@ def test_a_time_budget_stops_training_with_a_checkpoint_that_resumes(tmp_path):
     assert read_state(find_checkpoint(tmp_path))["step"] == 1
     resumed = train(run_config(tmp_path, "train.steps=3"))
     assert resumed.step == 3
+
+
+def test_cosine_schedule_warms_up_then_decays_to_a_tenth_at_the_last_step():
+    train = load_config(None, ["train.lr_schedule=cosine", "train.warmup_steps=10", "train.steps=110"]).train
+    factors = [lr_factor(step, train) for step in range(111)]
+    assert factors[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[60] == pytest.approx(0.55)  # half-way down the cosine: (1 + 0.1) / 2
+    assert factors[110] == pytest.approx(COSINE_FLOOR)
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    constant = load_config(None, ["train.warmup_steps=10", "train.steps=110"]).train
+    assert [lr_factor(step, constant) for step in range(10, 111)] == [1.0] * 101
+
+
+def test_the_optimizer_steps_at_the_scheduled_learning_rate(tmp_path):
+    config = run_config(tmp_path / "run", "train.steps=4", "train.lr_schedule=cosine", "train.sample_at_end=false")
+    train(config)
+    logged = [record["lr"] for record in read_metrics(tmp_path / "run")]
+    assert logged == pytest.approx([1e-3 * lr_factor(step, config.train) for step in range(4)])
