@@ -37,8 +37,8 @@ from scipy import stats
 from harness import machine_info
 from mimo.config import Config, load_config, with_overrides
 from mimo.data.media import plot_curves
-from mimo.evaluation.metrics import score_trajectory
-from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
+from mimo.evaluation.motion import copy_last_scores, motion_scores
+from mimo.evaluation.protocols import held_out_clips
 from mimo.train.checkpoint import load_trained_model
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import train
@@ -67,24 +67,6 @@ def demo_config(overrides: list[str]) -> Config:
         return load_config(path, overrides)
 
 
-def score(videos: torch.Tensor, clips: dict[str, torch.Tensor], k: int) -> tuple[float, float]:
-    error = score_trajectory(videos, clips, k)
-    return round(error.mean_error, 3), round(error.miss_rate, 3)
-
-
-def evaluate(model, config: Config, clips: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Autoregressive and teacher-forced rollouts at the training length and twice it, scored."""
-    k, length = config.context_frames, config.data.num_frames
-    row: dict[str, float] = {}
-    for suffix, frames in (("", length), ("2", 2 * length)):
-        samples, _ = autoregressive(model, config, clips, frames, progress=False)
-        forced = teacher_forced(model, config, clips["video"][:, :frames])
-        row[f"ar{suffix}_px"], row[f"ar{suffix}_lost"] = score(samples, clips, k)
-        row[f"tf{suffix}_px"], row[f"tf{suffix}_lost"] = score(forced, clips, k)
-        row[f"gap{suffix}_px"] = round(row[f"ar{suffix}_px"] - row[f"tf{suffix}_px"], 3)
-    return row
-
-
 def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one (arm, seed) and evaluate its final EMA model with every sampler that applies; resumable."""
     run_dir = args.runs / f"{arm}-s{seed}"
@@ -111,7 +93,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for sampler, (sample_overrides, arms) in SAMPLERS.items():
         if arms is None or arm in arms:
             started_eval = time.perf_counter()
-            results[sampler] = evaluate(model, with_overrides(config, sample_overrides), clips)
+            results[sampler] = motion_scores(model, with_overrides(config, sample_overrides), clips)
             results[sampler]["eval_seconds"] = round(time.perf_counter() - started_eval, 1)
             print(arm, seed, sampler, json.dumps(results[sampler]), flush=True)
     logged = read_metrics(run_dir)
@@ -129,15 +111,9 @@ def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def copy_last_scores(clips_count: int) -> dict[str, float]:
+def copy_last_baseline(clips_count: int) -> dict[str, float]:
     config = demo_config([])
-    k, length = config.context_frames, config.data.num_frames
-    clips = held_out_clips(config, 2 * length, clips_count)
-    copied = copy_last_frame(clips["video"], k)
-    row = {}
-    for suffix, frames in (("", length), ("2", 2 * length)):
-        row[f"px{suffix}"], row[f"lost{suffix}"] = score(copied[:, :frames], clips, k)
-    return row
+    return copy_last_scores(config, held_out_clips(config, 2 * config.data.num_frames, clips_count))
 
 
 def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,11 +173,11 @@ def markdown(summary: dict[str, Any], copy_last: dict[str, float], settings: dic
         f"weights, clips, noise and masks per seed); {settings['clips']} held-out clips, the same noise for every "
         "model. px: trajectory error (misses scored as a random guess); lost: share of objects not found; "
         "gap: autoregressive − teacher-forced. In brackets: the paired difference to clean-history with the "
-        "euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n = 3 gives little power, so "
-        "read the per-seed signs in the JSON as well).",
+        f"euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n = {len(settings['seeds'])} gives "
+        "little power, so read the per-seed signs in the JSON as well).",
         "",
-        f"Copy-last: {copy_last['px']} px, {copy_last['lost']:.0%} lost at the training length; "
-        f"{copy_last['px2']} px, {copy_last['lost2']:.0%} lost at twice it.",
+        f"Copy-last: {copy_last['copy_px']} px, {copy_last['copy_lost']:.0%} lost at the training length; "
+        f"{copy_last['copy2_px']} px, {copy_last['copy2_lost']:.0%} lost at twice it.",
         "",
         "| arm | sampler | AR px (1×) | AR lost (1×) | TF px (1×) | gap (1×) | AR px (2×) | AR lost (2×) | "
         "TF px (2×) | gap (2×) |",
@@ -223,7 +199,7 @@ def plot(summary: dict[str, Any], copy_last: dict[str, float], path: Path) -> Pa
     for cell in summary["cells"]:
         label = f"{cell['arm']} / {cell['sampler']}"
         curves[label] = ([1, 2], [cell["ar_px"]["mean"], cell["ar2_px"]["mean"]])
-    curves["copy last frame"] = ([1, 2], [copy_last["px"], copy_last["px2"]])
+    curves["copy last frame"] = ([1, 2], [copy_last["copy_px"], copy_last["copy2_px"]])
     return plot_curves(curves, path, title="autoregressive trajectory error (px) at 1x and 2x the training length")
 
 
@@ -252,9 +228,9 @@ def main() -> None:
     if not jobs:
         raise SystemExit(f"no finished jobs under {args.runs}")
     summary = summarise(jobs)
-    copy_last = copy_last_scores(args.clips)
+    copy_last = copy_last_baseline(args.clips)
     settings = {
-        "steps": args.steps,
+        "steps": sorted({job["steps"] for job in jobs}),
         "seeds": sorted({job["seed"] for job in jobs}),
         "clips": args.clips,
         "machine": machine_info(torch.device("cpu")),

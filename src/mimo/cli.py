@@ -59,7 +59,7 @@ def _sample(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from mimo.apps.sample import export_inference_checkpoint
 
-    print(f"exported to {export_inference_checkpoint(args.checkpoint, args.out)}")
+    print(f"exported to {export_inference_checkpoint(args.checkpoint, args.out, half=args.fp16)}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     sample = commands.add_parser("sample", help="generate videos (MP4, GIF, .npz) from a trained run")
-    sample.add_argument("checkpoint", help="run folder, checkpoint folder or exported model")
+    sample.add_argument(
+        "checkpoint", help="run folder, checkpoint folder, exported model, or 'reference' (the shipped model)"
+    )
     sample.add_argument("--out", default=None, help="output folder (default: RUN/samples_cli)")
     sample.add_argument("--num-videos", type=int, default=None, help="sample.num_videos")
     sample.add_argument(
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write an inference-only checkpoint (EMA backbone, no decoder)")
     export.add_argument("checkpoint")
     export.add_argument("out")
+    export.add_argument("--fp16", action="store_true", help="store the weights in float16 (half the size)")
     export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="train a tiny MiMo on built-in videos, sample, print metrics, plot")

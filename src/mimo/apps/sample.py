@@ -76,8 +76,9 @@ def sample_from_checkpoint(
     return paths
 
 
-def export_inference_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """An inference checkpoint: the EMA backbone and the config, without the MiMo decoder or optimizer.
+def export_inference_checkpoint(checkpoint: str | Path, out_dir: str | Path, half: bool = False) -> Path:
+    """An inference checkpoint: the EMA backbone and the config, without the MiMo decoder or optimizer;
+    `half` stores the weights in float16 (half the size; loading casts them back to the model's float32).
 
     `out_dir` must be new (or empty): an export never overwrites a run, a checkpoint or another export.
     """
@@ -88,7 +89,8 @@ def export_inference_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> 
     model, _ = load_trained_model(source, use_ema=True)
     state = read_state(source)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(out / "ema.safetensors", model.state_dict())
+    weights = {name: value.half() if half else value for name, value in model.state_dict().items()}
+    save_tensors(out / "ema.safetensors", weights)
     exported = {"config": state["config"], "step": state["step"], "exported_from": str(source)}
     save_json(out / "state.json", exported)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ STATE_FILE = "state.json"
 LATEST_FILE = "latest"
 STAGING_PREFIX = ".staging_"  # a checkpoint being written; never read
 CHECKPOINT_DIR = "checkpoints"
+# The model shipped with the package (configs/reference/demo.yaml, exported by benchmarks/reference_card.py):
+# every command that takes a trained run also takes this name, unless a folder of that name is in the way.
+REFERENCE_MODEL = "reference"
+REFERENCE_OUTPUTS = Path("outputs") / REFERENCE_MODEL  # what commands make of it: never inside the package
 EARLIER_CHECKPOINT = "move {} out of the checkpoints folder and the run resumes from the one before it"
 
 
@@ -143,9 +148,21 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
 
 
-def find_checkpoint(path: str | Path) -> Path | None:
-    """The checkpoint folder for a run folder (its latest), a checkpoints folder, or a checkpoint itself."""
+def reference_model() -> Path:
+    """The folder of the shipped reference model (package data: ema.safetensors, state.json, its card)."""
+    return Path(str(resources.files("mimo") / REFERENCE_MODEL))
+
+
+def _named(path: str | Path) -> Path:
+    """`path`, or the shipped reference model for its name when no such file or folder exists."""
     path = Path(path)
+    return reference_model() if str(path) == REFERENCE_MODEL and not path.exists() else path
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint folder for a run folder (its latest), a checkpoints folder, a checkpoint itself, or
+    the shipped reference model (`REFERENCE_MODEL`)."""
+    path = _named(path)
     if (path / STATE_FILE).is_file():
         return path
     for root in (path / CHECKPOINT_DIR, path):
@@ -185,7 +202,7 @@ def find_trained_checkpoint(path: str | Path) -> Path:
     """`find_checkpoint`, refusing a path that holds none."""
     checkpoint = find_checkpoint(path)
     if checkpoint is None:
-        what = "does not exist" if not Path(path).exists() else "holds no checkpoint (no state.json)"
+        what = "does not exist" if not _named(path).exists() else "holds no checkpoint (no state.json)"
         raise CheckpointError(
             f"{path} {what}; give a run folder (train.out_dir), a checkpoint folder or an exported model"
         )
@@ -194,8 +211,11 @@ def find_trained_checkpoint(path: str | Path) -> Path:
 
 def run_folder(path: str | Path) -> Path:
     """The folder that outputs of a trained model go under: the run of a checkpoint folder
-    (RUN/checkpoints/step_N), else the folder given (a run folder or an exported model)."""
-    path = Path(path)
+    (RUN/checkpoints/step_N), `REFERENCE_OUTPUTS` for the shipped reference model, else the folder given
+    (a run folder or an exported model)."""
+    path = _named(path)
+    if path == reference_model():
+        return REFERENCE_OUTPUTS
     if (path / STATE_FILE).is_file() and path.parent.name == CHECKPOINT_DIR:
         return path.parent.parent
     return path

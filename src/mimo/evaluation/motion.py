@@ -1,0 +1,63 @@
+"""Did the objects keep moving? Rollouts of the built-in videos scored against the true motion and copy-last.
+
+A model's held-out clips are continued from their context frames autoregressively (each frame from the
+model's own frames) and teacher-forced (each frame from the true frames), at the training length and at
+multiples of it (the sliding window past it), and scored by trajectory error and the share of objects lost
+(mimo.metrics.trajectory); repeating the last context frame is the bar every model must clear. Used by the
+demo, the reference model's card and its quality test, and the fading study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mimo.config import Config
+from mimo.evaluation.metrics import score_trajectory
+from mimo.evaluation.protocols import autoregressive, copy_last_frame, teacher_forced
+from mimo.models.dit import FrameCausalDiT
+
+
+def _scores(videos: torch.Tensor, clips: dict[str, torch.Tensor], k: int, prefix: str) -> dict[str, float]:
+    error = score_trajectory(videos, clips, k)
+    return {f"{prefix}_px": round(error.mean_error, 3), f"{prefix}_lost": round(error.miss_rate, 3)}
+
+
+def length_suffix(multiple: int) -> str:
+    """Metric names carry the length they were measured at: '' at the training length, '2' at twice it, ..."""
+    return "" if multiple == 1 else str(multiple)
+
+
+def motion_scores(
+    model: FrameCausalDiT,
+    config: Config,
+    clips: dict[str, torch.Tensor],
+    multiples: Sequence[int] = (1, 2),
+    teacher_forcing: bool = True,
+) -> dict[str, float]:
+    """Trajectory error (`ar_px`, `tf_px`) and objects lost (`ar_lost`, `tf_lost`) of autoregressive and
+    teacher-forced rollouts, and their gap (`gap_px`), at each multiple of the training length (names end in
+    the multiple past 1: `ar2_px`). `clips` are built-in clips at least that long (held_out_clips)."""
+    k, length = config.context_frames, config.data.num_frames
+    row: dict[str, float] = {}
+    for multiple in multiples:
+        frames, suffix = multiple * length, length_suffix(multiple)
+        samples, _ = autoregressive(model, config, clips, frames, progress=False)
+        row |= _scores(samples, clips, k, f"ar{suffix}")
+        if teacher_forcing:
+            row |= _scores(teacher_forced(model, config, clips["video"][:, :frames]), clips, k, f"tf{suffix}")
+            row[f"gap{suffix}_px"] = round(row[f"ar{suffix}_px"] - row[f"tf{suffix}_px"], 3)
+    return row
+
+
+def copy_last_scores(
+    config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int] = (1, 2)
+) -> dict[str, float]:
+    """`copy_px` and `copy_lost` (`copy2_px`, ... past the training length) of repeating the last context frame."""
+    k, length = config.context_frames, config.data.num_frames
+    copied = copy_last_frame(clips["video"], k)
+    row: dict[str, float] = {}
+    for multiple in multiples:
+        row |= _scores(copied[:, : multiple * length], clips, k, f"copy{length_suffix(multiple)}")
+    return row
