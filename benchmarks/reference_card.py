@@ -1,0 +1,126 @@
+"""Ship the reference model: a finished run's EMA backbone in float16 as package data, measured, with its card.
+
+    mimo train configs/reference/demo.yaml                      # about 90 min on 2 cores; resumable
+    python benchmarks/reference_card.py runs/reference --commit COMMIT_THAT_TRAINED_IT
+
+Writes src/mimo/reference/ (ema.safetensors, state.json, card.json, CARD.md): the weights as shipped are what is
+measured (float16, loaded back into float32), on `--clips` held-out clips of the evaluation seed at the training
+length and at twice it (sliding window), autoregressive and teacher-forced, against repeating the last frame.
+`mimo sample reference` then samples from it with no training and no download; tests/test_reference.py checks
+the card's hash and that the shipped model still beats copy-last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from harness import machine_info
+from mimo.apps.sample import export_inference_checkpoint
+from mimo.evaluation.motion import copy_last_scores, motion_scores
+from mimo.evaluation.protocols import EVAL_SEED, held_out_clips
+from mimo.train.checkpoint import find_trained_checkpoint, list_checkpoints, load_trained_model, read_state
+from mimo.train.logger import read_metrics
+
+PACKAGE_FOLDER = Path(__file__).resolve().parents[1] / "src" / "mimo" / "reference"
+WEIGHTS = "ema.safetensors"
+
+
+def training_wall_seconds(run: Path) -> float:
+    """From the run's first logged step (config.yaml is written after step 1) to its last checkpoint."""
+    last = list_checkpoints(run / "checkpoints")[-1]
+    return round((last / "state.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1)
+
+
+def card_markdown(card: dict) -> str:
+    metrics, copy = card["metrics"], card["copy_last"]
+    rows = [
+        ("trajectory error, autoregressive (px)", "ar_px", "ar2_px", "copy_px", "copy2_px"),
+        ("objects lost, autoregressive", "ar_lost", "ar2_lost", "copy_lost", "copy2_lost"),
+        ("trajectory error, teacher-forced (px)", "tf_px", "tf2_px", "copy_px", "copy2_px"),
+        ("objects lost, teacher-forced", "tf_lost", "tf2_lost", "copy_lost", "copy2_lost"),
+    ]
+    lines = [
+        "# The reference model",
+        "",
+        f"A tiny frame-causal DiT trained by mimo on the built-in moving shapes ({card['config_summary']}). "
+        "Sample from it with `mimo sample reference --frames 32`.",
+        "",
+        f"- command: `{card['command']}` at commit {card['commit']}",
+        f"- steps: {card['steps']}; training wall time: {card['train_wall_seconds'] / 60:.0f} min "
+        f"({card['machine']['cpu']}, {card['machine']['cores']} cores, 1 torch thread, shared with other work)",
+        f"- weights: {card['weights']} (float16, {card['weights_bytes'] / 1e6:.1f} MB), "
+        f"sha256 {card['weights_sha256']}",
+        f"- measured on {card['clips']} held-out clips (seed {card['clip_seed']}, never trained on), "
+        f"{card['sampler']}, as shipped (float16 weights):",
+        "",
+        f"| metric | {card['length']} frames | {2 * card['length']} frames | copy-last ({card['length']}) | "
+        f"copy-last ({2 * card['length']}) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {label} | {metrics[a]} | {metrics[b]} | {copy[c]} | {copy[d]} |" for label, a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="the finished reference run (train.out_dir)")
+    parser.add_argument("--commit", required=True, help="the commit the run was trained at")
+    parser.add_argument("--command", default="mimo train configs/reference/demo.yaml")
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=PACKAGE_FOLDER)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    checkpoint = find_trained_checkpoint(args.run)
+    state = read_state(checkpoint)
+    with tempfile.TemporaryDirectory() as staging:
+        exported = export_inference_checkpoint(checkpoint, Path(staging) / "export", half=True)
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        shutil.copytree(exported, args.out)
+    state_path = args.out / "state.json"
+    shipped = json.loads(state_path.read_text())
+    shipped["exported_from"] = args.command  # not this machine's path
+    state_path.write_text(json.dumps(shipped, indent=1))
+    model, config = load_trained_model(args.out)
+    clips = held_out_clips(config, 2 * config.data.num_frames, args.clips)
+    metrics = motion_scores(model, config, clips)
+    weights = args.out / WEIGHTS
+    logged = read_metrics(args.run)
+    sample = config.sample
+    card = {
+        "command": args.command,
+        "commit": args.commit,
+        "steps": state["step"],
+        "final_losses": {key: logged[-1][key] for key in ("diffusion", "loss") if key in logged[-1]},
+        "train_wall_seconds": training_wall_seconds(args.run),
+        "machine": machine_info(torch.device("cpu")),
+        "config_summary": f"{config.model.preset} preset, {config.data.frame_size}×{config.data.frame_size} px, "
+        f"patch {config.model.patch_size}, {config.data.num_frames} frames with {config.context_frames} given",
+        "length": config.data.num_frames,
+        "clips": args.clips,
+        "clip_seed": EVAL_SEED,
+        "sampler": f"{sample.steps} {sample.solver} steps, history noise {sample.history_noise}",
+        "metrics": metrics,
+        "copy_last": copy_last_scores(config, clips),
+        "weights": WEIGHTS,
+        "weights_bytes": weights.stat().st_size,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "exported_at_commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip(),
+    }
+    (args.out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (args.out / "CARD.md").write_text(card_markdown(card))
+    print((args.out / "CARD.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
