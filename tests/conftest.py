@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness import flex_backward_on_cpu as lifted_flex_guard
 from mimo.config import Config, load_config
 from mimo.data.synthetic import MovingShapes
 from mimo.models.dit import FrameCausalDiT
@@ -58,6 +59,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def flex_backward_on_cpu():
+    """FlexAttention trains on a CPU for this test only (torch's guard lifted, see benchmarks/harness.py): the
+    block-sparse path a GPU runs, forward and backward, through the whole model and trainer."""
+    with lifted_flex_guard():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import ConfigError, InputError, NonFiniteLossError
 from mimo.models import build_backbone
+from mimo.models.attention import check_flex_trains
 from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
@@ -107,6 +108,7 @@ class Trainer:
         self.dist = dist or init_distributed()
         self.run_dir = Path(train.out_dir)
         self.device = self.dist.device
+        check_flex_trains(config.model.attention, self.device)  # before any work: one line, not a traceback
         self.reported_failures: str | None = None  # the bad-video summary last printed
         torch.manual_seed(train.seed)  # initial weights, identical on every rank
         self.backbone = build_backbone(config).to(self.device)
