@@ -66,7 +66,7 @@ from mimo.train.distributed import (
     transformer_blocks,
     wrap_for_training,
 )
-from mimo.train.ema import EMA
+from mimo.train.ema import EMA, warn_if_tail_is_outweighed
 from mimo.train.init_from import initialise_from_run
 from mimo.train.logger import MetricsLogger, read_metrics
 
@@ -117,6 +117,8 @@ class Trainer:
         feature_dim = cached_feature_dim(features) if features else None  # REPA's encoder replaced by its cache
         self.objective = TrainingObjective(config, self.backbone, feature_dim).to(self.device)
         self.ema = EMA(self.backbone, train.ema_decay, train.ema_warmup)  # before compile: a plain copy
+        if self.dist.is_main:
+            warn_if_tail_is_outweighed(config.mimo.unmasked_tail_steps, train.ema_decay)
         if train.compile:
             for block in transformer_blocks(self.objective):
                 block.compile()
