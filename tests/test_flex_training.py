@@ -94,14 +94,14 @@ def test_flex_training_steps_and_resume_equal_sdpa_training(tmp_path, flex_backw
     _assert_same_training(tmp_path / "flex", tmp_path / "sdpa")
 
 
-def test_training_after_sampling_in_one_process_reuses_the_samplers_masks(tmp_path, flex_backward_on_cpu):
+@pytest.mark.usefixtures("fresh_masks", "flex_backward_on_cpu")
+def test_training_after_sampling_in_one_process_reuses_the_samplers_masks(tmp_path):
     """The sampler builds the MiMo decoder's layout, FrameLayout(T-1, N), under inference_mode (teacher-forced
-    to the last frame, and again when the window slides); training then saves that BlockMask for backward.
-    20-pixel frames (25 tokens) give layouts no other test builds, so the sampler builds them first here."""
-    config = _config(tmp_path, "flex", "data.frame_size=20", "train.steps=1")
+    to the last frame, and again when the window slides); training then saves that BlockMask for backward."""
+    config = _config(tmp_path, "flex", "train.steps=1")
     trainer = Trainer(config)
-    frames = config.data.num_frames
-    clip = torch.rand(1, frames, 3, 20, 20) * 2 - 1
+    frames, size = config.data.num_frames, config.data.frame_size
+    clip = torch.rand(1, frames, 3, size, size) * 2 - 1
     for context, length in ((frames - 1, frames), (1, frames + 2)):  # teacher-forced; past the window
         sample_video(trainer.ema.module, length, context=clip[:, :context], steps=1, window=config.sample_window)
     losses = trainer.train_step(trainer.batches())

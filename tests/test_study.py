@@ -51,9 +51,8 @@ def test_no_mask_hides_nothing_and_more_tokens_per_frame_hide_less(study):
         assert coarse[key] > fine[key] > 0 or coarse[key] > fine[key] == 0
 
 
-def test_one_worker_runs_baseline_then_mimo_in_one_process_under_flex(
-    study, tmp_path, monkeypatch, flex_backward_on_cpu
-):
+@pytest.mark.usefixtures("fresh_masks", "flex_backward_on_cpu")
+def test_one_worker_runs_baseline_then_mimo_in_one_process_under_flex(study, tmp_path, monkeypatch):
     """`--workers 1` is one process: the baseline trains, its checkpoints are evaluated (sampling builds masks
     under inference_mode), then MiMo trains with the same cached masks, as a GPU runs the study (flex)."""
     monkeypatch.setattr(study, "proxy_config", lambda config: TINY_PROXY)

@@ -196,6 +196,12 @@ def _block_mask(layout: FrameLayout, device: torch.device, block_size: int) -> B
     return create_block_mask(mask_mod, None, None, length, length, device=device, BLOCK_SIZE=block_size)
 
 
+def clear_mask_caches() -> None:
+    """Forget every cached mask, as a new process starts: tests replay a job's sequence from its beginning."""
+    _dense_mask.cache_clear()
+    _block_mask.cache_clear()
+
+
 @functools.cache
 def _compiled_flex_attention():
     """FlexAttention compiled once: without compile it materialises the whole score matrix (on a GPU
