@@ -235,8 +235,8 @@ class FrameCausalDiT(nn.Module):
             index = repeat(keep, "b n -> b t n d", t=patches.shape[1], d=patches.shape[-1])
             patches = patches.gather(2, index)
         tokens = rearrange(self.patch_embed(patches), "b t n d -> b (t n) d")
-        if torch.is_inference_mode_enabled():  # sampling: the residual stream in fp32 even under bf16 autocast,
-            tokens = tokens.float()  # which halves bf16's velocity error for nothing (docs/distributed.md)
+        if torch.is_inference_mode_enabled():  # sampling: the residual stream in the weights' dtype (fp32) under
+            tokens = tokens.to(self.patch_embed.weight.dtype)  # bf16 autocast halves its error (docs/distributed.md)
         positions = self.positions(first_frame, frames.shape[1], keep, frames.shape[0])
         if self.rope is None:
             tokens = tokens + sincos_position_3d(positions, self.width).to(tokens.dtype)
