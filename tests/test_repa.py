@@ -338,7 +338,11 @@ def _timm():
     try:
         import timm
     except ImportError:
-        pytest.skip("timm is not installed: pip install -e '.[repa]' with a torchvision built for this torch")
+        pytest.skip(
+            "timm is not installed (not in the dev extra: it needs torchvision, and PyPI's torchvision wheels are CUDA "
+            f"builds that do not load beside the CPU torch {torch.__version__}): pip install timm with the torchvision "
+            "built for this torch (CPU: https://download.pytorch.org/whl/cpu)"
+        )
     except RuntimeError as error:  # torchvision's operators do not register against this torch build
         pytest.skip(
             f"timm's torchvision does not load beside torch {torch.__version__} ({error}): install the torchvision "
