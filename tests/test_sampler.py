@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimo.diffusion.sampler import sample_video
+from mimo.diffusion.sampler import inference, sample_video
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -126,3 +126,13 @@ def test_bf16_sampling_runs_and_stays_close_to_fp32(clips, make_model):
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     assert not torch.equal(bf16, fp32)  # autocast did run in bf16
     torch.testing.assert_close(bf16, fp32, atol=BF16_ATOL, rtol=0)
+
+
+def test_sampling_keeps_the_residual_stream_in_fp32_under_bf16_autocast(clips, make_model):
+    """Upcasting the tokens after the embedder halves bf16's velocity error (benchmarks/bf16_residual.py);
+    training keeps them bf16 (docs/distributed.md says why)."""
+    model, frames = make_model(), clips[0][:1]
+    with inference(torch.device("cpu"), "bf16"):
+        assert model.embed(frames, 0)[0].dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.embed(frames, 0)[0].dtype == torch.bfloat16

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from mimo.metrics.proxy_classifier import ProxyClassifierConfig
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mimo_study.py"
+TINY_STUDY = ("model.preset=micro", "data.frame_size=16", "data.num_frames=4", "train.batch_size=2", "sample.steps=1")
+TINY_PROXY = ProxyClassifierConfig(frame_size=16, num_frames=4, width=8, steps=4, batch_size=8, validation_clips=16)
+TINY_SIZES = {"velocity_clips": 4, "trajectory_clips": 2, "probe_clips": 16, "probe_seeds": (0,)}
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +49,26 @@ def test_no_mask_hides_nothing_and_more_tokens_per_frame_hide_less(study):
     fine = study.hidden_object_fractions(32, 4, 0.5, 6, 2, clips=300)
     for key in ("hidden_in_all_context_frames", "hidden_in_frame_before_a_generated_one"):
         assert coarse[key] > fine[key] > 0 or coarse[key] > fine[key] == 0
+
+
+@pytest.mark.usefixtures("fresh_masks", "flex_backward_on_cpu")
+def test_one_worker_runs_baseline_then_mimo_in_one_process_under_flex(study, tmp_path, monkeypatch):
+    """`--workers 1` is one process: the baseline trains, its checkpoints are evaluated (sampling builds masks
+    under inference_mode), then MiMo trains with the same cached masks, as a GPU runs the study (flex)."""
+    monkeypatch.setattr(study, "proxy_config", lambda config: TINY_PROXY)
+    monkeypatch.setattr(study, "Sizes", functools.partial(study.Sizes, **TINY_SIZES))
+    args = argparse.Namespace(
+        config=study.CONFIG,
+        steps=2,
+        evaluations=2,
+        seeds=[0],
+        arms=["baseline", "mimo-r0.5"],
+        sample_every=1,
+        tail_fraction=0.0,
+        runs=tmp_path,
+        robustness=False,
+        set=[*TINY_STUDY, "model.attention=flex"],
+    )
+    for job in study.build_jobs(args):
+        record = json.loads(study.run_job(job).read_text())
+        assert list(record["evaluations"]) == ["1", "2"] and record["evaluations"]["2"]["trajectory_error"] >= 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from mimo.config import ConfigError
 from mimo.models import build_backbone
 from mimo.objectives.objective import TrainingObjective
 from mimo.train.checkpoint import find_checkpoint, load_tensors
+from mimo.train.ema import share_of_last_updates
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import Trainer, step_generator, train
 from test_training import run_config
@@ -88,3 +90,18 @@ def test_negative_tail_is_rejected():
 def test_decoder_has_the_papers_four_blocks_by_default():
     objective = TrainingObjective(micro_config(), build_backbone(micro_config()))
     assert len(objective.decoder.blocks) == 4
+
+
+def test_a_tail_shorter_than_the_ema_horizon_warns_with_its_share_of_the_ema(tmp_path):
+    """UCF presets: decay 0.9999, so a 1,000-step tail is 1 - 0.9999^1000 = 9.5 % of the EMA weights."""
+    assert share_of_last_updates(1000, 0.9999) == pytest.approx(0.095, abs=5e-4)
+    assert share_of_last_updates(10_000, 0.9999) == pytest.approx(0.632, abs=5e-4)
+    with pytest.warns(UserWarning, match=r"tail will hold 9\.5% of the EMA weights"):
+        Trainer(run_config(tmp_path, "mimo.unmasked_tail_steps=1000", "train.ema_decay=0.9999"))
+
+
+@pytest.mark.parametrize("tail", [0, 10_000])
+def test_no_tail_or_one_past_the_ema_horizon_does_not_warn(tmp_path, tail):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Trainer(run_config(tmp_path, f"mimo.unmasked_tail_steps={tail}", "train.ema_decay=0.9999"))

@@ -17,11 +17,14 @@ import functools
 from dataclasses import astuple, dataclass
 
 import torch
+import torch.nn.attention.flex_attention as flex_module
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+from mimo.errors import ConfigError
 
 ROPE_BASE = 10000.0  # RoFormer (Su et al. 2021)
 FLEX_BLOCK_SIZE = 128  # FlexAttention's tile: at 256 (or 128) tokens per frame every tile is all or nothing
@@ -101,6 +104,23 @@ def uses_flex(attention: str, device: torch.device) -> bool:
     return attention == "flex" or (attention == "auto" and device.type == "cuda")
 
 
+def check_flex_trains(attention: str, device: torch.device) -> None:
+    """Refuse, in one line, to train with FlexAttention where this torch has no backward for it (a CPU).
+
+    Asks torch's own guard (`flex_attention._validate_device`), so the answer is exactly what the first
+    backward would meet; the tests lift that guard (tests/conftest.py) and then train flex on a CPU."""
+    if not uses_flex(attention, device):
+        return
+    probe = torch.empty(0, device=device, requires_grad=True)
+    try:
+        flex_module._validate_device(probe, probe, probe)
+    except NotImplementedError:
+        raise ConfigError(
+            f"model.attention={attention} cannot train on {device.type}: FlexAttention has no {device.type} "
+            "backward in this torch; use model.attention=auto (dense-mask SDPA there) or sdpa"
+        ) from None
+
+
 @dataclass(frozen=True)
 class StepFlops:
     """FLOPs of one training step (forward + backward) of a module: matmuls, plus attention three ways:
@@ -152,14 +172,18 @@ def attention_flops(
 
 
 # Cached per layout; never under a dispatch mode (fake tensors of the memory census, FLOP counting), whose
-# tensors must not leak into later real runs.
+# tensors must not leak into later real runs. Always built outside inference_mode: a mask first built by the
+# sampler is reused by training in the same process, and FlexAttention saves its tensors for the backward,
+# which inference tensors cannot be.
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _dense_mask(layout: FrameLayout, device: torch.device) -> Tensor:
     frame, clean = layout.tokens(device)
     return frame_causal_mask(frame, clean, frame, clean)
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _block_mask(layout: FrameLayout, device: torch.device, block_size: int) -> BlockMask:
     # mask_mod may be evaluated on whole tiles, so the per-token tables cover them (padding sees only padding)
     padded = -(-layout.length // block_size) * block_size
@@ -170,6 +194,12 @@ def _block_mask(layout: FrameLayout, device: torch.device, block_size: int) -> B
 
     length = layout.length
     return create_block_mask(mask_mod, None, None, length, length, device=device, BLOCK_SIZE=block_size)
+
+
+def clear_mask_caches() -> None:
+    """Forget every cached mask, as a new process starts: tests replay a job's sequence from its beginning."""
+    _dense_mask.cache_clear()
+    _block_mask.cache_clear()
 
 
 @functools.cache
@@ -183,10 +213,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None) -> 
     """Scaled dot-product attention of (B, H, L, head_dim) tensors under a dense mask, a BlockMask or none."""
     if isinstance(mask, BlockMask):
         if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
-            raise ValueError(
-                "model.attention=flex cannot train on a CPU: FlexAttention has no CPU backward in this torch; "
-                "use model.attention=auto (dense-mask SDPA on a CPU) or sdpa"
-            )
+            check_flex_trains("flex", q.device)
         compile_here = q.device.type == "cuda" and not torch.compiler.is_compiling()  # a compiled block fuses it
         flex = _compiled_flex_attention() if compile_here else flex_attention
         return flex(q, k.to(q.dtype), v.to(q.dtype), block_mask=mask)

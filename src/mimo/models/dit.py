@@ -255,6 +255,8 @@ class FrameCausalDiT(nn.Module):
         if history_level is not None:
             tokens = tokens + self.history_noise_embed(history_level)[:, :, None].to(tokens.dtype)
         tokens = rearrange(tokens, "b t n d -> b (t n) d")
+        if torch.is_inference_mode_enabled():  # sampling: the residual stream in the weights' dtype (fp32) under
+            tokens = tokens.to(self.patch_embed.weight.dtype)  # bf16 autocast halves its error (docs/distributed.md)
         positions = self.positions(first_frame, frames.shape[1], keep, frames.shape[0])
         if self.rope is None:
             tokens = tokens + sincos_position_3d(positions, self.width).to(tokens.dtype)

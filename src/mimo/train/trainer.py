@@ -34,6 +34,7 @@ from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import ConfigError, InputError, NonFiniteLossError
 from mimo.models import build_backbone
+from mimo.models.attention import check_flex_trains
 from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
@@ -65,7 +66,7 @@ from mimo.train.distributed import (
     transformer_blocks,
     wrap_for_training,
 )
-from mimo.train.ema import EMA
+from mimo.train.ema import EMA, warn_if_tail_is_outweighed
 from mimo.train.init_from import initialise_from_run
 from mimo.train.logger import MetricsLogger, read_metrics
 
@@ -118,6 +119,7 @@ class Trainer:
         self.dist = dist or init_distributed()
         self.run_dir = Path(train.out_dir)
         self.device = self.dist.device
+        check_flex_trains(config.model.attention, self.device)  # before any work: one line, not a traceback
         self.reported_failures: str | None = None  # the bad-video summary last printed
         torch.manual_seed(train.seed)  # initial weights, identical on every rank
         self.backbone = build_backbone(config).to(self.device)
@@ -126,6 +128,8 @@ class Trainer:
         feature_dim = cached_feature_dim(features) if features else None  # REPA's encoder replaced by its cache
         self.objective = TrainingObjective(config, self.backbone, feature_dim).to(self.device)
         self.ema = EMA(self.backbone, train.ema_decay, train.ema_warmup)  # before compile: a plain copy
+        if self.dist.is_main:
+            warn_if_tail_is_outweighed(config.mimo.unmasked_tail_steps, train.ema_decay)
         if train.compile:
             for block in transformer_blocks(self.objective):
                 block.compile()
