@@ -176,8 +176,8 @@ def markdown(summary: dict[str, Any], copy_last: dict[str, float], settings: dic
         f"euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n = {len(settings['seeds'])} gives "
         "little power, so read the per-seed signs in the JSON as well).",
         "",
-        f"Copy-last: {copy_last['copy_px']} px, {copy_last['copy_lost']:.0%} lost at the training length; "
-        f"{copy_last['copy2_px']} px, {copy_last['copy2_lost']:.0%} lost at twice it.",
+        f"Copy-last: {copy_last['ar_px']} px, {copy_last['ar_lost']:.0%} lost at the training length; "
+        f"{copy_last['ar2_px']} px, {copy_last['ar2_lost']:.0%} lost at twice it.",
         "",
         "| arm | sampler | AR px (1×) | AR lost (1×) | TF px (1×) | gap (1×) | AR px (2×) | AR lost (2×) | "
         "TF px (2×) | gap (2×) |",
@@ -199,7 +199,7 @@ def plot(summary: dict[str, Any], copy_last: dict[str, float], path: Path) -> Pa
     for cell in summary["cells"]:
         label = f"{cell['arm']} / {cell['sampler']}"
         curves[label] = ([1, 2], [cell["ar_px"]["mean"], cell["ar2_px"]["mean"]])
-    curves["copy last frame"] = ([1, 2], [copy_last["copy_px"], copy_last["copy2_px"]])
+    curves["copy last frame"] = ([1, 2], [copy_last["ar_px"], copy_last["ar2_px"]])
     return plot_curves(curves, path, title="autoregressive trajectory error (px) at 1x and 2x the training length")
 
 

@@ -34,18 +34,22 @@ def motion_scores(
     config: Config,
     clips: dict[str, torch.Tensor],
     multiples: Sequence[int] = (1, 2),
-    teacher_forcing: bool = True,
+    teacher_forced_at: Sequence[int] = (1, 2),
+    samples: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Trajectory error (`ar_px`, `tf_px`) and objects lost (`ar_lost`, `tf_lost`) of autoregressive and
-    teacher-forced rollouts, and their gap (`gap_px`), at each multiple of the training length (names end in
-    the multiple past 1: `ar2_px`). `clips` are built-in clips at least that long (held_out_clips)."""
+    """Trajectory error (`ar_px`, `tf_px`) and objects lost (`ar_lost`, `tf_lost`) of autoregressive rollouts at
+    each multiple of the training length, and of teacher-forced ones at `teacher_forced_at`, with their gap
+    (`gap_px`); names end in the multiple past 1 (`ar2_px`). `clips` are built-in clips at least that long
+    (held_out_clips). One autoregressive rollout to the longest length is scored at every length: frame t
+    depends only on the frames and noise before it. `samples`: that rollout, when the caller has it already."""
     k, length = config.context_frames, config.data.num_frames
+    if samples is None:
+        samples, _ = autoregressive(model, config, clips, max(multiples) * length, progress=False)
     row: dict[str, float] = {}
     for multiple in multiples:
         frames, suffix = multiple * length, length_suffix(multiple)
-        samples, _ = autoregressive(model, config, clips, frames, progress=False)
-        row |= _scores(samples, clips, k, f"ar{suffix}")
-        if teacher_forcing:
+        row |= _scores(samples[:, :frames], clips, k, f"ar{suffix}")
+        if multiple in teacher_forced_at:
             row |= _scores(teacher_forced(model, config, clips["video"][:, :frames]), clips, k, f"tf{suffix}")
             row[f"gap{suffix}_px"] = round(row[f"ar{suffix}_px"] - row[f"tf{suffix}_px"], 3)
     return row
@@ -54,10 +58,11 @@ def motion_scores(
 def copy_last_scores(
     config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int] = (1, 2)
 ) -> dict[str, float]:
-    """`copy_px` and `copy_lost` (`copy2_px`, ... past the training length) of repeating the last context frame."""
+    """The autoregressive scores (`ar_px`, `ar_lost`, `ar2_px`, ...) of repeating the last context frame: a
+    rollout that never looks at the true frames either."""
     k, length = config.context_frames, config.data.num_frames
     copied = copy_last_frame(clips["video"], k)
     row: dict[str, float] = {}
     for multiple in multiples:
-        row |= _scores(copied[:, : multiple * length], clips, k, f"copy{length_suffix(multiple)}")
+        row |= _scores(copied[:, : multiple * length], clips, k, f"ar{length_suffix(multiple)}")
     return row
