@@ -116,8 +116,11 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _fvd(args: argparse.Namespace) -> None:
-    from mimo.metrics.fvd_protocol import FVDProtocol, fvd_between, write_fvd_report
+    from mimo.metrics.fvd_protocol import FVDProtocol, check_writable, fvd_between, write_fvd_report
     from mimo.train.distributed import default_device
+
+    if args.out:
+        check_writable(args.out, "--out")
 
     protocol = FVDProtocol(
         num_frames=args.frames,

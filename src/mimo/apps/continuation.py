@@ -22,7 +22,7 @@ from mimo.data.video_folder import BadVideoError, ClipSampling, read_clip, to_un
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import InputError
 from mimo.models.autoencoder import to_model_space, to_pixels
-from mimo.train.checkpoint import load_trained_model, output_folder
+from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 from mimo.train.distributed import default_device
 
 
@@ -70,7 +70,8 @@ def continue_video(
     labels = torch.tensor([label if label is not None else 0], device=device)
     generator = torch.Generator().manual_seed(seed)
     context = to_model_space(given, config.data).to(device)
-    samples = sample_for_task(model, as_prediction, context, labels, generator, num_frames=length, progress=True)
+    with naming_the_checkpoint(checkpoint):
+        samples = sample_for_task(model, as_prediction, context, labels, generator, num_frames=length, progress=True)
     continued = to_pixels(samples.cpu(), config.data)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "continued.npz", samples=continued.numpy(), context=given.numpy())

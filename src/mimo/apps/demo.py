@@ -20,7 +20,7 @@ from mimo.data.media import save_gif, video_grid
 from mimo.errors import ConfigError, Interrupted
 from mimo.evaluation.metrics import METRICS, build_metrics, score_trajectory
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
-from mimo.train.checkpoint import load_trained_model
+from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import train
 
@@ -74,10 +74,11 @@ def run_demo(
     clips = held_out_clips(config, long_length)
     k = config.context_frames
 
-    samples, seconds_per_frame = autoregressive(model, config, clips, length)
-    long_samples, _ = autoregressive(model, config, clips, long_length)
+    with naming_the_checkpoint(out_dir):
+        samples, seconds_per_frame = autoregressive(model, config, clips, length)
+        long_samples, _ = autoregressive(model, config, clips, long_length)
+        forced = teacher_forced(model, config, clips["video"][:, :length])
     copy_last = copy_last_frame(clips["video"], k)
-    forced = teacher_forced(model, config, clips["video"][:, :length])
 
     metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, clips)
 

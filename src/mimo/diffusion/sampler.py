@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mimo.config import PRECISIONS, Config
 from mimo.diffusion.flow import integrate
-from mimo.models.checks import check_sample_inputs
+from mimo.models.checks import check_generated, check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
 
 SAMPLE_PRECISIONS = ("auto", *PRECISIONS)  # sample.precision; auto: bf16 autocast on CUDA, fp32 on a CPU
@@ -91,7 +91,8 @@ def sample_video(
     `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
     the null class. `solver` and `grid` name entries of mimo.diffusion.flow's SOLVERS and SAMPLING_GRIDS.
     `window`: clean frames attended to (None: all). Noise comes from `generator`.
-    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32.
+    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32, and are finite
+    (a model giving NaN or infinite frames raises NonFiniteValuesError).
     """
     check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
     device = model.patch_embed.weight.device
@@ -149,7 +150,9 @@ def sample_video(
                     model.append_to_cache(doubled(frames[-1]), position, cache, labels)
                 else:
                     refill_cache(position)
-        return torch.cat(frames, dim=1)
+        videos = torch.cat(frames, dim=1)
+    check_generated(videos)
+    return videos
 
 
 def sample_for_task(

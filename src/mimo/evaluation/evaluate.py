@@ -49,7 +49,7 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_model_space, to_pixels
 from mimo.models.dit import FrameCausalDiT
-from mimo.train.checkpoint import load_trained_model, output_folder
+from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 
 SHOWN_VIDEOS = 8
 WINDOW_METRICS = ("fvd", "proxy_fd")  # distances between sets: scored on windows of the training length
@@ -106,7 +106,8 @@ def evaluate_run(
     drifting = [*drift_real, *FRAME_METRICS] if starts else []
     drift: dict[str, list[list[float]]] = {name: [] for name in drifting if name in metrics}
     for seed in config.eval.seed_list():
-        fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
+        with naming_the_checkpoint(checkpoint):
+            fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
         for name, metric in metrics.items():
             per_seed[name].append(metric(fake))
         for name, real_windows in drift_real.items():

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from mimo.errors import InputError
+from mimo.errors import InputError, NonFiniteValuesError
 
 if TYPE_CHECKING:
     from mimo.models.dit import FrameCausalDiT
@@ -67,6 +67,16 @@ def check_pixel_values(name: str, frames: Tensor) -> None:
 def check_finite(name: str, values: Tensor) -> None:
     if not torch.isfinite(values).all():
         raise InputError(f"{name} contains NaN or infinite values")
+
+
+def check_generated(videos: Tensor) -> None:
+    """Sampled videos (B, T, C, H, W) are finite: NaN frames of a diverged model are refused, never written."""
+    bad = int((~torch.isfinite(videos.flatten(1)).all(dim=1)).sum().item())
+    if bad:
+        raise NonFiniteValuesError(
+            f"{bad} of {len(videos)} sampled videos hold NaN or infinite values: the model's weights give "
+            "non-finite output"
+        )
 
 
 def check_noise_level(noise_level: Tensor, batch: int, frames: int) -> None:
