@@ -80,6 +80,11 @@ class ModelConfig:
             _check(value >= 1, key, f"must be positive (or null for the preset's), got {value}")
         _check_heads(width, heads, self.rope, "model.width", "model.heads")
         _check(self.patch_size >= 1, "model.patch_size", "must be a positive integer")
+        _check(
+            self.mlp_ratio > 0,
+            "model.mlp_ratio",
+            f"the MLP width over the model width must be positive, got {self.mlp_ratio}",
+        )
         from mimo.models.attention import ATTENTION_BACKENDS
 
         _check_choice(self.attention, ATTENTION_BACKENDS, "model.attention")
@@ -190,6 +195,12 @@ class MimoConfig:
             self.unmasked_tail_steps >= 0,
             "mimo.unmasked_tail_steps",
             f"must be 0 (off) or the number of final unmasked steps, got {self.unmasked_tail_steps}",
+        )
+        _check(
+            self.unmasked_tail_steps < config.train.steps or not self.unmasked_tail_steps,
+            "mimo.unmasked_tail_steps",
+            f"{self.unmasked_tail_steps} final unmasked steps of train.steps={config.train.steps} leave no masked "
+            "step (a plain baseline); give fewer, or mimo.weight=0 mimo.mask_ratio=0 for a baseline",
         )
         decoder_width, decoder_heads = self.decoder_size(width, heads)
         for key, value in (("mimo.decoder_width", decoder_width), ("mimo.decoder_heads", decoder_heads)):

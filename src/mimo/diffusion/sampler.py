@@ -94,7 +94,8 @@ def sample_video(
     `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32, and are finite
     (a model giving NaN or infinite frames raises NonFiniteValuesError).
     """
-    check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
+    check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator, cfg_scale)
+    num_frames = int(num_frames)
     device = model.patch_embed.weight.device
     with inference(device, precision):
         size = model.grid * model.patch_size

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -107,6 +108,11 @@ class Trainer:
         self.dist = dist or init_distributed()
         self.run_dir = Path(train.out_dir)
         self.device = self.dist.device
+        if config.model.attention == "flex" and self.device.type == "cpu":  # refused before any work, not at backward
+            raise ConfigError(
+                "model.attention=flex cannot train on a CPU (FlexAttention has no CPU backward in this torch); "
+                "use model.attention=auto or sdpa"
+            )
         self.reported_failures: str | None = None  # the bad-video summary last printed
         torch.manual_seed(train.seed)  # initial weights, identical on every rank
         self.backbone = build_backbone(config).to(self.device)
@@ -236,12 +242,27 @@ class Trainer:
 
     # ----- the loop ----------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run."""
+        """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run; a second
+        one is told the checkpoint is being finished; a third aborts, saying which steps are lost. They stay
+        until the final checkpoint is on disk. DataLoader workers inherit them (fork) but stay silent: the
+        terminal sends Ctrl-C to every process of the group, and one message per signal is enough."""
+        trainer_pid = os.getpid()
+        received = []
 
         def request_stop(signum, frame):
-            self.stop_requested, self.stop_signal = True, signum
-            if self.dist.is_main:
-                tqdm.write(f"signal {signum} received: saving a checkpoint at the end of this step")
+            if os.getpid() != trainer_pid:  # a DataLoader worker: the trainer stops it
+                return
+            received.append(signum)
+            self.stop_requested, self.stop_signal = True, self.stop_signal or signum
+            say = tqdm.write if self.dist.is_main else lambda message: None
+            if len(received) == 1:
+                say(f"signal {signum} received: saving a checkpoint at the end of this step")
+            elif len(received) == 2:
+                say(f"signal {signum} received again: finishing the step and its checkpoint (a third signal aborts)")
+            else:
+                lost = "every step" if self.saved_step is None else f"the steps after step {self.saved_step}"
+                say(f"signal {signum} received a third time: aborting without a checkpoint; {lost} are lost")
+                raise KeyboardInterrupt
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -370,15 +391,15 @@ class Trainer:
                     self.write_samples()
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0:
                     checkpoint = self.save()
+            if self.step > 0 and self.step != self.saved_step:  # under the handlers: a second Ctrl-C cannot stop it
+                checkpoint = self.save()
+            interrupted = self.stop_requested
         finally:
             bar.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-        interrupted = self.stop_requested
         if interrupted and self.stop_signal is None:  # stopped with the rank that received the signal
             self.stop_signal = signal.SIGTERM
-        if self.step > 0 and self.step != self.saved_step:
-            checkpoint = self.save()
         if out_of_time and self.dist.is_main:
             tqdm.write(
                 f"train.max_seconds={train.max_seconds:g} reached: stopped at step {self.step} of {train.steps}, "
