@@ -44,6 +44,12 @@ def _sample(args: argparse.Namespace) -> None:
     if args.context:
         from mimo.apps.continuation import continue_video
 
+        if args.num_videos is not None:  # one video gives one continuation: never fewer videos than asked for
+            raise ArgumentError(
+                "--num-videos does not apply to --context: the video is continued once; "
+                "run again with another --seed for other continuations"
+            )
+
         paths = continue_video(
             args.checkpoint, args.context, label=args.label, context_frames=args.context_frames, **options
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
@@ -63,6 +64,10 @@ def continue_video(
         raise InputError(
             f"{video}: {error}; give a video of at least {clips.span} frames (context {k} at stride "
             f"{clips.frame_stride}), or fewer --context-frames"
+        ) from error
+    except av.error.FFmpegError as error:
+        raise InputError(
+            f"{video} is not a video that can be decoded ({error}); give a video file (MP4, AVI...)"
         ) from error
     given = to_unit_range(frames)[None]  # (1, k, 3, H, W) pixels
     # the context is given as a prediction task's clip: its first k frames are kept, the rest generated

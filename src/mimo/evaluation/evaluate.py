@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mimo.config import Config, with_sampling_overrides
+from mimo.config import MIN_PROBE_CLIPS, Config, with_sampling_overrides
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
 from mimo.diffusion.cost import sampling_cost
@@ -231,7 +231,16 @@ def probe_run(
     config = with_sampling_overrides(config, overrides or [], PROBE_KEYS)
     out = output_folder(checkpoint, out_dir, "probe")
     other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
-    clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips")
+    if other is not None and (other[1].data.frame_size, other[1].data.channels) != (
+        config.data.frame_size,
+        config.data.channels,
+    ):
+        raise ConfigError(
+            f"--reference {reference} takes frames of {other[1].data.channels}x{other[1].data.frame_size}^2, this run "
+            f"{config.data.channels}x{config.data.frame_size}^2; CKNNA compares features of the same clips: give a "
+            "run of the same data.frame_size and data.channels"
+        )
+    clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips", MIN_PROBE_CLIPS)
     labels = clips["label"]
     if bool((labels < 0).any()):
         raise ConfigError(

@@ -343,6 +343,13 @@ class Trainer:
                 f"train.resume=false: {self.run_dir} already holds a run (checkpoint {existing}); "
                 "give a new train.out_dir, or move that folder away to start over"
             )
+        if train.init_from and existing is not None:
+            started_from = read_state(existing)["config"]["train"].get("init_from")
+            if started_from != train.init_from:  # resuming would ignore init_from, and config.yaml would claim it
+                raise ConfigError(
+                    f"train.init_from={train.init_from}: {self.run_dir} already holds a run (checkpoint {existing}, "
+                    f"started from {started_from or 'scratch'}); give a new train.out_dir to start from it"
+                )
         checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
         if checkpoint is None and train.init_from:
             left = initialise_from_run(self.objective, self.ema.module, train.init_from)
