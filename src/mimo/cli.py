@@ -8,6 +8,7 @@ import os
 import runpy
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from mimo.config import load_config
@@ -343,12 +344,21 @@ def main(argv: list[str] | None = None) -> int:
     except (MimoError, OSError) as error:  # OSError: a file that is missing, unreadable or on a full disk
         if args.debug:
             raise
+        release_failed_work(error)
         print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return error.exit_status if isinstance(error, Interrupted) else 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     return code or 0
+
+
+def release_failed_work(error: BaseException | None) -> None:
+    """Free the locals of the frames an error went through, so that a progress bar of the failed work writes its
+    last line now, when collected, and not after the error line."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def one_line(error: BaseException) -> str:

@@ -260,7 +260,7 @@ class Trainer:
             elif len(received) == 2:
                 say(f"signal {signum} received again: finishing the step and its checkpoint (a third signal aborts)")
             else:
-                lost = "every step" if self.saved_step is None else f"the steps after step {self.saved_step}"
+                lost = "all its steps" if self.saved_step is None else f"the steps after step {self.saved_step}"
                 say(f"signal {signum} received a third time: aborting without a checkpoint; {lost} are lost")
                 raise KeyboardInterrupt
 
