@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 
 from mimo.errors import InputError, NonFiniteValuesError
 
@@ -31,6 +32,12 @@ def _require_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def _values_readable(tensor: Tensor) -> bool:
+    """Whether a forward may read `tensor`'s values: on the CPU (no device sync), and real (the memory census
+    runs the forward on fake tensors, which have none)."""
+    return tensor.device.type == "cpu" and not isinstance(tensor, FakeTensor)
 
 
 def check_frames(name: str, frames: Tensor, channels: int, frame_size: int, batch: int | None = None) -> None:
@@ -125,7 +132,7 @@ def check_keep(keep: Tensor | None, batch: int, tokens_per_frame: int) -> None:
         )
     if keep.dtype != torch.long:
         raise InputError(f"keep has dtype {keep.dtype}; give int64 position indices (objectives.masking.tube_mask)")
-    if keep.device.type == "cpu" and keep.numel() and not 0 <= keep.min() <= keep.max() < tokens_per_frame:
+    if _values_readable(keep) and keep.numel() and not 0 <= keep.min() <= keep.max() < tokens_per_frame:
         raise InputError(
             f"keep holds positions in [{keep.min().item()}, {keep.max().item()}]; a frame has positions "
             f"0..{tokens_per_frame - 1}"
@@ -164,7 +171,7 @@ def check_model_inputs(
     check_frames("noisy", noisy, model.channels, size)
     batch, frames = noisy.shape[:2]
     check_noise_level(noise_level, batch, frames)
-    if noise_level.device.type == "cpu":
+    if _values_readable(noise_level):
         check_finite("noise_level", noise_level)
     check_layers(return_layers, model.depth)
     check_labels(labels, batch, model.num_classes)
