@@ -61,7 +61,7 @@ from mimo.metrics.fvd import extract_feature_statistics
 from mimo.metrics.proxy_classifier import load_proxy_classifier, proxy_frechet_distance
 from mimo.metrics.trajectory import trajectory_error
 from mimo.objectives.masking import tube_mask
-from mimo.train.checkpoint import CHECKPOINT_DIR, load_trained_model
+from mimo.train.checkpoint import CHECKPOINT_DIR, load_trained_model, naming_the_checkpoint
 from mimo.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,8 +195,9 @@ def evaluate_checkpoint(checkpoint: Path, config: Config, sizes: Sizes, sampled:
     }
     if sampled:
         shown = {key: value[: sizes.trajectory_clips] for key, value in clips.items()}
-        samples, _ = autoregressive(model, config, shown, config.data.num_frames, progress=False)
-        forced = teacher_forced(model, config, shown["video"])
+        with naming_the_checkpoint(checkpoint):
+            samples, _ = autoregressive(model, config, shown, config.data.num_frames, progress=False)
+            forced = teacher_forced(model, config, shown["video"])
         fd = proxy_frechet_distance(data["real_statistics"], samples, data["classifier"], method="eigh", progress=False)
         autoregressive_errors = per_clip_trajectory(samples, shown, k)
         forced_errors = per_clip_trajectory(forced, shown, k)

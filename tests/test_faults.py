@@ -19,9 +19,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 import mimo.apps.sample
 import mimo.train.trainer
@@ -31,8 +33,10 @@ from mimo.config import load_config
 from mimo.data.media import to_uint8, write_video
 from mimo.data.synthetic import MovingShapes
 from mimo.diffusion.sampler import sample_video
-from mimo.errors import ArgumentError, CheckpointError, ConfigError, InputError, MimoError
+from mimo.errors import ArgumentError, CheckpointError, ConfigError, InputError, MimoError, NonFiniteValuesError
 from mimo.evaluation.evaluate import evaluate_run
+from mimo.metrics.frechet import frechet_distance
+from mimo.metrics.i3d_weights import I3D_CACHE_FILE
 from mimo.models import build_backbone
 from mimo.train.checkpoint import find_checkpoint, load_trained_model
 from mimo.train.trainer import train
@@ -43,6 +47,39 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MICRO = ("model.preset=micro", "data.frame_size=16", "model.patch_size=4", "data.num_frames=4")
 RUN = (*MICRO, "train.batch_size=2", "data.num_clips=8", "train.tensorboard=false", "sample.steps=1")
 FEW_CLIPS = 4  # in the encoded dataset that is too small for the requests below
+FVD = "--i3d {ws}/fvd/features.pt --frames 4 --resolution 16"  # a stand-in extractor: the I3D is not offline
+
+
+class StandInI3D(torch.nn.Module):
+    """Called as StyleGAN-V's TorchScript I3D is, on (B, 3, T, 224, 224) clips: 6 features per clip."""
+
+    def __init__(self):
+        super().__init__()
+        self.projection = torch.nn.Linear(3, 6)
+
+    def forward(self, clips: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True):
+        return self.projection(clips.mean(dim=(2, 3, 4)))
+
+
+def _fvd_inputs(folder: Path) -> None:
+    """The extractor, and sets of videos good and bad in every way `mimo fvd` reads them."""
+    folder.mkdir()
+    torch.jit.script(StandInI3D()).save(str(folder / "features.pt"))
+    videos = np.random.default_rng(0).uniform(-1, 1, (6, 4, 3, 16, 16)).astype(np.float32)
+    np.savez(folder / "good.npz", videos=videos)
+    np.savez(folder / "nan.npz", videos=videos * np.nan)
+    np.savez(folder / "one.npz", videos=videos[:1])
+    (folder / "random.npz").write_bytes(os.urandom(512))
+    (folder / "random.safetensors").write_bytes(os.urandom(512))
+    (folder / "random.json").write_text("{}")
+
+
+def _export_with_final_weights(source: Path, out: Path, value: float) -> None:
+    """A copy of an export whose final layer's weights are all `value` (NaN, or finite but overflowing)."""
+    shutil.copytree(source, out)
+    weights = load_file(out / "ema.safetensors")
+    weights["final.linear.weight"] = torch.full_like(weights["final.linear.weight"], value)
+    save_file(weights, out / "ema.safetensors")
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -81,6 +118,14 @@ def workspace(tmp_path_factory) -> Path:
         write_video(root / "few_videos" / f"clip_{index}.mp4", to_uint8(shapes[index]["video"]))
     few_videos = {"dataset": "video_folder", "path": str(root / "few_videos"), "frame_size": 16, "num_frames": 4}
     (root / "few_videos.yaml").write_text(yaml.safe_dump({"data": few_videos}))
+    _fvd_inputs(root / "fvd")
+    _export_with_final_weights(root / "export", root / "nan_export", torch.nan)
+    _export_with_final_weights(root / "export", root / "overflowing_export", 3e38)  # finite, but the output is not
+    (root / "scalar_section.yaml").write_text("train: 5\n")
+    (root / "cache").mkdir()
+    (root / "cache" / I3D_CACHE_FILE).write_bytes(b"")  # "cached": a --source that does not exist is still refused
+    wide = [*RUN, "data.frame_size=32", "train.steps=1", "train.sample_at_end=false", f"train.out_dir={root / 'wide'}"]
+    assert main(["train", *wide]) == 0
     return root
 
 
@@ -170,9 +215,58 @@ CLI_CASES = {
         "weights fetch i3d --force --source {ws}/not_a_tarball.tar.gz", "is not a .tar.gz archive"
     ),
     "demo-without-training": Case("demo --steps 0 --out {ws}/demo", "train.steps: the demo measures a trained model"),
+    # non-finite values: refused in one line, never a hang in the matrix square root, never a file of NaN frames
+    "fvd-of-nan-videos": Case("fvd {ws}/fvd/good.npz {ws}/fvd/nan.npz " + FVD, "6 of 6 videos hold NaN or infinite"),
+    "sample-a-model-of-nan-weights": Case("sample {ws}/nan_export", "holds NaN or infinite weights"),
+    "sample-a-model-whose-output-overflows": Case(
+        "sample {ws}/overflowing_export --num-videos 1", "overflowing_export: 1 of 1 sampled videos hold NaN"
+    ),
+    "eval-a-model-whose-output-overflows": Case(
+        "eval {ws}/overflowing_export eval.metrics=psnr eval.num_videos=2 eval.seeds=0", "sampled videos hold NaN"
+    ),
+    # every option and file of mimo fvd, before any feature is computed
+    "fvd-0-frames": Case("fvd {ws}/fvd/good.npz {ws}/fvd/good.npz " + FVD + " --frames 0", "(--frames) must be at"),
+    "fvd-0-resolution": Case("fvd {ws}/fvd/good.npz {ws}/fvd/good.npz " + FVD + " --resolution 0", "(--resolution)"),
+    "fvd-0-stride": Case("fvd {ws}/fvd/good.npz {ws}/fvd/good.npz " + FVD + " --stride 0", "(--stride) must be"),
+    "fvd-0-per-batch": Case("fvd {ws}/fvd/good.npz {ws}/fvd/good.npz " + FVD + " --batch-size 0", "(--batch-size)"),
+    "fvd-of-one-video": Case("fvd {ws}/fvd/good.npz {ws}/fvd/one.npz " + FVD, "holds 1 video(s); FVD fits a covar"),
+    "fvd-of-random-bytes": Case("fvd {ws}/fvd/good.npz {ws}/fvd/random.npz " + FVD, "is not an .npz archive"),
+    "fvd-of-random-statistics": Case("fvd {ws}/fvd/random.safetensors {ws}/fvd/good.npz " + FVD, "is not FVD stat"),
+    "fvd-of-a-set-that-does-not-exist": Case("fvd {ws}/fvd/good.npz {ws}/fvd/nowhere.npz " + FVD, "is neither a"),
+    "fvd-out-that-cannot-be-written": Case(
+        "fvd {ws}/fvd/good.npz {ws}/fvd/good.npz " + FVD + " --out {ws}/a_file/fvd.json", "--out {ws}/a_file/fvd.json"
+    ),
+    "sample-a-context-that-is-no-video": Case("sample {ws}/run --context {ws}/a_file", "is not a video that can be"),
+    "sample-several-continuations": Case(
+        "sample {ws}/run --context {ws}/a_file --num-videos 4", "--num-videos does not apply to --context"
+    ),
+    # silently wrong before
+    "train-a-tail-as-long-as-the-run": Case(
+        "train mimo.unmasked_tail_steps=5 train.steps=3 train.out_dir={ws}/new_run", "leave no masked step"
+    ),
+    "init-from-into-another-run": Case(
+        "train " + " ".join(RUN) + " train.steps=3 train.init_from={ws}/wide train.out_dir={ws}/run",
+        "already holds a run",
+    ),
+    "train-mlp-ratio-0": Case("train model.mlp_ratio=0 train.out_dir={ws}/new_run", "model.mlp_ratio: the MLP"),
+    "train-negative-mlp-ratio": Case("train model.mlp_ratio=-1 train.out_dir={ws}/new_run", "model.mlp_ratio"),
+    "section-given-as-a-number": Case("train {ws}/scalar_section.yaml", "section 'train' must be a mapping"),
+    "fetch-i3d-from-a-source-that-does-not-exist": Case(
+        "weights fetch i3d --source {ws}/nowhere.tar.gz", "nowhere.tar.gz does not exist"
+    ),
+    # misleading before
+    "probe-fewer-clips-than-a-probe-needs": Case(
+        "probe {ws}/run data.dataset=latents data.path={ws}/few_clips", "eval.probe_clips must be 16 or more"
+    ),
+    "probe-a-reference-of-another-frame-size": Case(
+        "probe {ws}/run --reference {ws}/wide", "CKNNA compares features of the same clips"
+    ),
 }
 if NO_CUDA:
     CLI_CASES["eval-on-cuda-without-one"] = Case("eval {ws}/run --device cuda", NO_CUDA)
+    CLI_CASES["train-flex-attention-on-a-cpu"] = Case(
+        "train " + " ".join(RUN) + " model.attention=flex train.out_dir={ws}/new_run", "flex cannot train on cpu"
+    )
 
 
 def run_mimo(argv: list[str], capsys) -> tuple[int, list[str]]:
@@ -192,7 +286,7 @@ def test_bad_input_ends_in_one_line_naming_the_fix_and_changes_no_file(case, wor
     code, lines = run_mimo(case.argv.format(ws=workspace).split(), capsys)
     assert code == case.code
     assert lines[-1].startswith("mimo ") and ": error: " in lines[-1]
-    assert case.message in lines[-1]
+    assert case.message.format(ws=workspace) in lines[-1]
     assert not any("Traceback" in line for line in lines)
     after = _files(workspace)
     assert {name: after.get(name) for name in before} == before
@@ -225,28 +319,95 @@ def test_zero_is_a_value_and_null_is_the_preset():
         load_config(None, ["model.heads=0"])
 
 
-def test_an_interrupted_training_saves_and_exits_130_so_a_following_command_does_not_run(tmp_path, monkeypatch, capsys):
+class CtrlCAtTheSecondClip(torch.utils.data.Dataset):
+    """A dataset whose second clip comes with a Ctrl-C: to the process reading it and, read by a DataLoader
+    worker, to its parent as well (a terminal signals every process of the group)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.items, self.reader = dataset, 0, os.getpid()
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.items += 1
+        if self.items == 2:
+            if os.getpid() != self.reader:  # a worker
+                os.kill(self.reader, signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return self.dataset[index]
+
+
+@pytest.fixture
+def ctrl_c_at_the_second_clip(monkeypatch):
     build_dataset = mimo.train.trainer.build_dataset
-
-    class CtrlCAtTheSecondClip(torch.utils.data.Dataset):
-        def __init__(self, dataset):
-            self.dataset, self.items = dataset, 0
-
-        def __len__(self):
-            return len(self.dataset)
-
-        def __getitem__(self, index):
-            self.items += 1
-            if self.items == 2:
-                signal.raise_signal(signal.SIGINT)
-            return self.dataset[index]
-
     interrupting = lambda *args, **kwargs: CtrlCAtTheSecondClip(build_dataset(*args, **kwargs))  # noqa: E731
     monkeypatch.setattr(mimo.train.trainer, "build_dataset", interrupting)
+
+
+def _ctrl_c_while_saving(monkeypatch, presses: int) -> None:
+    """Ctrl-C pressed `presses` times while the checkpoint is written."""
+    save_checkpoint = mimo.train.trainer.save_checkpoint
+
+    def interrupted_save(*args, **kwargs):
+        for _ in range(presses):
+            signal.raise_signal(signal.SIGINT)
+        return save_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(mimo.train.trainer, "save_checkpoint", interrupted_save)
+
+
+@pytest.mark.usefixtures("ctrl_c_at_the_second_clip")
+def test_an_interrupted_training_saves_and_exits_130_so_a_following_command_does_not_run(tmp_path, capsys):
     code, lines = run_mimo(["train", *RUN, "train.steps=100", f"train.out_dir={tmp_path}"], capsys)
     assert code == 128 + signal.SIGINT
     assert "interrupted at step 1, checkpoint saved" in lines[-1] and "resume with `mimo train" in lines[-1]
     assert find_checkpoint(tmp_path).name == "step_00000001"
+
+
+@pytest.mark.usefixtures("ctrl_c_at_the_second_clip")
+def test_a_second_ctrl_c_during_the_save_says_it_finishes_the_save_and_the_checkpoint_is_written(
+    tmp_path, monkeypatch, capsys
+):
+    _ctrl_c_while_saving(monkeypatch, presses=1)
+    assert main(["train", *RUN, "train.steps=100", f"train.out_dir={tmp_path}"]) == 128 + signal.SIGINT
+    shown = capsys.readouterr()
+    assert "interrupted at step 1, checkpoint saved" in shown.err.strip().splitlines()[-1]
+    assert "received again: finishing the step and its checkpoint" in shown.out
+    assert find_checkpoint(tmp_path).name == "step_00000001"
+
+
+@pytest.mark.usefixtures("ctrl_c_at_the_second_clip")
+def test_a_third_ctrl_c_aborts_and_says_which_steps_are_lost(tmp_path, monkeypatch, capsys):
+    _ctrl_c_while_saving(monkeypatch, presses=2)
+    assert main(["train", *RUN, "train.steps=100", f"train.out_dir={tmp_path}"]) == 128 + signal.SIGINT
+    shown = capsys.readouterr()
+    assert shown.err.strip().splitlines()[-1] == "mimo train: interrupted"
+    assert "aborting without a checkpoint; all its steps are lost" in shown.out
+    assert find_checkpoint(tmp_path) is None
+
+
+@pytest.mark.usefixtures("ctrl_c_at_the_second_clip")
+def test_a_ctrl_c_is_reported_once_not_once_per_dataloader_worker(tmp_path, capfd):
+    code = main(["train", *RUN, "data.num_workers=1", "train.steps=100", f"train.out_dir={tmp_path}"])
+    assert code == 128 + signal.SIGINT
+    captured = capfd.readouterr()
+    assert (captured.out + captured.err).count("received: saving a checkpoint") == 1
+    assert find_checkpoint(tmp_path) is not None
+
+
+def test_data_check_of_a_two_class_folder_expects_no_class_count_it_was_not_given(tmp_path, capsys):
+    shapes = MovingShapes(2, frame_size=16, num_frames=4)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_video(tmp_path / name / "clip.mp4", to_uint8(shapes[0]["video"]))
+    assert main(["data", "check", "data.dataset=class_folders", f"data.path={tmp_path}", "data.num_frames=4"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "OK"
+
+
+def test_sample_video_takes_numpy_integers_as_counts(pixel_model):
+    context = torch.rand(1, 2, 3, 16, 16) * 2 - 1
+    assert sample_video(pixel_model, np.int64(3), context=context, steps=np.int64(1)).shape == (1, 3, 3, 16, 16)
 
 
 def test_training_a_finished_run_again_says_there_is_nothing_to_train(workspace, tmp_path, capsys):
@@ -344,6 +505,28 @@ def _sample_with(make_context, **options):
     return call
 
 
+def _forward_with(**inputs):
+    """A call of FrameCausalDiT.forward on one noisy frame (and one clean one), with `inputs` added."""
+
+    def call(workspace: Path, model) -> None:
+        frames = torch.zeros(1, 1, 3, 16, 16)
+        options = {"noise_level": torch.full((1, 1), 0.5), "clean": frames, **inputs}
+        model(frames, **options)
+
+    return call
+
+
+def _class_conditional_model():
+    return build_backbone(load_config(None, [*MICRO, "train.task=class_conditional"])).eval()
+
+
+def _overflowing(model):
+    """`model` with finite final weights so large that its velocities are not finite."""
+    with torch.no_grad():
+        model.final.linear.weight.fill_(3e38)
+    return model
+
+
 def _train_on_clips_of(num_frames: int):
     def call(workspace: Path, model) -> None:
         config = load_config(None, [*RUN, "train.steps=1", f"train.out_dir={workspace / 'new_run'}"])
@@ -383,6 +566,31 @@ LIBRARY_CASES = {  # id: (call(workspace, model), the error, a part of its one-l
         "already exists and is not an empty folder",
     ),
     "train-on-clips-of-another-length": (_train_on_clips_of(5), InputError, "set data.num_frames=5"),
+    "batch-size-other-than-the-context": (_sample_with(lambda c: c, batch_size=3), InputError, "give only one"),
+    "negative-cfg-scale": (_sample_with(lambda c: c, cfg_scale=-1.0), InputError, "cfg_scale must be 0 or more"),
+    "labels-one-past-the-classes": (
+        lambda ws, model: sample_video(_class_conditional_model(), 3, labels=torch.tensor([8]), steps=1),
+        InputError,
+        "labels must be class ids in 0..7",
+    ),
+    "labels-for-an-unconditional-model": (
+        _forward_with(labels=torch.zeros(1, dtype=torch.long)),
+        InputError,
+        "this model is unconditional",
+    ),
+    "nan-noise-level": (_forward_with(noise_level=torch.full((1, 1), torch.nan)), InputError, "noise_level contains"),
+    "keep-outside-a-frame": (_forward_with(keep=torch.tensor([[0, 99]])), InputError, "a frame has positions 0..15"),
+    "a-layer-that-does-not-exist": (_forward_with(return_layers=(9,)), InputError, "layers [9] do not exist"),
+    "samples-that-overflow": (
+        lambda ws, model: sample_video(_overflowing(build_backbone(load_config(None, list(MICRO)))), 3, 1, steps=1),
+        NonFiniteValuesError,
+        "1 of 1 sampled videos hold NaN or infinite values",
+    ),
+    "nan-statistics": (
+        lambda ws, model: frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2), np.eye(2)),
+        NonFiniteValuesError,
+        "the first covariance holds NaN",
+    ),
 }
 
 

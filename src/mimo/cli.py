@@ -8,6 +8,7 @@ import os
 import runpy
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from mimo.config import load_config
@@ -43,6 +44,12 @@ def _sample(args: argparse.Namespace) -> None:
     options["use_ema"] = not args.no_ema
     if args.context:
         from mimo.apps.continuation import continue_video
+
+        if args.num_videos is not None:  # one video gives one continuation: never fewer videos than asked for
+            raise ArgumentError(
+                "--num-videos does not apply to --context: the video is continued once; "
+                "run again with another --seed for other continuations"
+            )
 
         paths = continue_video(
             args.checkpoint, args.context, label=args.label, context_frames=args.context_frames, **options
@@ -116,8 +123,11 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _fvd(args: argparse.Namespace) -> None:
-    from mimo.metrics.fvd_protocol import FVDProtocol, fvd_between, write_fvd_report
+    from mimo.metrics.fvd_protocol import FVDProtocol, check_writable, fvd_between, write_fvd_report
     from mimo.train.distributed import default_device
+
+    if args.out:
+        check_writable(args.out, "--out")
 
     protocol = FVDProtocol(
         num_frames=args.frames,
@@ -337,12 +347,21 @@ def main(argv: list[str] | None = None) -> int:
     except (MimoError, OSError) as error:  # OSError: a file that is missing, unreadable or on a full disk
         if args.debug:
             raise
+        release_failed_work(error)
         print(f"{command}: error: {one_line(error)}", file=sys.stderr)
         return error.exit_status if isinstance(error, Interrupted) else 2
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     return code or 0
+
+
+def release_failed_work(error: BaseException | None) -> None:
+    """Free the locals of the frames an error went through, so that a progress bar of the failed work writes its
+    last line now, when collected, and not after the error line."""
+    while error is not None:
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 def one_line(error: BaseException) -> str:

@@ -81,6 +81,11 @@ class ModelConfig:
             _check(value >= 1, key, f"must be positive (or null for the preset's), got {value}")
         _check_heads(width, heads, self.rope, "model.width", "model.heads")
         _check(self.patch_size >= 1, "model.patch_size", "must be a positive integer")
+        _check(
+            self.mlp_ratio > 0,
+            "model.mlp_ratio",
+            f"the MLP width over the model width must be positive, got {self.mlp_ratio}",
+        )
         from mimo.models.attention import ATTENTION_BACKENDS
 
         _check_choice(self.attention, ATTENTION_BACKENDS, "model.attention")
@@ -211,6 +216,12 @@ class MimoConfig:
             self.unmasked_tail_steps >= 0,
             "mimo.unmasked_tail_steps",
             f"must be 0 (off) or the number of final unmasked steps, got {self.unmasked_tail_steps}",
+        )
+        _check(
+            self.unmasked_tail_steps < config.train.steps or not self.unmasked_tail_steps,
+            "mimo.unmasked_tail_steps",
+            f"{self.unmasked_tail_steps} final unmasked steps of train.steps={config.train.steps} leave no masked "
+            "step (a plain baseline); give fewer, or mimo.weight=0 mimo.mask_ratio=0 for a baseline",
         )
         decoder_width, decoder_heads = self.decoder_size(width, heads)
         for key, value in (("mimo.decoder_width", decoder_width), ("mimo.decoder_heads", decoder_heads)):
@@ -403,6 +414,9 @@ class SampleConfig:
         )
 
 
+MIN_PROBE_CLIPS = 16  # fewer leave the probe's held-out split too small to measure an accuracy
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     num_videos: int = 64  # generated videos per seed (FAR's UCF-101 protocol: 2048)
@@ -454,7 +468,9 @@ class EvalConfig:
                 f"'{name}' needs the true motion of the built-in videos (data.dataset=synthetic)",
             )
         _check(self.probe_layer is None or 1 <= self.probe_layer <= depth, "eval.probe_layer", f"must be in 1..{depth}")
-        _check(self.probe_clips >= 16, "eval.probe_clips", "a probe needs at least 16 clips")
+        _check(
+            self.probe_clips >= MIN_PROBE_CLIPS, "eval.probe_clips", f"a probe needs at least {MIN_PROBE_CLIPS} clips"
+        )
         _check_choice(self.fvd_normaliser, COVARIANCE_DDOF, "eval.fvd_normaliser")
         for kind in self.robustness_list():
             _check_choice(kind, PERTURBATIONS, "eval.robustness")
@@ -514,7 +530,7 @@ def from_dict(values: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown config section '{name}'; valid sections: {', '.join(sections)}")
         cls = type(getattr(Config(), name))
         known = {f.name for f in fields(cls)}
-        section_values = section_values or {}
+        section_values = {} if section_values is None else section_values
         if not isinstance(section_values, dict):
             raise ConfigError(f"config section '{name}' must be a mapping of keys, got {section_values!r}")
         for key in section_values:
@@ -579,6 +595,10 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if not isinstance(values, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections, got {type(values).__name__}")
     base = values.pop("base", None)
+    for section, keys in values.items():  # a scalar would replace the base's section and the overrides' keys
+        if keys is not None and not isinstance(keys, dict):
+            raise ConfigError(f"config file '{path}': section '{section}' must be a mapping of keys, got {keys!r}")
+    values = {section: keys for section, keys in values.items() if keys is not None}  # an empty section: no change
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"config file '{path}': base: must name a YAML file beside it, got {base!r}")

@@ -27,6 +27,10 @@ class NonFiniteLossError(MimoError, FloatingPointError):
     """Training produced a non-finite loss, gradient or weight; the last checkpoint on disk is still good."""
 
 
+class NonFiniteValuesError(MimoError, FloatingPointError):
+    """Samples, features or statistics that hold NaN or infinity; the message says how many and where they came from."""
+
+
 class TooManyBadVideosError(MimoError, RuntimeError):
     """More than `max_bad_fraction` of the attempted files failed: the data is probably wrong."""
 

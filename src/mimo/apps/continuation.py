@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
@@ -22,7 +23,7 @@ from mimo.data.video_folder import BadVideoError, ClipSampling, read_clip, to_un
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import InputError
 from mimo.models.autoencoder import to_model_space, to_pixels
-from mimo.train.checkpoint import load_trained_model, output_folder
+from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 from mimo.train.distributed import default_device
 
 
@@ -64,13 +65,18 @@ def continue_video(
             f"{video}: {error}; give a video of at least {clips.span} frames (context {k} at stride "
             f"{clips.frame_stride}), or fewer --context-frames"
         ) from error
+    except av.error.FFmpegError as error:
+        raise InputError(
+            f"{video} is not a video that can be decoded ({error}); give a video file (MP4, AVI...)"
+        ) from error
     given = to_unit_range(frames)[None]  # (1, k, 3, H, W) pixels
     # the context is given as a prediction task's clip: its first k frames are kept, the rest generated
     as_prediction = replace(config, train=replace(config.train, task="prediction", context_frames=k))
     labels = torch.tensor([label if label is not None else 0], device=device)
     generator = torch.Generator().manual_seed(seed)
     context = to_model_space(given, config.data).to(device)
-    samples = sample_for_task(model, as_prediction, context, labels, generator, num_frames=length, progress=True)
+    with naming_the_checkpoint(checkpoint):
+        samples = sample_for_task(model, as_prediction, context, labels, generator, num_frames=length, progress=True)
     continued = to_pixels(samples.cpu(), config.data)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "continued.npz", samples=continued.numpy(), context=given.numpy())

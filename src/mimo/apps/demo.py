@@ -20,7 +20,7 @@ from mimo.errors import ConfigError, Interrupted
 from mimo.evaluation.metrics import METRICS, build_metrics
 from mimo.evaluation.motion import copy_last_scores, motion_scores
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips
-from mimo.train.checkpoint import REFERENCE_MODEL, load_trained_model
+from mimo.train.checkpoint import REFERENCE_MODEL, load_trained_model, naming_the_checkpoint
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import train
 
@@ -80,10 +80,10 @@ def run_demo(
             result.stop_signal,
         )
     demo_model, config = load_trained_model(out_dir)
-    models = {"demo": (demo_model, config)}
+    models = {"demo": (demo_model, config, out_dir)}
     reference, reference_config = load_trained_model(REFERENCE_MODEL)
     if _comparable(reference_config, config):
-        models = {"reference": (reference, reference_config), **models}
+        models = {"reference": (reference, reference_config, REFERENCE_MODEL), **models}
     else:
         print("the reference model was trained on other frames than these: it is left out of the comparison")
     length, long_length = config.data.num_frames, 2 * config.data.num_frames
@@ -92,13 +92,14 @@ def run_demo(
     metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, clips)
 
     scores, motion, long_samples = {}, {}, {}
-    for name, (model, model_config) in models.items():
-        samples, seconds_per_frame = autoregressive(model, model_config, clips, long_length)
+    for name, (model, model_config, checkpoint) in models.items():
+        with naming_the_checkpoint(checkpoint):
+            samples, seconds_per_frame = autoregressive(model, model_config, clips, long_length)
+            motion[name] = motion_scores(model, model_config, clips, teacher_forced_at=(1,), samples=samples)
         if name == "demo":
             sample_seconds_per_frame = seconds_per_frame
         long_samples[name] = samples
         scores[name] = {metric: round(score(samples[:, :length]), 4) for metric, score in metrics.items()}
-        motion[name] = motion_scores(model, model_config, clips, teacher_forced_at=(1,), samples=samples)
     copy_last = copy_last_frame(clips["video"], k)
     scores["copy-last"] = {metric: round(score(copy_last[:, :length]), 4) for metric, score in metrics.items()}
     motion["copy-last"] = copy_last_scores(config, clips)

@@ -18,6 +18,7 @@ from mimo.models.autoencoder import to_pixels
 from mimo.train.checkpoint import (
     find_trained_checkpoint,
     load_trained_model,
+    naming_the_checkpoint,
     output_folder,
     read_state,
     save_json,
@@ -63,7 +64,8 @@ def sample_from_checkpoint(
     clips = stack_clips(eval_set, count)
     video, labels = clips["video"].to(device), clips["label"].to(device)
     generator = torch.Generator().manual_seed(seed)
-    samples = sample_for_task(model, config, video, labels, generator, progress=True).cpu()
+    with naming_the_checkpoint(checkpoint):
+        samples = sample_for_task(model, config, video, labels, generator, progress=True).cpu()
     out.mkdir(parents=True, exist_ok=True)
     paths = {"npz": out / "samples.npz"}
     np.savez_compressed(paths["npz"], samples=samples.numpy(), labels=labels.cpu().numpy(), real=video.cpu().numpy())

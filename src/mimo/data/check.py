@@ -155,11 +155,15 @@ def check_config(config: Config, workers: int = 4) -> DataCheckReport:
             f"data.dataset={config.data.dataset!r} is not a folder of videos; check the config of the videos "
             f"(one of {', '.join(VIDEO_DATASETS)}), or set data.videos=YAML naming the videos of these latents"
         )
-    return check_data(videos, workers)
+    # data.num_classes's default is the built-in videos' count, no statement about a folder of videos: it is
+    # expected only when set, or when a class-conditional model will embed that many classes
+    stated = bool(config.num_classes) or videos.num_classes != DataConfig().num_classes
+    return check_data(videos, workers, expect_classes=stated)
 
 
-def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
-    """Found / missing / unreadable videos and classes of the video dataset `data` names."""
+def check_data(data: DataConfig, workers: int = 4, expect_classes: bool = True) -> DataCheckReport:
+    """Found / missing / unreadable videos and classes of the video dataset `data` names (`expect_classes`:
+    compare the classes found with data.num_classes)."""
     if not data.path or not Path(data.path).is_dir():
         raise FileNotFoundError(f"data.path={data.path!r} is not a folder; point it at the dataset's videos")
     records, classes, missing, expected, expectation = _listed_and_found(data)
@@ -175,7 +179,7 @@ def check_data(data: DataConfig, workers: int = 4) -> DataCheckReport:
     uncropped = sum(
         latent_disk_bytes(frames, (SD_VAE_CHANNELS, side, round(side * aspect))) for frames, aspect, _ in probes
     )
-    expected_classes = data.num_classes if classes else None
+    expected_classes = data.num_classes if classes and expect_classes else None
     if data.dataset == "kinetics600" and classes:
         expected_classes = KINETICS600_CLASSES
     labels = {r.label for r, (_, _, reason) in zip(records, probes, strict=True) if not reason}

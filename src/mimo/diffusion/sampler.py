@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from mimo.config import PRECISIONS, Config
 from mimo.diffusion.flow import integrate, interpolate
-from mimo.models.checks import check_history_options, check_sample_inputs
+from mimo.models.checks import check_generated, check_history_options, check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
 
 SAMPLE_PRECISIONS = ("auto", *PRECISIONS)  # sample.precision; auto: bf16 autocast on CUDA, fp32 on a CPU
@@ -139,13 +139,15 @@ def sample_video(
     `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
     the null class. `solver` and `grid` name entries of mimo.diffusion.flow's SOLVERS and SAMPLING_GRIDS;
     `shift` time-shifts the grid. `window`: clean frames attended to (None: all). Noise comes from `generator`.
-    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32.
+    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32, and are finite
+    (a model giving NaN or infinite frames raises NonFiniteValuesError).
     `history_noise`: every history frame (given or generated) is noised to this level, which the model is
     told; `history_guidance` w != 1 guides away from a history of pure noise (DFoT). Both need a model
     trained for them (diffusion.history_noise_max, diffusion.history_dropout).
     """
-    check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator)
+    check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator, cfg_scale)
     check_history_options(model, history_noise, history_guidance, labels is not None and cfg_scale != 1.0)
+    num_frames = int(num_frames)
     device = model.patch_embed.weight.device
     with inference(device, precision):
         size = model.grid * model.patch_size
@@ -210,7 +212,9 @@ def sample_video(
                     model.append_to_cache(history.frames[-1], position, cache, labels, history.levels(1))
                 else:
                     refill_cache(position)
-        return torch.cat(frames, dim=1)
+        videos = torch.cat(frames, dim=1)
+    check_generated(videos)
+    return videos
 
 
 def sample_for_task(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mimo.config import Config, with_sampling_overrides
+from mimo.config import MIN_PROBE_CLIPS, Config, with_sampling_overrides
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
 from mimo.diffusion.cost import sampling_cost
@@ -49,7 +49,7 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_model_space, to_pixels
 from mimo.models.dit import FrameCausalDiT
-from mimo.train.checkpoint import load_trained_model, output_folder
+from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 
 SHOWN_VIDEOS = 8
 WINDOW_METRICS = ("fvd", "proxy_fd")  # distances between sets: scored on windows of the training length
@@ -106,7 +106,8 @@ def evaluate_run(
     drifting = [*drift_real, *FRAME_METRICS] if starts else []
     drift: dict[str, list[list[float]]] = {name: [] for name in drifting if name in metrics}
     for seed in config.eval.seed_list():
-        fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
+        with naming_the_checkpoint(checkpoint):
+            fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
         for name, metric in metrics.items():
             per_seed[name].append(metric(fake))
         for name, real_windows in drift_real.items():
@@ -230,7 +231,16 @@ def probe_run(
     config = with_sampling_overrides(config, overrides or [], PROBE_KEYS)
     out = output_folder(checkpoint, out_dir, "probe")
     other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
-    clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips")
+    if other is not None and (other[1].data.frame_size, other[1].data.channels) != (
+        config.data.frame_size,
+        config.data.channels,
+    ):
+        raise ConfigError(
+            f"--reference {reference} takes frames of {other[1].data.channels}x{other[1].data.frame_size}^2, this run "
+            f"{config.data.channels}x{config.data.frame_size}^2; CKNNA compares features of the same clips: give a "
+            "run of the same data.frame_size and data.channels"
+        )
+    clips = load_clips(config, config.eval.probe_clips, "eval.probe_clips", MIN_PROBE_CLIPS)
     labels = clips["label"]
     if bool((labels < 0).any()):
         raise ConfigError(

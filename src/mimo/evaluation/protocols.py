@@ -96,15 +96,20 @@ def balanced_indices(labels: Tensor, count: int) -> list[int]:
     return chosen
 
 
-def load_clips(config: Config, count: int, key: str = "eval.num_videos") -> dict[str, Tensor]:
+def load_clips(config: Config, count: int, key: str = "eval.num_videos", minimum: int = 1) -> dict[str, Tensor]:
     """`count` held-out clips (deterministic), class-balanced when the dataset has labels and asks for it;
-    too few clips are refused naming `key`, the setting that asked for them."""
+    too few clips are refused naming `key`, the setting that asked for them (at least `minimum`)."""
     synthetic = config.data.dataset == "synthetic"
     dataset = build_dataset(config.data, "eval", count if synthetic else None, config.eval.start_at_zero)
     if len(dataset) < count:
         raise ConfigError(
             f"{key}: the evaluation data has {len(dataset)} clips, fewer than the {count} requested; "
-            f"set {key}={len(dataset)} or fewer, or evaluate on a dataset with more clips (data.path)"
+            + (
+                f"set {key}={len(dataset)} or fewer, or "
+                if len(dataset) >= minimum
+                else f"{key} must be {minimum} or more: "
+            )
+            + "evaluate on a dataset with more clips (data.path)"
         )
     labels = getattr(dataset, "labels", None)
     if isinstance(labels, Tensor) and config.eval.balanced_classes and bool((labels >= 0).all()):

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from mimo.errors import NonFiniteValuesError
+
 SqrtMethod = Literal["sqrtm", "eigh"]
 # Which divisor turns the centred scatter matrix into Σ: the original FVD (Unterthiner et al.,
 # computed with TF-GAN's `frechet_classifier_distance_from_activations`) divides by n − 1;
@@ -37,8 +39,9 @@ class FeatureStatistics:
         self.dim = dim
         self.feature_sum = torch.zeros(dim, dtype=torch.float64, device=device)
         self.outer_sum = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-        # A tensor, not an int, so that it is reduced together with the sums.
+        # Tensors, not ints, so that they are reduced together with the sums.
         self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.float64, device=device)  # samples with a NaN or inf feature
 
     def update(self, features: torch.Tensor) -> None:
         """Add a batch of features (N, D)."""
@@ -48,6 +51,7 @@ class FeatureStatistics:
                 "flatten each sample to one vector first."
             )
         x = features.detach().to(device=self.feature_sum.device, dtype=torch.float64)
+        self.nonfinite += (~torch.isfinite(x).all(dim=1)).sum()
         self.feature_sum += x.sum(dim=0)
         self.outer_sum += x.T @ x
         self.count += x.shape[0]
@@ -59,6 +63,7 @@ class FeatureStatistics:
         self.feature_sum += other.feature_sum.to(self.feature_sum.device)
         self.outer_sum += other.outer_sum.to(self.outer_sum.device)
         self.count += other.count.to(self.count.device)
+        self.nonfinite += other.nonfinite.to(self.nonfinite.device)
         return self
 
     def all_reduce(self) -> FeatureStatistics:
@@ -67,7 +72,7 @@ class FeatureStatistics:
         Under NCCL the accumulator must live on the rank's GPU (`device=` at construction).
         """
         if dist.is_available() and dist.is_initialized():
-            for tensor in (self.feature_sum, self.outer_sum, self.count):
+            for tensor in (self.feature_sum, self.outer_sum, self.count, self.nonfinite):
                 dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return self
 
@@ -87,9 +92,7 @@ class FeatureStatistics:
         numbers of FAR, DFoT and other StyleGAN-V-based code. A report must say which it used.
         """
         if normaliser not in COVARIANCE_DDOF:
-            raise ValueError(
-                f"unknown covariance normaliser {normaliser!r}; use one of {sorted(COVARIANCE_DDOF)}"
-            )
+            raise ValueError(f"unknown covariance normaliser {normaliser!r}; use one of {sorted(COVARIANCE_DDOF)}")
         self._require_samples(2)
         mu = self.mean()
         centred_outer = self.outer_sum - self.count * torch.outer(mu, mu)
@@ -111,6 +114,19 @@ class FeatureStatistics:
         )
         return stats
 
+    def check_finite(self, source: str) -> None:
+        """Refuse NaN or infinite statistics of `source` (e.g. "fake.npz") before a matrix square root sees them."""
+        bad = int(self.nonfinite.item())
+        if bad:
+            raise NonFiniteValuesError(
+                f"{source}: {bad} of {self.num_samples} videos have NaN or infinite features: the videos (or the "
+                "model that generated them) hold non-finite values; give finite videos"
+            )
+        if not all(torch.isfinite(t).all() for t in (self.feature_sum, self.outer_sum, self.count)):
+            raise NonFiniteValuesError(
+                f"the feature statistics of {source} hold NaN or infinite values; compute them again from finite videos"
+            )
+
     def _require_samples(self, minimum: int) -> None:
         if self.num_samples < minimum:
             raise ValueError(
@@ -120,7 +136,8 @@ class FeatureStatistics:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: SqrtMethod = "sqrtm") -> float:
-    """Tr((Σ₁Σ₂)^½) for symmetric positive semi-definite Σ₁, Σ₂.
+    """Tr((Σ₁Σ₂)^½) for finite, symmetric positive semi-definite Σ₁, Σ₂ (`frechet_distance` checks that
+    they are finite: on NaN, scipy's sqrtm never returns and ignores Ctrl-C; on finite input it is bounded).
 
     "sqrtm": scipy's Schur-based square root of the (non-symmetric) product, as StyleGAN-V and
     pytorch-fid do; round-off can leave a tiny imaginary part, which is dropped.
@@ -153,10 +170,12 @@ def frechet_distance(
             f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}; "
             "both sets must use the same feature extractor."
         )
+    statistics = {"first mean": mu1, "first covariance": sigma1, "second mean": mu2, "second covariance": sigma2}
+    for name, array in statistics.items():
+        if not np.isfinite(array).all():  # scipy's sqrtm never returns on NaN input, and ignores Ctrl-C
+            raise NonFiniteValuesError(f"Fréchet distance: the {name} holds NaN or infinite values; give finite ones")
     mean_term = float(np.sum((mu1 - mu2) ** 2))
-    distance = mean_term + float(np.trace(sigma1) + np.trace(sigma2)) - 2 * trace_sqrt_product(
-        sigma1, sigma2, method
-    )
+    distance = mean_term + float(np.trace(sigma1) + np.trace(sigma2)) - 2 * trace_sqrt_product(sigma1, sigma2, method)
     if not np.isfinite(distance):
         raise FloatingPointError(
             f"Fréchet distance is not finite ({distance}); the covariances are likely singular. "

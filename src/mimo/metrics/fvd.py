@@ -63,7 +63,8 @@ def extract_feature_statistics(
             bar.update(batch.shape[0])
     if statistics is None:
         raise ValueError(f"no videos to extract {description} from; every rank needs at least one batch")
-    return statistics.all_reduce()
+    statistics.all_reduce().check_finite(description)
+    return statistics
 
 
 def compute_fvd(

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from mimo.config import ConfigError
 from mimo.data.video_folder import ClipSampling, VideoFolderDataset, folder_records
+from mimo.errors import ArgumentError, NonFiniteValuesError
 from mimo.metrics.frechet import (
     COVARIANCE_DDOF,
     DEFAULT_COVARIANCE_NORMALISER,
@@ -63,6 +67,9 @@ class FVDProtocol:
     def __post_init__(self) -> None:
         if self.normaliser not in COVARIANCE_DDOF:
             raise FVDProtocolError(f"normaliser must be one of {sorted(COVARIANCE_DDOF)}, got {self.normaliser!r}")
+        for name, option in (("num_frames", "--frames"), ("frame_stride", "--stride"), ("resolution", "--resolution")):
+            if getattr(self, name) < 1:
+                raise FVDProtocolError(f"{name} ({option}) must be at least 1, got {getattr(self, name)}")
         if self.max_videos is not None and self.max_videos < 2:
             raise FVDProtocolError(f"max_videos must be at least 2 (a covariance needs two), got {self.max_videos}")
 
@@ -107,11 +114,16 @@ def _folder_clips(folder: Path, protocol: FVDProtocol, real: bool) -> VideoFolde
 
 def load_npz_videos(path: Path, protocol: FVDProtocol) -> torch.Tensor:
     """Pixel videos (N, T, 3, R, R) in [-1, 1] from an .npz: float (N, T, 3, H, W) or uint8 (N, T, H, W, 3)."""
-    with np.load(path) as archive:
-        key = next((key for key in NPZ_KEYS if key in archive), None)
-        if key is None:
-            raise FVDProtocolError(f"{path} holds {list(archive)}; FVD reads an array named one of {NPZ_KEYS}")
-        array = archive[key]
+    if not zipfile.is_zipfile(path):  # else numpy reads it as a pickle, and its message speaks of trusting it
+        raise FVDProtocolError(f"{path} is not an .npz archive (no zip file); give one written by np.savez")
+    try:
+        with np.load(path) as archive:
+            key = next((key for key in NPZ_KEYS if key in archive), None)
+            if key is None:
+                raise FVDProtocolError(f"{path} holds {list(archive)}; FVD reads an array named one of {NPZ_KEYS}")
+            array = archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise FVDProtocolError(f"{path} is not an .npz of videos ({error}); give one written by np.savez") from error
     if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
         videos = torch.from_numpy(array).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     elif array.ndim == 5 and array.shape[2] == 3:
@@ -126,10 +138,35 @@ def load_npz_videos(path: Path, protocol: FVDProtocol) -> torch.Tensor:
             f"{path}: videos have {videos.shape[1]} frames; the protocol takes {protocol.num_frames}"
         )
     videos = videos[: protocol.max_videos, : protocol.num_frames]
+    _require_two(len(videos), path)
+    nonfinite = int((~torch.isfinite(videos.flatten(1)).all(dim=1)).sum())
+    if nonfinite:
+        raise NonFiniteValuesError(
+            f"{path}: {nonfinite} of {len(videos)} videos hold NaN or infinite values; FVD needs finite videos"
+        )
     if videos.shape[-2:] != (protocol.resolution, protocol.resolution):
         frames = F.interpolate(videos.flatten(0, 1), size=protocol.resolution, mode="bilinear", antialias=True)
         videos = frames.unflatten(0, videos.shape[:2])
     return videos
+
+
+def _require_two(count: int, source: Path) -> None:
+    """A covariance needs two videos: refused before any feature is computed."""
+    if count < 2:
+        raise FVDProtocolError(f"{source} holds {count} video(s); FVD fits a covariance, which needs at least 2")
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Refuse an output file that cannot be written (its folder is made and a file tried in it), before the work
+    that fills it."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as error:
+        raise ArgumentError(f"{option} {path} cannot be written ({error}); give another path") from error
 
 
 def _cache_key(folder: Path, protocol: FVDProtocol, extractor: dict[str, str]) -> str:
@@ -152,7 +189,13 @@ def load_statistics(path: Path, protocol: FVDProtocol, extractor: dict[str, str]
     card_path = path.with_suffix(".json")
     if not card_path.is_file():
         raise FVDProtocolError(f"{path} has no card {card_path.name} beside it, so its protocol is unknown")
-    card = json.loads(card_path.read_text())
+    try:
+        card = json.loads(card_path.read_text())
+        statistics = FeatureStatistics.load(path)
+    except (ValueError, KeyError, OSError, safetensors.SafetensorError) as error:
+        raise FVDProtocolError(
+            f"{path} (or its card) is not FVD statistics ({error}); give a file that --save-real-stats wrote"
+        ) from error
     expected = {**asdict(protocol), "feature_extractor.sha256": extractor["sha256"]}
     found = {key: card.get(key) for key in asdict(protocol)}
     found["feature_extractor.sha256"] = card.get("feature_extractor", {}).get("sha256")
@@ -164,7 +207,8 @@ def load_statistics(path: Path, protocol: FVDProtocol, extractor: dict[str, str]
             f"{path} was computed with {key}={found[key]!r}, this run uses {expected[key]!r}; compute the real "
             "statistics again with this protocol (or run with the saved one's settings)"
         )
-    return FeatureStatistics.load(path)
+    statistics.check_finite(str(path))
+    return statistics
 
 
 def _statistics(
@@ -184,17 +228,16 @@ def _statistics(
     if source.suffix == ".npz":
         videos: VideoBatches = load_npz_videos(source, protocol)
         info |= {"kind": "npz", "clips": len(videos)}
-    elif source.is_dir():
+    else:  # a folder (fvd_between checked)
         cached = cache_dir() / "fvd" / f"{_cache_key(source, protocol, identity)}{STATISTICS_SUFFIX}"
         if real and cached.is_file():
             statistics = FeatureStatistics.load(cached)
             return statistics, {**info, "kind": "folder", "clips": statistics.num_samples, "cache": str(cached)}
         dataset = _folder_clips(source, protocol, real)
         count = min(len(dataset), protocol.max_videos or len(dataset))
+        _require_two(count, source)
         videos = DataLoader(Subset(dataset, range(count)), batch_size=batch_size)
         info |= {"kind": "folder", "clips": count}
-    else:
-        raise FileNotFoundError(f"{source} is neither a folder of videos, an .npz, nor saved statistics (.safetensors)")
     statistics = extract_feature_statistics(videos, extractor, batch_size, device, f"{source.name} features")
     if info["kind"] == "folder":  # a bad file is replaced by the next one: say how many were
         info["skipped_videos"] = str(dataset.failures)
@@ -219,6 +262,15 @@ def fvd_between(
     `extractor` defaults to the I3D (`mimo.metrics.i3d.load_i3d`); pass another (tests use a small
     stand-in) with `extractor_source` naming it for the card.
     """
+    if batch_size < 1:
+        raise ArgumentError(f"batch_size (--batch-size) must be at least 1, got {batch_size}")
+    for source in (Path(real), Path(fake)):  # both, before the first set's features are computed
+        if not (source.is_dir() or (source.is_file() and source.suffix in (STATISTICS_SUFFIX, ".npz"))):
+            raise ArgumentError(
+                f"{source} is neither a folder of videos, an .npz, nor saved statistics ({STATISTICS_SUFFIX})"
+            )
+    if save_real_statistics is not None:
+        check_writable(Path(save_real_statistics).with_suffix(STATISTICS_SUFFIX), "--save-real-stats")
     if extractor is None:
         from mimo.metrics.i3d import load_i3d
 

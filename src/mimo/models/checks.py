@@ -3,17 +3,20 @@ with a message saying what was expected, instead of deep inside an einops patter
 
 Shape and dtype checks read no values, so they cost nothing on a GPU and can run on every forward.
 Value checks (range, finiteness, label ids) read the data; they run where data enters: a sampling
-call, a training batch on the CPU before it is moved.
+call, a training batch on the CPU before it is moved, and a forward whose inputs are on the CPU.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
 
-from mimo.errors import InputError
+from mimo.errors import InputError, NonFiniteValuesError
 
 if TYPE_CHECKING:
     from mimo.models.dit import FrameCausalDiT
@@ -29,6 +32,12 @@ def _require_tensor(name: str, value: object) -> Tensor:
     if not isinstance(value, Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     return value
+
+
+def _values_readable(tensor: Tensor) -> bool:
+    """Whether a forward may read `tensor`'s values: on the CPU (no device sync), and real (the memory census
+    runs the forward on fake tensors, which have none)."""
+    return tensor.device.type == "cpu" and not isinstance(tensor, FakeTensor)
 
 
 def check_frames(name: str, frames: Tensor, channels: int, frame_size: int, batch: int | None = None) -> None:
@@ -69,6 +78,16 @@ def check_finite(name: str, values: Tensor) -> None:
         raise InputError(f"{name} contains NaN or infinite values")
 
 
+def check_generated(videos: Tensor) -> None:
+    """Sampled videos (B, T, C, H, W) are finite: NaN frames of a diverged model are refused, never written."""
+    bad = int((~torch.isfinite(videos.flatten(1)).all(dim=1)).sum().item())
+    if bad:
+        raise NonFiniteValuesError(
+            f"{bad} of {len(videos)} sampled videos hold NaN or infinite values: the model's weights give "
+            "non-finite output"
+        )
+
+
 def check_noise_level(noise_level: Tensor, batch: int, frames: int) -> None:
     """Noise levels (B, T) for (B, T) noisy frames, floating point."""
     noise_level = _require_tensor("noise_level", noise_level)
@@ -82,8 +101,10 @@ def check_noise_level(noise_level: Tensor, batch: int, frames: int) -> None:
 
 
 def check_labels(labels: Tensor | None, batch: int, num_classes: int, read_values: bool = False) -> None:
-    """Class ids (B,) in 0..num_classes (num_classes is the null class of guidance)."""
+    """Class ids (B,) in 0..num_classes - 1 (num_classes, the null class, is set by guidance, never given)."""
     if not num_classes:
+        if labels is not None:
+            raise InputError("this model is unconditional: pass labels=None")
         return
     if labels is None:
         raise InputError(f"this model is class-conditional ({num_classes} classes): pass labels (B,)")
@@ -92,10 +113,10 @@ def check_labels(labels: Tensor | None, batch: int, num_classes: int, read_value
         raise InputError(f"labels must be ({batch},), one class id per clip, got {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise InputError(f"labels have dtype {labels.dtype}; give integer class ids (labels.long())")
-    if read_values and labels.numel() and (labels.min().item() < 0 or labels.max().item() > num_classes):
+    if read_values and labels.numel() and (labels.min().item() < 0 or labels.max().item() >= num_classes):
         raise InputError(
-            f"labels must be class ids in 0..{num_classes - 1} (or {num_classes}, the null class), "
-            f"got values in [{labels.min().item()}, {labels.max().item()}]"
+            f"labels must be class ids in 0..{num_classes - 1}, got values in [{labels.min().item()}, "
+            f"{labels.max().item()}]; (class {num_classes} is guidance's null class: sample.cfg_scale uses it)"
         )
 
 
@@ -111,6 +132,28 @@ def check_keep(keep: Tensor | None, batch: int, tokens_per_frame: int) -> None:
         )
     if keep.dtype != torch.long:
         raise InputError(f"keep has dtype {keep.dtype}; give int64 position indices (objectives.masking.tube_mask)")
+    if _values_readable(keep) and keep.numel() and not 0 <= keep.min() <= keep.max() < tokens_per_frame:
+        raise InputError(
+            f"keep holds positions in [{keep.min().item()}, {keep.max().item()}]; a frame has positions "
+            f"0..{tokens_per_frame - 1}"
+        )
+
+
+def check_layers(layers: tuple[int, ...], depth: int) -> None:
+    """1-based layer numbers of a model of `depth` blocks."""
+    outside = [layer for layer in layers if not 1 <= layer <= depth]
+    if outside:
+        raise InputError(f"layers {outside} do not exist: the model has layers 1..{depth}")
+
+
+def _require_count(name: str, value: object, unit: str = "") -> None:
+    """A positive integer: a Python or NumPy one (operator.index accepts both), never a bool or a float."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        count = None
+    if isinstance(value, bool) or count is None or count < 1:
+        raise InputError(f"{name} must be a positive integer{unit}, got {value!r}")
 
 
 def check_model_inputs(
@@ -120,12 +163,17 @@ def check_model_inputs(
     labels: Tensor | None = None,
     clean: Tensor | None = None,
     keep: Tensor | None = None,
+    return_layers: tuple[int, ...] = (),
 ) -> None:
-    """The inputs of FrameCausalDiT.forward: shapes and dtypes only, so it is free to call every time."""
+    """The inputs of FrameCausalDiT.forward: shapes and dtypes, and values only of CPU tensors (finite noise
+    levels, keep positions inside a frame), so that it costs no device sync on a GPU."""
     size = model.grid * model.patch_size
     check_frames("noisy", noisy, model.channels, size)
     batch, frames = noisy.shape[:2]
     check_noise_level(noise_level, batch, frames)
+    if _values_readable(noise_level):
+        check_finite("noise_level", noise_level)
+    check_layers(return_layers, model.depth)
     check_labels(labels, batch, model.num_classes)
     if clean is not None:
         check_frames("clean", clean, model.channels, size, batch)
@@ -143,16 +191,17 @@ def check_sample_inputs(
     steps: int,
     window: int | None,
     generator: torch.Generator | None,
+    cfg_scale: float = 1.0,
 ) -> None:
     """The arguments of sample_video, values included (it runs once per call)."""
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise InputError(f"num_frames must be a positive integer, got {num_frames!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer (ODE steps per frame), got {steps!r}")
-    if window is not None and window < 1:
-        raise InputError(f"window must be at least 1 clean frame (or None for all), got {window}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    _require_count("num_frames", num_frames)
+    _require_count("steps", steps, " (ODE steps per frame)")
+    if window is not None:
+        _require_count("window", window, " clean frames (or None for all)")
+    if batch_size is not None:
+        _require_count("batch_size", batch_size)
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise InputError(f"cfg_scale must be 0 or more (1: no guidance), got {cfg_scale}")
     if generator is not None and generator.device.type != "cpu":
         raise InputError("generator must be a CPU torch.Generator (noise is drawn on the CPU, then moved)")
     batch = batch_size
@@ -167,11 +216,11 @@ def check_sample_inputs(
             check_pixel_values("context", context)
         else:
             check_finite("context", context)
+        if batch is not None and batch != context.shape[0]:
+            raise InputError(f"batch_size is {batch}, but context holds {context.shape[0]} clips; give only one")
         batch = context.shape[0]
         if context.shape[1] >= num_frames:
             raise InputError(f"num_frames ({num_frames}) must exceed the {context.shape[1]} context frames")
-    if labels is not None and not model.num_classes:
-        raise InputError("this model is unconditional: pass labels=None")
     if labels is not None:
         batch = _require_tensor("labels", labels).shape[0] if batch is None else batch
         check_labels(labels, batch, model.num_classes, read_values=True)

@@ -326,7 +326,7 @@ class FrameCausalDiT(nn.Module):
         after the clean frames). `keep` (B, n) drops clean tokens (MiMo's tube mask).
         `clean_noise_level` (B, Tc): how noised each history frame is (history-conditioned models only).
         """
-        check_model_inputs(self, noisy, noise_level, labels, clean, keep)
+        check_model_inputs(self, noisy, noise_level, labels, clean, keep, return_layers)
         batch, noisy_frames = noisy.shape[:2]
         clean_frames = 0 if clean is None else clean.shape[1]
         noisy_start = clean_start + clean_frames if noisy_start is None else noisy_start

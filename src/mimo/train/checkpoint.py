@@ -8,20 +8,23 @@ a process killed at any moment leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mimo.config import Config, from_dict
 from mimo.data.atomic import fsync_directory, write_atomically
-from mimo.errors import ArgumentError, CheckpointError
+from mimo.errors import ArgumentError, CheckpointError, NonFiniteValuesError
 from mimo.models import build_backbone
 from mimo.models.dit import FrameCausalDiT
 from mimo.train.distributed import load_full_model_state
@@ -256,4 +259,22 @@ def load_trained_model(path: str | Path, use_ema: bool = True, device: str = "cp
         backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
         check_compatible(model, backbone, checkpoint / "model.safetensors")
         model.load_state_dict(backbone)
+    nonfinite = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if nonfinite:
+        raise CheckpointError(
+            f"{checkpoint} holds NaN or infinite weights ({', '.join(nonfinite[:3])}): it cannot generate videos; "
+            "use an earlier checkpoint of the run"
+        )
     return model.to(device).eval(), config
+
+
+@contextlib.contextmanager
+def naming_the_checkpoint(path: str | Path) -> Iterator[None]:
+    """Non-finite output of a trained model is reported with the checkpoint whose weights gave it."""
+    try:
+        yield
+    except NonFiniteValuesError as error:
+        raise NonFiniteValuesError(
+            f"{find_trained_checkpoint(path)}: {error}; sample an earlier checkpoint of the run (its checkpoints/ "
+            "folder), or train again with a lower train.lr"
+        ) from error

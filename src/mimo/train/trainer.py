@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -251,12 +252,27 @@ class Trainer:
 
     # ----- the loop ----------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run."""
+        """SIGINT/SIGTERM ask for a checkpoint at the next step boundary instead of killing the run; a second
+        one is told the checkpoint is being finished; a third aborts, saying which steps are lost. They stay
+        until the final checkpoint is on disk. DataLoader workers inherit them (fork) but stay silent: the
+        terminal sends Ctrl-C to every process of the group, and one message per signal is enough."""
+        trainer_pid = os.getpid()
+        received = []
 
         def request_stop(signum, frame):
-            self.stop_requested, self.stop_signal = True, signum
-            if self.dist.is_main:
-                tqdm.write(f"signal {signum} received: saving a checkpoint at the end of this step")
+            if os.getpid() != trainer_pid:  # a DataLoader worker: the trainer stops it
+                return
+            received.append(signum)
+            self.stop_requested, self.stop_signal = True, self.stop_signal or signum
+            say = tqdm.write if self.dist.is_main else lambda message: None
+            if len(received) == 1:
+                say(f"signal {signum} received: saving a checkpoint at the end of this step")
+            elif len(received) == 2:
+                say(f"signal {signum} received again: finishing the step and its checkpoint (a third signal aborts)")
+            else:
+                lost = "all its steps" if self.saved_step is None else f"the steps after step {self.saved_step}"
+                say(f"signal {signum} received a third time: aborting without a checkpoint; {lost} are lost")
+                raise KeyboardInterrupt
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -337,6 +353,13 @@ class Trainer:
                 f"train.resume=false: {self.run_dir} already holds a run (checkpoint {existing}); "
                 "give a new train.out_dir, or move that folder away to start over"
             )
+        if train.init_from and existing is not None:
+            started_from = read_state(existing)["config"]["train"].get("init_from")
+            if started_from != train.init_from:  # resuming would ignore init_from, and config.yaml would claim it
+                raise ConfigError(
+                    f"train.init_from={train.init_from}: {self.run_dir} already holds a run (checkpoint {existing}, "
+                    f"started from {started_from or 'scratch'}); give a new train.out_dir to start from it"
+                )
         checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
         if checkpoint is None and train.init_from:
             left = initialise_from_run(self.objective, self.ema.module, train.init_from)
@@ -385,15 +408,15 @@ class Trainer:
                     self.write_samples()
                 if train.checkpoint_every and self.step % train.checkpoint_every == 0:
                     checkpoint = self.save()
+            if self.step > 0 and self.step != self.saved_step:  # under the handlers: a second Ctrl-C cannot stop it
+                checkpoint = self.save()
+            interrupted = self.stop_requested
         finally:
             bar.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-        interrupted = self.stop_requested
         if interrupted and self.stop_signal is None:  # stopped with the rank that received the signal
             self.stop_signal = signal.SIGTERM
-        if self.step > 0 and self.step != self.saved_step:
-            checkpoint = self.save()
         if out_of_time and self.dist.is_main:
             tqdm.write(
                 f"train.max_seconds={train.max_seconds:g} reached: stopped at step {self.step} of {train.steps}, "
