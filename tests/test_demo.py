@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import MICRO, micro_config, micro_model
 from mimo.apps.demo import run_demo
+from mimo.data.media import GRID_PAD
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips, teacher_forced
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -23,9 +25,24 @@ def test_the_demo_trains_samples_measures_and_writes_its_pictures(tmp_path, caps
     for name in ("samples_gif", "loss_plot"):
         assert (tmp_path / "demo" / report.files[name].split("/")[-1]).stat().st_size > 0
     saved = json.loads((tmp_path / "demo" / "demo_report.json").read_text())
-    assert saved["teacher_forced_trajectory_error_px"] == report.teacher_forced_trajectory_error_px
-    assert report.metrics_copy_last["trajectory"] < report.metrics["trajectory"]  # three steps learn nothing
-    assert "teacher-forced" in capsys.readouterr().out
+    assert saved["motion"] == report.motion and saved["metrics"] == report.metrics
+    assert report.metrics["copy-last"]["trajectory"] < report.metrics["demo"]["trajectory"]  # three steps: nothing
+    # 4-frame clips: the reference model (8 frames) cannot continue them and is left out, not failed
+    assert set(report.metrics) == {"demo", "copy-last"}
+    out = capsys.readouterr().out
+    assert "teacher-forced" in out and "left out" in out
+
+
+def test_the_demo_shows_the_reference_model_beside_the_one_it_trains(tmp_path, capsys):
+    """Clips like the reference's (16×16, 8 frames, 2 given): three rows in the table and in the GIF."""
+    overrides = ["model.preset=micro", "train.batch_size=2", "sample.steps=2", "train.tensorboard=false"]
+    report = run_demo(tmp_path / "demo", steps=1, overrides=overrides)
+    assert list(report.metrics) == ["reference", "demo", "copy-last"]
+    assert report.motion["reference"]["ar_px"] < report.motion["demo"]["ar_px"]  # 90 CPU minutes against one step
+    gif = Image.open(report.files["samples_gif"])
+    assert gif.height == 3 * 3 * (16 + 2 * GRID_PAD)  # real clips, reference, demo model; upscaled 3×
+    assert gif.n_frames == 16  # twice the training length
+    assert "reference model" in capsys.readouterr().out
 
 
 def test_teacher_forced_frames_follow_the_true_history_and_nothing_later():

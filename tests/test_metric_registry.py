@@ -40,8 +40,8 @@ def toy_metric(monkeypatch):
 def test_a_metric_registered_once_is_reported_by_the_demo_eval_and_the_benchmark(toy_metric, tmp_path, capsys):
     overrides = [*MICRO, "train.batch_size=2", "sample.steps=1", "train.tensorboard=false"]
     report = run_demo(tmp_path / "demo", steps=1, overrides=[*overrides, f"eval.metrics=trajectory,{toy_metric}"])
-    assert set(report.metrics) == set(report.metrics_copy_last) == {"trajectory", toy_metric}
-    assert -1 <= report.metrics[toy_metric] <= 1
+    assert set(report.metrics["demo"]) == set(report.metrics["copy-last"]) == {"trajectory", toy_metric}
+    assert -1 <= report.metrics["demo"][toy_metric] <= 1
     assert MeanBrightness.label in capsys.readouterr().out
 
     eval_args = ["--out", str(tmp_path / "eval"), f"eval.metrics={toy_metric}", "eval.num_videos=2", "eval.seeds=0,1"]

@@ -104,4 +104,4 @@ def test_a_tail_shorter_than_the_ema_horizon_warns_with_its_share_of_the_ema(tmp
 def test_no_tail_or_one_past_the_ema_horizon_does_not_warn(tmp_path, tail):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        Trainer(run_config(tmp_path, f"mimo.unmasked_tail_steps={tail}", "train.ema_decay=0.9999"))
+        Trainer(run_config(tmp_path, f"mimo.unmasked_tail_steps={tail}", "train.ema_decay=0.9999", "train.steps=20000"))
