@@ -317,7 +317,7 @@ def run_robustness(job: Job) -> Path | None:
     model, config = load_trained_model(final)
     video = _evaluation_data(job.config, job.sizes)["clips"]["video"][: job.sizes.robustness_clips]
     started = time.perf_counter()
-    curves = velocity_error_curves(model, video, config.context_frames, ROBUSTNESS_STRENGTHS)
+    curves = velocity_error_curves(model, config, video, ROBUSTNESS_STRENGTHS)
     _write(out, {"curves": curves, "wall_s": round(time.perf_counter() - started, 1)})
     return out
 
