@@ -575,8 +575,9 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     if robustness:
-        fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 3.4), dpi=100)
-        for ax, kind in zip(axes, PERTURBATIONS, strict=True):
+        kinds_run = list(next(iter(robustness.values())))
+        fig, axes = plt.subplots(1, len(kinds_run), figsize=(4.2 * len(kinds_run), 3.4), dpi=100, squeeze=False)
+        for ax, kind in zip(axes[0], kinds_run, strict=True):
             for arm, kinds in robustness.items():
                 rows_ = kinds[kind]
                 x = [r["strength"] for r in rows_]
