@@ -3,6 +3,7 @@
     nohup python benchmarks/mimo_study.py --workers 2 --sample-every 2 --robustness \
         > benchmarks/results/mimo_study.log 2>&1 &
     python benchmarks/mimo_study.py --sample-every 2 --robustness --report-only   # report what has run so far
+    python benchmarks/mimo_study.py --from-results   # rebuild the report from the published JSON alone
     # the 8-layer comparison: --arms baseline mimo-r0.5 --tail-fraction 0 --set model.depth=8 \
     #     --name mimo_study_depth8 --runs runs/study-depth8
     # the target ablation, beside the study's runs: --arms baseline mimo-r0.5 mimo-r0.5-current mimo-r0.5-next \
@@ -25,7 +26,9 @@ samples. With `--robustness`, the final model's velocity error under perturbed h
 (mimo.evaluation.robustness). Each (arm, seed) is one resumable job: a run folder with its
 checkpoints and a study.json of its evaluations; rerunning the command skips what is done. The report
 (benchmarks/results/mimo_study.{json,md,png}) gives mean ± std over seeds, paired differences against
-the baseline (paired t-test over seeds, sign test over seeds × clips) and the speed-up factor per seed.
+the baseline (study_statistics: a t-test over seeds, Holm-adjusted over the table, and each seed's own
+test over clips with its direction) and the speed-up factor per seed. Its JSON holds every per-seed
+number a p-value is computed from; benchmarks/recompute_pvalues.py recomputes them all.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ import functools
 import json
 import math
 import os
+import shlex
 import shutil
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +68,7 @@ from mimo.metrics.trajectory import trajectory_error
 from mimo.objectives.masking import tube_mask
 from mimo.train.checkpoint import CHECKPOINT_DIR, load_trained_model, naming_the_checkpoint
 from mimo.train.trainer import train
+from study_statistics import holm, mean_std, paired_over_seeds, within_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "study" / "cpu.yaml"
@@ -318,7 +324,7 @@ def run_robustness(job: Job) -> Path | None:
     model, config = load_trained_model(final)
     video = _evaluation_data(job.config, job.sizes)["clips"]["video"][: job.sizes.robustness_clips]
     started = time.perf_counter()
-    curves = velocity_error_curves(model, video, config.context_frames, ROBUSTNESS_STRENGTHS)
+    curves = velocity_error_curves(model, config, video, ROBUSTNESS_STRENGTHS)
     _write(out, {"curves": curves, "wall_s": round(time.perf_counter() - started, 1)})
     return out
 
@@ -347,6 +353,7 @@ PER_CLIP = {
 }
 COLORS = {"baseline": "tab:blue", "masking-only": "tab:grey", "mimo-r0.25": "tab:green", "mimo-r0.5": "tab:orange"}
 COLORS[TAIL_ARM] = "tab:red"
+NOT_MEASURED = "n/a"
 
 
 def scalar_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
@@ -389,8 +396,10 @@ def speedup(
     Arm worse than the baseline's final value: the steps the baseline needs to reach the arm's final value
     over the budget (below 1). Arm better: the budget over the steps the arm needs to reach the baseline's
     final value (above 1). Both use the reach-and-stay rule of mimo.bench.steps_to_reach; a crossing at
-    the first evaluation is only a bound.
+    the first evaluation is only a bound. Fewer than two shared evaluations measure no speed: (None, "n/a").
     """
+    if len(steps) < 2:
+        return None, NOT_MEASURED
     budget = steps[-1]
     better = arm[-1] > baseline[-1] if higher_is_better else arm[-1] < baseline[-1]
     if better:
@@ -400,22 +409,26 @@ def speedup(
     return reached / budget, "≤" if reached == steps[0] else ""
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _fmt(mean: float, std: float, digits: int = 3) -> str:
     return f"{mean:.{digits}g} ± {std:.2g}"
 
 
 def _p(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:.2g}"
+    """A p-value as the reports print it (benchmarks/recompute_pvalues.py reads it back as `p = ...`)."""
+    return "–" if math.isnan(value) else f"p = {value:.2g}"
+
+
+def _speedup_cell(factors: dict[str, Any]) -> tuple[str, str]:
+    per_seed = ", ".join(
+        NOT_MEASURED if x is None else f"{b}×{x:.2f}"
+        for x, b in zip(factors["per_seed"], factors["bounds"], strict=True)
+    )
+    return per_seed, NOT_MEASURED if factors["mean_std"] is None else f"×{_fmt(*factors['mean_std'])}"
 
 
 def summarise(runs: dict[str, dict[int, dict[int, dict[str, Any]]]], final: int) -> dict[str, Any]:
-    """Final values (mean ± std over seeds), paired differences against the baseline, speed-ups."""
-    from scipy import stats
-
+    """Final values (mean ± std over seeds), paired differences against the baseline (Holm over the whole
+    table: arms × metrics), speed-ups."""
     baseline = runs.get("baseline", {})
     summary: dict[str, Any] = {}
     for arm, seeds in runs.items():
@@ -425,22 +438,22 @@ def summarise(runs: dict[str, dict[int, dict[int, dict[str, Any]]]], final: int)
         row: dict[str, Any] = {"seeds": sorted(done), "final": {}, "paired": {}, "speedup": {}}
         for metric in HIGHER_IS_BETTER:
             values = [scalar_metrics(e[final])[metric] for e in done.values()]
-            row["final"][metric] = _mean_std(values)
+            row["final"][metric] = mean_std(values)
         per_level = {
-            level: _mean_std([e[final]["velocity_error"][level] for e in done.values()])
+            level: mean_std([e[final]["velocity_error"][level] for e in done.values()])
             for level in next(iter(done.values()))[final]["velocity_error"]
         }
         row["final"]["velocity_error_per_level"] = per_level
         last = {seed: {int(k): v for k, v in e[final]["probe_per_layer"].items()} for seed, e in done.items()}
         layers = sorted(next(iter(last.values())))
         row["final"]["probe_per_layer"] = {
-            layer: _mean_std([statistics.fmean(last[seed][layer]) for seed in last]) for layer in layers
+            layer: mean_std([statistics.fmean(last[seed][layer]) for seed in last]) for layer in layers
         }
         row["final"]["probe_split_std"] = {  # the probe's own noise: std over split seeds, averaged over runs
             layer: statistics.fmean(statistics.stdev(last[seed][layer]) for seed in last) for layer in layers
         }
         row["final"]["cknna_per_layer"] = {
-            layer: _mean_std([e[final]["cknna_per_layer"][str(layer)] for e in done.values()]) for layer in layers
+            layer: mean_std([e[final]["cknna_per_layer"][str(layer)] for e in done.values()]) for layer in layers
         }
         paired_seeds = [seed for seed in done if final in baseline.get(seed, {})]
         if arm != "baseline" and paired_seeds:
@@ -449,18 +462,14 @@ def summarise(runs: dict[str, dict[int, dict[int, dict[str, Any]]]], final: int)
                     scalar_metrics(done[seed][final])[metric] - scalar_metrics(baseline[seed][final])[metric]
                     for seed in paired_seeds
                 ]
-                t_p = stats.ttest_1samp(differences, 0.0).pvalue if len(differences) > 1 else math.nan
-                entry = {"difference": _mean_std(differences), "t_test_p": float(t_p), "pairs": len(differences)}
-                if metric in PER_CLIP:  # sign test over every (seed, clip) pair
-                    clip_differences = np.concatenate(
-                        [per_clip(done[s][final], metric) - per_clip(baseline[s][final], metric) for s in paired_seeds]
+                entry = paired_over_seeds(differences)
+                if metric in PER_CLIP:  # each seed's model, over its clips: a description, not the arm's test
+                    entry["within_seed"] = within_seed(
+                        {
+                            s: per_clip(done[s][final], metric) - per_clip(baseline[s][final], metric)
+                            for s in paired_seeds
+                        }
                     )
-                    wins = int((clip_differences > 0).sum() if higher else (clip_differences < 0).sum())
-                    ties = int((clip_differences == 0).sum())
-                    trials = len(clip_differences) - ties
-                    sign_p = stats.binomtest(wins, trials).pvalue if trials else math.nan
-                    entry.update(clip_pairs=len(clip_differences), arm_better_share=wins / max(trials, 1))
-                    entry["sign_test_p"] = float(sign_p)
                 row["paired"][metric] = entry
                 factors, bounds = [], []
                 for seed in paired_seeds:
@@ -474,36 +483,51 @@ def summarise(runs: dict[str, dict[int, dict[int, dict[str, Any]]]], final: int)
                     factor, bound = speedup(steps, curve, ours, higher)
                     factors.append(factor)
                     bounds.append(bound)
-                row["speedup"][metric] = {"per_seed": factors, "bounds": bounds, "mean_std": _mean_std(factors)}
+                measured = None not in factors
+                row["speedup"][metric] = {
+                    "per_seed": factors,
+                    "bounds": bounds,
+                    "mean_std": mean_std(factors) if measured else None,
+                }
         summary[arm] = row
+    tests = [entry for row in summary.values() for entry in row["paired"].values()]
+    for entry, adjusted in zip(tests, holm([entry["t_test_p"] for entry in tests]), strict=True):
+        entry["holm_p"] = adjusted
     return summary
 
 
-def robustness_summary(jobs: list[Job]) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """{arm: {kind: [{strength, change mean, std, seeds}]}} of the velocity error's change under perturbation."""
-    by_arm: dict[str, list[dict[str, Any]]] = {}
+def collect_robustness(jobs: list[Job]) -> dict[str, dict[int, dict[str, list[dict[str, float]]]]]:
+    """{arm: {seed: curves}}: each final model's robustness curves, as run_robustness wrote them."""
+    runs: dict[str, dict[int, dict[str, list[dict[str, float]]]]] = {}
     for job in jobs:
         record = _read(job.run_dir / "robustness.json")
         if record:
-            by_arm.setdefault(job.arm, []).append(record["curves"])
-    summary: dict[str, dict[str, list[dict[str, float]]]] = {}
-    for arm, curves in by_arm.items():
+            runs.setdefault(job.arm, {})[job.seed] = record["curves"]
+    return runs
+
+
+def robustness_summary(runs: dict[str, dict[int, dict[str, list[dict[str, float]]]]]) -> dict[str, Any]:
+    """{arm: {kind: [{strength, change (mean, std), per_seed, paired}]}} of the velocity error's change under
+    perturbation; `paired`: the change arm − baseline per seed, its t-test over seeds, Holm over the table."""
+    baseline = runs.get("baseline", {})
+    summary: dict[str, Any] = {}
+    for arm, seeds in runs.items():
         summary[arm] = {}
-        for kind, rows in curves[0].items():
+        for kind, rows in next(iter(seeds.values())).items():
             summary[arm][kind] = []
             for index, row in enumerate(rows):
-                changes = [c[kind][index]["velocity_error_change"] for c in curves]
-                values = [c[kind][index]["velocity_error"] for c in curves]
-                mean, std = _mean_std(changes)
-                summary[arm][kind].append(
-                    {
-                        "strength": row["strength"],
-                        "change": mean,
-                        "change_std": std,
-                        "value": statistics.fmean(values),
-                        "seeds": len(curves),
-                    }
-                )
+                changes = {seed: curves[kind][index]["velocity_error_change"] for seed, curves in seeds.items()}
+                entry = {"strength": row["strength"], "change": mean_std(list(changes.values()))}
+                entry["per_seed"] = {str(seed): change for seed, change in changes.items()}
+                paired_seeds = [seed for seed in changes if seed in baseline]
+                if arm != "baseline" and row["strength"] > 0 and paired_seeds:
+                    entry["paired"] = paired_over_seeds(
+                        [changes[s] - baseline[s][kind][index]["velocity_error_change"] for s in paired_seeds]
+                    )
+                summary[arm][kind].append(entry)
+    tests = [row["paired"] for kinds in summary.values() for rows in kinds.values() for row in rows if "paired" in row]
+    for entry, adjusted in zip(tests, holm([entry["t_test_p"] for entry in tests]), strict=True):
+        entry["holm_p"] = adjusted
     return summary
 
 
@@ -552,15 +576,16 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     if robustness:
-        fig, axes = plt.subplots(1, len(PERTURBATIONS), figsize=(4.2 * len(PERTURBATIONS), 3.4), dpi=100)
-        for ax, kind in zip(axes, PERTURBATIONS, strict=True):
+        kinds_run = list(next(iter(robustness.values())))
+        fig, axes = plt.subplots(1, len(kinds_run), figsize=(4.2 * len(kinds_run), 3.4), dpi=100, squeeze=False)
+        for ax, kind in zip(axes[0], kinds_run, strict=True):
             for arm, kinds in robustness.items():
                 rows_ = kinds[kind]
                 x = [r["strength"] for r in rows_]
                 ax.errorbar(
                     x,
-                    [r["change"] for r in rows_],
-                    yerr=[r["change_std"] for r in rows_],
+                    [r["change"][0] for r in rows_],
+                    yerr=[r["change"][1] for r in rows_],
                     fmt="o-",
                     markersize=3,
                     capsize=3,
@@ -576,15 +601,85 @@ def plot_study(runs, summary, robustness, path: Path) -> Path:
     return path
 
 
-def markdown(args, summary, robustness, hidden, settings) -> str:
-    final = args.steps
+def _within_seed_cell(entry: dict[str, Any]) -> str:
+    """Each seed's own model over its clips, direction first: what the pooled clips would have hidden."""
+    return (
+        "; ".join(
+            f"seed {t['seed']}: {t['difference']:+.3g} ({_p(t['t_test_p'])})" for t in entry.get("within_seed", [])
+        )
+        or "–"
+    )
+
+
+def _robustness_lines(payload: dict[str, Any]) -> list[str]:
+    robustness, pending = payload.get("robustness"), payload.get("robustness_pending")
+    if pending:
+        old = pending["before_issue_23"]
+        columns = _perturbed(next(iter(old.values())))
+        return [
+            "",
+            "## Robustness: increase of the velocity error (s = 0.75) when the context is perturbed",
+            "",
+            f"**Pending a rerun.** {pending['reason']} Rerun: `{pending['command']}`.",
+            "",
+            "The numbers published before (mean ± std over seeds; the t-test p-values quoted from them cannot "
+            "be recomputed, and the perturbations drew the evaluation's own ε):",
+            "",
+            "| arm | " + " | ".join(f"{kind} {row['strength']:g}" for kind, row in columns) + " |",
+            "|---|" + "---|" * len(columns),
+            *(
+                f"| {arm} | "
+                + " | ".join(_fmt(row["change"], row["change_std"], 2) for _, row in _perturbed(kinds))
+                + " |"
+                for arm, kinds in old.items()
+            ),
+        ]
+    if not robustness:
+        return []
+    columns = _perturbed(next(iter(robustness.values())))
+    lines = [
+        "",
+        "## Robustness: increase of the velocity error (s = 0.75) when the context is perturbed",
+        "",
+        "Final checkpoints; the later history frames stay true; mean ± std over seeds, then the per-seed "
+        "increases, then the arm's paired test against the baseline: t-test over seeds of the per-seed "
+        f"difference of increases, Holm-adjusted over the {sum(1 for _ in _robustness_tests(robustness))} tests "
+        "of this table.",
+        "",
+        "| arm | " + " | ".join(f"{kind} {row['strength']:g}" for kind, row in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for arm, kinds in robustness.items():
+        cells = []
+        for _, row in _perturbed(kinds):
+            cell = f"{_fmt(*row['change'], 2)} [{', '.join(f'{v:.2g}' for v in row['per_seed'].values())}]"
+            if "paired" in row:
+                cell += f" {_p(row['paired']['t_test_p'])}, Holm {_p(row['paired']['holm_p'])}"
+            cells.append(cell)
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _perturbed(kinds: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(kind, row) for kind, rows in kinds.items() for row in rows if row["strength"] > 0]
+
+
+def _robustness_tests(robustness: dict[str, Any]) -> list[dict[str, Any]]:
+    return [row["paired"] for kinds in robustness.values() for _, row in _perturbed(kinds) if "paired" in row]
+
+
+def markdown(name: str, payload: dict[str, Any]) -> str:
+    settings, summary, hidden = payload["settings"], payload["summary"], payload["hidden_objects"]
+    final = settings["eval_steps"][-1]
+    seeds = sorted({int(seed) for seeds in payload["evaluations"].values() for seed in seeds})
+    tests = sum(len(row["paired"]) for row in summary.values())
     lines = [
         "# Does MiMo help when masking keeps the content? (`benchmarks/mimo_study.py`)",
         "",
         f"_{settings['machine']}; {settings['wall']}._",
         "",
         f"{settings['model']}; {final} steps per arm, evaluated at steps {settings['eval_steps']}; "
-        f"training seeds {args.seeds} (each seed: the same initial weights, clips and noise in every arm); "
+        f"training seeds {seeds} (each seed: the same initial weights, clips and noise in every arm); "
         f"held-out velocity error on {settings['sizes']['velocity_clips']} clips, trajectories on "
         f"{settings['sizes']['trajectory_clips']} clips ({settings['sample_steps']} Euler steps), probes on "
         f"{settings['sizes']['probe_clips']} clips with split seeds {list(settings['sizes']['probe_seeds'])}.",
@@ -623,21 +718,24 @@ def markdown(args, summary, robustness, hidden, settings) -> str:
         "",
         "## Paired against the baseline (arm − baseline at the final step; negative = arm lower)",
         "",
-        "t-test: one-sample t-test of the per-seed differences; sign test: over every (seed, clip) pair, two-sided; "
-        "speed-up: per seed, see `speedup` in the script (above 1: the arm gets there in fewer steps).",
+        "The unit of replication is the training seed (`benchmarks/study_statistics.py`): the difference per "
+        "seed, its mean ± std, and a t-test over seeds (paired), Holm-adjusted over the "
+        f"{tests} tests of this table. Within each seed: that seed's model against its baseline over the "
+        "clips (mean difference, paired t-test over clips): a description of one trained model per seed, each "
+        "with its direction, not a test of the arm. Speed-up: per seed, see `speedup` in the script (above 1: "
+        "the arm gets there in fewer steps; n/a: fewer than two shared evaluations).",
         "",
-        "| arm | metric | difference (mean ± std over seeds) | t-test p | arm better on (seed, clip) pairs | "
-        "sign test p | speed-up per seed | speed-up mean ± std |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | metric | difference (mean ± std over seeds) | per seed | t-test over seeds | Holm | "
+        "within each seed, over clips | speed-up per seed | speed-up mean ± std |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, row in summary.items():
         for metric, entry in row["paired"].items():
-            better = f"{entry['arm_better_share']:.0%} of {entry['clip_pairs']}" if "clip_pairs" in entry else "–"
-            factors = row["speedup"][metric]
-            per_seed = ", ".join(f"{b}×{x:.2f}" for x, b in zip(factors["per_seed"], factors["bounds"], strict=True))
+            per_seed, speed = _speedup_cell(row["speedup"][metric])
+            differences = ", ".join(f"{d:+.3g}" for d in entry["per_seed"])
             lines.append(
-                f"| {arm} | {LABELS[metric]} | {_fmt(*entry['difference'])} | {_p(entry['t_test_p'])} | {better} | "
-                f"{_p(entry.get('sign_test_p', math.nan))} | {per_seed} | ×{_fmt(*factors['mean_std'])} |"
+                f"| {arm} | {LABELS[metric]} | {_fmt(*entry['difference'])} | {differences} | "
+                f"{_p(entry['t_test_p'])} | {_p(entry['holm_p'])} | {_within_seed_cell(entry)} | {per_seed} | {speed} |"
             )
     lines += ["", "## History features at every layer (final step; mean ± std over seeds)", ""]
     layers = sorted(next(iter(summary.values()))["final"]["probe_per_layer"]) if summary else []
@@ -661,43 +759,16 @@ def markdown(args, summary, robustness, hidden, settings) -> str:
     if summary:
         noise = statistics.fmean(v for row in summary.values() for v in row["final"]["probe_split_std"].values())
         lines += ["", f"The probe's own noise (std over its split seeds, mean over runs and layers): {noise:.3f}."]
-    if robustness:
-        lines += [
-            "",
-            "## Robustness: increase of the velocity error (s = 0.75) when the context is perturbed",
-            "",
-            "Final checkpoints; the later history frames stay true; mean ± std over seeds.",
-            "",
-            "| arm | "
-            + " | ".join(
-                f"{kind} {row['strength']:g}"
-                for kind, rows in next(iter(robustness.values())).items()
-                for row in rows
-                if row["strength"] > 0
-            )
-            + " |",
-            "|---|"
-            + "---|" * sum(1 for rows in next(iter(robustness.values())).values() for r in rows if r["strength"] > 0),
-        ]
-        for arm, kinds in robustness.items():
-            lines.append(
-                f"| {arm} | "
-                + " | ".join(
-                    _fmt(r["change"], r["change_std"], 2) for rows in kinds.values() for r in rows if r["strength"] > 0
-                )
-                + " |"
-            )
-    lines += ["", f"![study]({args.name}.png)", ""]
-    if robustness:
-        lines += [f"![robustness]({args.name}_robustness.png)", ""]
+    lines += _robustness_lines(payload)
+    lines += ["", f"![study]({name}.png)", ""]
+    if payload.get("robustness"):
+        lines += [f"![robustness]({name}_robustness.png)", ""]
     return "\n".join(lines)
 
 
-def write_report(args: argparse.Namespace, jobs: list[Job]) -> Path:
-    """benchmarks/results/NAME.{json,md,png} from every job's evaluations so far."""
+def gather(args: argparse.Namespace, jobs: list[Job]) -> dict[str, Any]:
+    """The raw numbers of every job's evaluations so far, with the settings they ran under."""
     runs = collect(jobs)
-    summary = summarise(runs, args.steps)
-    robustness = robustness_summary(jobs)
     base = jobs[0].config
     hidden = []
     for frame_size, ratio in ((16, 0.5), (32, 0.25), (32, 0.5)):
@@ -725,20 +796,67 @@ def write_report(args: argparse.Namespace, jobs: list[Job]) -> Path:
         "sample_steps": base.sample.steps,
         "copy_last_px": copy_last_px,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    plot = plot_study(runs, summary, robustness, args.results / f"{args.name}.png")
-    payload = {
+    return {
         "settings": settings,
         "hidden_objects": hidden,
-        "summary": summary,
-        "robustness": robustness,
         "evaluations": {
             arm: {str(seed): {str(step): e for step, e in steps.items()} for seed, steps in seeds.items()}
             for arm, seeds in runs.items()
         },
+        "robustness_per_seed": {
+            arm: {str(seed): curves for seed, curves in seeds.items()}
+            for arm, seeds in collect_robustness(jobs).items()
+        },
     }
+
+
+def robustness_rerun(args: argparse.Namespace) -> str:
+    """The command that reruns only the robustness evaluation of this study's trained runs (no retraining)."""
+    runs = args.runs.relative_to(ROOT) if args.runs.is_relative_to(ROOT) else args.runs
+    study = [arg for arg in sys.argv[1:] if arg not in ("--from-results", "--robustness")]
+    return f"rm -f {runs}/*/robustness.json; " + shlex.join(
+        ["python", "benchmarks/mimo_study.py", *study, "--robustness"]
+    )
+
+
+def published(args: argparse.Namespace) -> dict[str, Any]:
+    """The raw numbers of benchmarks/results/NAME.json: a report rebuilt from them needs no runs.
+
+    A report written before issue 23 kept only the mean ± std of the robustness curves: their per-seed
+    values, which its p-values came from, are lost, and the perturbations drew the evaluation's own ε;
+    those numbers are kept as pending, with the command that replaces them.
+    """
+    payload = json.loads((args.results / f"{args.name}.json").read_text())
+    raw = {key: payload[key] for key in ("settings", "hidden_objects", "evaluations")}
+    if "robustness_per_seed" in payload:
+        raw["robustness_per_seed"] = payload["robustness_per_seed"]
+    elif payload.get("robustness_pending") or payload.get("robustness"):
+        raw["robustness_pending"] = payload.get("robustness_pending") or {
+            "reason": "Its per-seed curves were never published, and the perturbations were seeded with the "
+            "velocity error's own ε (issue 23), so neither its numbers nor their p-values can be recomputed.",
+            "command": robustness_rerun(args),
+            "before_issue_23": payload["robustness"],
+        }
+    return raw
+
+
+def write_report(args: argparse.Namespace, raw: dict[str, Any]) -> Path:
+    """benchmarks/results/NAME.{json,md,png} from the raw numbers (`gather` or `published`)."""
+    runs = {
+        arm: {int(seed): {int(step): e for step, e in steps.items()} for seed, steps in seeds.items()}
+        for arm, seeds in raw["evaluations"].items()
+    }
+    per_seed_robustness = {
+        arm: {int(seed): curves for seed, curves in seeds.items()}
+        for arm, seeds in raw.get("robustness_per_seed", {}).items()
+    }
+    summary = summarise(runs, raw["settings"]["eval_steps"][-1])
+    robustness = robustness_summary(per_seed_robustness)
+    args.results.mkdir(parents=True, exist_ok=True)
+    plot = plot_study(runs, summary, robustness, args.results / f"{args.name}.png")
+    payload = raw | {"summary": summary, "robustness": robustness}
     _write(args.results / f"{args.name}.json", payload)
-    (args.results / f"{args.name}.md").write_text(markdown(args, summary, robustness, hidden, settings))
+    (args.results / f"{args.name}.md").write_text(markdown(args.name, payload))
     print(f"[study] report: {args.results / args.name}.md, {plot}", flush=True)
     return args.results / f"{args.name}.md"
 
@@ -770,9 +888,17 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every arm, section.key=value")
     parser.add_argument("--report-only", action="store_true", help="no training or evaluation of checkpoints")
     parser.add_argument(
+        "--from-results",
+        action="store_true",
+        help="rebuild the report from the raw numbers in RESULTS/NAME.json (no runs needed)",
+    )
+    parser.add_argument(
         "--robustness", action="store_true", help="velocity error of the final models under perturbed histories"
     )
     args = parser.parse_args()
+    if args.from_results:
+        write_report(args, published(args))
+        return
     jobs = build_jobs(args)
     started = time.perf_counter()
     if not args.report_only:
@@ -784,7 +910,7 @@ def main() -> None:
                 for future in [pool.submit(run_job, job) for job in jobs]:
                     future.result()
         print(f"[study] jobs done in {time.perf_counter() - started:.0f} s", flush=True)
-    write_report(args, jobs)
+    write_report(args, gather(args, jobs))
 
 
 if __name__ == "__main__":

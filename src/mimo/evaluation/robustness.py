@@ -3,16 +3,18 @@
 The context frames of held-out clips are perturbed in one of four ways, at increasing strengths, and
 the model continues them as usual; the generated frames are scored against the true continuation.
 How much a score worsens from strength 0 is the model's sensitivity to that perturbation. Every
-perturbation is drawn from a generator seeded per kind, so two models see the very same perturbed
-contexts and their curves compare pair by pair; the strengths of a kind share their draws (the same
-noise scaled by σ, the same uniform numbers thresholded by p or by the share), so a stronger
-perturbation contains every change of a weaker one.
+perturbation is drawn from a generator seeded per kind in the perturbation stream (mimo.evaluation.seeds:
+never the seed of the evaluation's ε or of the sampler's noise), so two models see the very same
+perturbed contexts and their curves compare pair by pair; the strengths of a kind share their draws
+(the same noise scaled by σ, the same uniform numbers thresholded by p or by the share), so a stronger
+perturbation contains every change of a weaker one. Pixels are clipped to [-1, 1] after the
+perturbation, as an image of them would be, in both the sampled and the velocity-error path.
 
 - noise: Gaussian noise of standard deviation σ added to every context frame;
 - drop: each context frame after the first is lost with probability p, and replaced by a blank frame
   (zeros: mid-grey pixels, or the mean of unit-variance latents);
-- repeat: each context frame after the first is replaced, with probability p, by the frame before it
-  (a stutter: the history shows no motion there);
+- repeat: each context frame after the first is, with probability p, a copy of the last frame kept
+  before it (a freeze: the history shows no motion there; at p = 1, frames [0, 1, 2] become [0, 0, 0]);
 - mask: a share of the patches of every context frame is blanked (the model's patch grid).
 """
 
@@ -26,10 +28,11 @@ import torch
 from einops import repeat
 from torch import Tensor
 
-from mimo.config import Config
+from mimo.config import Config, DataConfig
 from mimo.data.media import plot_curves
 from mimo.diffusion.sampler import sample_for_task
 from mimo.evaluation.metrics import score_trajectory
+from mimo.evaluation.seeds import Stream, stream_seed
 from mimo.evaluation.velocity import velocity_error
 from mimo.metrics.frame_metrics import psnr
 from mimo.models.autoencoder import to_pixels
@@ -44,6 +47,7 @@ PERTURBATIONS: dict[str, tuple[float, ...]] = {
 }
 BLANK = 0.0
 ROBUSTNESS_NOISE_LEVEL = 0.75  # of the velocity error under a perturbed history: noisy enough that history matters
+PIXEL_RANGE = (-1.0, 1.0)
 STRENGTH_LABEL = "strength (noise: σ; drop, repeat: probability per frame; mask: share of patches)"
 
 
@@ -59,16 +63,23 @@ def perturb_history(context: Tensor, kind: str, strength: float, patch_size: int
     if kind in ("drop", "repeat"):
         hit = torch.rand(batch, frames, generator=generator) < strength
         hit[:, 0] = False  # the first frame has no frame before it, and a history needs one frame
-        hit = hit.to(context.device)[:, :, None, None, None]
-        previous = torch.cat([context[:, :1], context[:, :-1]], dim=1)
-        replacement = torch.full_like(context, BLANK) if kind == "drop" else previous
-        return torch.where(hit, replacement, context)
+        hit = hit.to(context.device)
+        if kind == "drop":
+            return torch.where(hit[:, :, None, None, None], torch.full_like(context, BLANK), context)
+        frame = torch.arange(frames, device=context.device).expand(batch, frames)
+        last_kept = torch.where(hit, 0, frame).cummax(dim=1).values  # (B, k): the frame each one shows
+        return context[torch.arange(batch, device=context.device)[:, None], last_kept]
     grid_h, grid_w = height // patch_size, width // patch_size
     count = round(strength * grid_h * grid_w)
     ranks = torch.rand(batch, frames, grid_h * grid_w, generator=generator).argsort(dim=-1).argsort(dim=-1)
     blanked = (ranks < count).reshape(batch, frames, grid_h, grid_w).to(context.device)
     blanked = repeat(blanked, "b t h w -> b t 1 (h p) (w q)", p=patch_size, q=patch_size)
     return torch.where(blanked, torch.full_like(context, BLANK), context)
+
+
+def value_range(data: DataConfig) -> tuple[float, float] | None:
+    """What a perturbed context is clipped to: pixels to [-1, 1]; latents are unbounded."""
+    return PIXEL_RANGE if data.channels in (1, 3) else None
 
 
 def continuation_scores(videos: Tensor, clips: Mapping[str, Tensor], context_frames: int) -> dict[str, float]:
@@ -87,22 +98,25 @@ def robustness_curves(
     patch_size: int,
     perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
     seed: int = 0,
+    clip_to: tuple[float, float] | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """{kind: [{strength, score..., score_change...} per strength]}: `score` of each perturbed copy of
-    `context` (B, k, C, H, W), and its change against the same kind at strength 0.
+    `context` (B, k, C, H, W), clipped to `clip_to` (see `value_range`), and its change against the same
+    kind at strength 0.
 
     `score` maps context frames to named scores of what a model makes of them: e.g. the generated
     frames against the truth (`continuation_scores`) or the velocity error given that history.
     """
     curves: dict[str, list[dict[str, float]]] = {}
     for kind, strengths in perturbations.items():
-        kind_seed = seed * len(PERTURBATIONS) + (list(PERTURBATIONS).index(kind) if kind in PERTURBATIONS else 0)
+        substream = list(PERTURBATIONS).index(kind) if kind in PERTURBATIONS else 0  # perturb_history refuses others
+        kind_seed = stream_seed(seed, Stream.PERTURBATION, substream)
         rows = []
         for strength in strengths:
-            generator = torch.Generator().manual_seed(kind_seed)
-            rows.append(
-                {"strength": float(strength), **score(perturb_history(context, kind, strength, patch_size, generator))}
-            )
+            perturbed = perturb_history(context, kind, strength, patch_size, torch.Generator().manual_seed(kind_seed))
+            if clip_to is not None:
+                perturbed = perturbed.clamp(*clip_to)
+            rows.append({"strength": float(strength), **score(perturbed)})
         reference = next((row for row in rows if row["strength"] == 0), rows[0])
         for row in rows:
             row.update({f"{name}_change": row[name] - reference[name] for name in list(row) if name != "strength"})
@@ -112,8 +126,8 @@ def robustness_curves(
 
 def velocity_error_curves(
     model: FrameCausalDiT,
+    config: Config,
     video: Tensor,
-    context_frames: int,
     perturbations: Mapping[str, Sequence[float]] = PERTURBATIONS,
     noise_level: float = ROBUSTNESS_NOISE_LEVEL,
     seed: int = 0,
@@ -121,13 +135,15 @@ def velocity_error_curves(
     """Robustness without sampling: the held-out velocity error (`mimo.evaluation.velocity`) of frames k..
     of `video` when its context frames are perturbed (later frames of the history stay true). Cheap and
     paired across models (same clips, noise and perturbations), so small differences are measurable."""
+    context_frames = config.context_frames
     later = video[:, context_frames:]
 
     def score(context: Tensor) -> dict[str, float]:
         history = torch.cat([context, later], dim=1)
         return {"velocity_error": velocity_error(model, history, context_frames, (noise_level,), seed).mean().item()}
 
-    return robustness_curves(score, video[:, :context_frames], model.patch_size, perturbations, seed)
+    context = video[:, :context_frames]
+    return robustness_curves(score, context, model.patch_size, perturbations, seed, value_range(config.data))
 
 
 def plot_robustness(curves: Mapping[str, list[dict[str, Any]]], out_dir: str | Path) -> list[Path]:
@@ -160,11 +176,10 @@ def evaluate_robustness(
     kinds = config.eval.robustness_list()  # validated with the config
     device = model.patch_embed.weight.device
     num_frames = clips["video"].shape[1]
+    seed = config.eval.seed_list()[0]
 
     def continue_clips(context: Tensor) -> Tensor:
-        if config.data.channels in (1, 3):  # noisy pixels are clipped to [-1, 1], as an image of them would be
-            context = context.clamp(-1, 1)
-        generator = torch.Generator().manual_seed(config.eval.seed_list()[0])
+        generator = torch.Generator().manual_seed(stream_seed(seed, Stream.SAMPLING_NOISE))
         parts = [
             sample_for_task(model, config, part.to(device), None, generator, num_frames=num_frames).cpu()
             for part in context.split(config.eval.batch_size)
@@ -177,7 +192,8 @@ def evaluate_robustness(
         clips["video"][:, : config.context_frames],
         model.patch_size,
         {kind: PERTURBATIONS[kind] for kind in kinds},
-        seed=config.eval.seed_list()[0],
+        seed,
+        value_range(config.data),
     )
     plots = plot_robustness(curves, out_dir)
     return {"curves": curves, "plots": [str(path) for path in plots]}

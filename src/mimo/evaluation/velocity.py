@@ -3,8 +3,9 @@
 The training loss is noisy (random noise levels, noise and masks) and differs between arms (masked
 arms see less history). This measures what every arm must do at inference: predict the velocity
 of the generated frames given the *whole* clean history, at fixed noise levels s, on fixed
-held-out clips with fixed noise. The noise is drawn once from `seed`, so two models are scored on
-the same (clip, noise) pairs and their per-clip errors can be compared pair by pair.
+held-out clips with fixed noise. The noise is drawn once from `seed`'s evaluation-noise stream
+(mimo.evaluation.seeds), so two models are scored on the same (clip, noise) pairs and their per-clip
+errors can be compared pair by pair.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mimo.diffusion.flow import interpolate, velocity_target
+from mimo.evaluation.seeds import Stream, stream_seed
 from mimo.models.dit import FrameCausalDiT
 
 NOISE_LEVELS = (0.5, 0.75, 0.9)  # s = 1 is pure noise; the history matters most at high s
@@ -37,7 +39,8 @@ def velocity_error(
         raise ValueError(f"context_frames must be in 1..{video.shape[1] - 1} for clips of {video.shape[1]} frames")
     device = model.patch_embed.weight.device
     target = video[:, context_frames:]
-    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(stream_seed(seed, Stream.EVALUATION_NOISE))
+    noise = torch.randn(target.shape, generator=generator)
     errors = torch.empty(len(noise_levels), video.shape[0])
     for index, level in enumerate(noise_levels):
         start = 0
