@@ -1,11 +1,12 @@
 """Recompute every p-value the study publishes from the raw per-seed numbers in its JSON, and check the text.
 
-    python benchmarks/recompute_pvalues.py     # every benchmarks/results/mimo_study*.json, its .md and README
+    python benchmarks/recompute_pvalues.py     # every benchmarks/results/mimo_study*.json, its .md and the READMEs
 
 For each study JSON: the t-test over seeds of every arm against the baseline (scipy's paired
 `ttest_rel` of the per-seed final values, not the report's code path), its Holm adjustment over the
 table, each seed's paired t-test over clips, and the same for the robustness curves. Then every
-`p = X` printed in the study's markdown, and in README's "Does MiMo help?" section, must be one of
+`p = X` printed in the study's markdown, and in the "Does MiMo help?" section of each README that has one
+(benchmarks/results/README.md holds the study's narrative), must be one of
 those numbers at the precision it is printed with. Exits 1, naming the p-values that are not.
 """
 
@@ -83,7 +84,7 @@ def readme_section(readme: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, nargs="+", default=[ROOT / "README.md", RESULTS / "README.md"])
     args = parser.parse_args(argv)
     everything, failures = {}, []
     for path in sorted(args.results.glob("mimo_study*.json")):
@@ -93,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.stem}: {name}: p = {p:.3g}")
         report = path.with_suffix(".md")
         failures += [f"{report.name}: p = {p}" for p in unmatched(report.read_text(), p_values)]
-    if args.readme.is_file():
-        failures += [f"{args.readme.name}: p = {p}" for p in unmatched(readme_section(args.readme), everything)]
+    for readme in args.readme:
+        if readme.is_file() and README_SECTION in readme.read_text():
+            failures += [f"{readme}: p = {p}" for p in unmatched(readme_section(readme), everything)]
     for failure in failures:
         print(f"not recomputable from the published JSON: {failure}", file=sys.stderr)
     print(f"{len(everything)} p-values recomputed; {len(failures)} printed ones match none", flush=True)
