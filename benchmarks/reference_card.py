@@ -35,7 +35,7 @@ WEIGHTS = "ema.safetensors"
 
 def training_wall_seconds(run: Path) -> float:
     """From the run's first logged step (config.yaml is written after step 1) to its last checkpoint."""
-    last = list_checkpoints(run / "checkpoints")[-1]
+    last = list_checkpoints(run)[-1]
     return round((last / "state.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1)
 
 
