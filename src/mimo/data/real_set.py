@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mimo.config import Config, ConfigError, DataConfig, load_config
-from mimo.data import VIDEO_DATASETS
+from mimo.data import GENERATED_DATASETS, VIDEO_DATASETS
 
 # What makes two video sources the same videos (frame size and clip length do not).
 SOURCE_KEYS = ("dataset", "path", "split", "fold", "annotations")
@@ -55,7 +55,7 @@ def same_videos(first: DataConfig | None, second: DataConfig | None) -> bool:
 def with_real_videos(config: Config, num_frames: int, pixel_size: int) -> Config:
     """`config` with its data section replaced by the real videos, clips of `num_frames` at `pixel_size`."""
     videos = evaluation_videos(config)
-    if videos.dataset not in (*VIDEO_DATASETS, "synthetic"):
+    if videos.dataset not in (*VIDEO_DATASETS, *GENERATED_DATASETS):
         raise ConfigError(f"eval.videos: {config.eval.videos} names data.dataset={videos.dataset}, not video files")
     if videos.frame_size != pixel_size:
         raise ConfigError(
