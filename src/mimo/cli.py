@@ -164,6 +164,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     results = evaluate_run(args.checkpoint, args.overrides, args.out, default_device(args.device))
     print(json.dumps(results["metrics"], indent=1))
+    if results["copy_last"]:
+        print(f"copy-last (the last given frame repeated): {json.dumps(results['copy_last'])}")
     print(f"eval.json and eval.md in {results['out_dir']}")
 
 

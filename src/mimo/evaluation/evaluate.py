@@ -31,7 +31,7 @@ from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
 from mimo.diffusion.cost import sampling_cost
 from mimo.errors import ConfigError
 from mimo.evaluation.metrics import Metric, build_metrics, proxy_config, score_trajectory
-from mimo.evaluation.protocols import generate, history_features, load_clips
+from mimo.evaluation.protocols import copy_last_frame, generate, history_features, load_clips
 from mimo.evaluation.robustness import evaluate_robustness
 from mimo.metrics.cknna import cknna
 from mimo.metrics.drift import default_hop, window_starts, window_statistics, windowed_distances
@@ -120,6 +120,7 @@ def evaluate_run(
             drift[name].append(per_frame_curve(FRAME_METRICS[name](*metrics[name].generated(fake))))
         if "trajectory" in metrics:
             per_frame.append(score_trajectory(fake, real, k).per_frame_error)
+    copy_last = {name: metric(copy_last_frame(real["video"], k)) for name, metric in metrics.items()} if k else {}
     if "fvd" in metrics and config.data.dataset == "latents":  # the paper's "VAE reconstruction (upper bound)" row
         per_seed["fvd_vae_reconstruction"] = [metrics["fvd"](to_pixels(clips["video"], config.data, batch))]
     results = {
@@ -130,6 +131,7 @@ def evaluate_run(
         "sample_steps": config.sample.steps,
         "num_frames": length,
         "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
+        "copy_last": copy_last,  # the trivial predictor (last given frame repeated) beside the model
     }
     results["protocol"] = protocol_card(
         protocol,
@@ -307,6 +309,7 @@ def _write_report(out: Path, name: str, results: dict[str, Any]) -> None:
         for metric, values in results["metrics"].items():
             seeds = ", ".join(f"{v:.4g}" for v in values["per_seed"])
             lines.append(f"| {metric} | {values['mean']:.4g} | {values['std']:.3g} | {seeds} |")
+        lines += [f"| {metric} of copy-last | {value:.4g} | | |" for metric, value in results["copy_last"].items()]
         if "protocol" in results:
             lines += ["", "| protocol | value |", "|---|---|"]
             lines += [f"| {key} | {value} |" for key, value in results["protocol"].items()]

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from mimo.config import Config
-from mimo.metrics.frame_metrics import load_lpips, lpips_distance, psnr, ssim
+from mimo.metrics.frame_metrics import load_lpips, lpips_distance, psnr, ssim, summed_squared_error
 from mimo.metrics.frechet import DEFAULT_COVARIANCE_NORMALISER, CovarianceNormaliser, SqrtMethod
 from mimo.metrics.fvd import FeatureExtractor, compute_fvd, extract_feature_statistics
 from mimo.metrics.i3d import load_i3d
@@ -208,6 +208,15 @@ class SSIM(FrameMetric):
     label = "SSIM (higher is better)"
     higher_is_better = True
     compare = staticmethod(ssim)
+
+
+@register_metric("mse")
+class FrameMSE(FrameMetric):
+    """Moving MNIST's per-frame MSE: squared error summed over a frame's pixels in [0, 1], averaged over the
+    generated frames and clips (`summed_squared_error`); comparable with papers only at their frame size."""
+
+    label = "MSE per frame (sum over pixels in [0, 1], lower is better)"
+    compare = staticmethod(summed_squared_error)
 
 
 @register_metric("lpips")

@@ -1,4 +1,4 @@
-"""Per-frame fidelity of predicted videos against the ground truth: PSNR, SSIM and LPIPS.
+"""Per-frame fidelity of predicted videos against the ground truth: PSNR, SSIM, LPIPS and Moving MNIST's MSE.
 
 Inputs are frames (..., C, H, W) in [−1, 1] — single images, videos (T, C, H, W) or batches
 (B, T, C, H, W); every function returns one value per frame, shape (...), so a caller averages
@@ -39,6 +39,18 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = PIX
     _check_pair(prediction, target)
     mse = (prediction.double() - target.double()).pow(2).mean(dim=(-3, -2, -1))
     return 10 * torch.log10(data_range**2 / mse)
+
+
+def summed_squared_error(
+    prediction: torch.Tensor, target: torch.Tensor, data_range: float = PIXEL_RANGE
+) -> torch.Tensor:
+    """Squared error summed over a frame's pixels (and channels), pixels rescaled to [0, 1], per frame (..., ).
+
+    The "MSE" of the Moving MNIST literature (ConvLSTM 103.3, PredRNN 56.8, SimVP 23.8 at 64×64): a sum
+    over the frame, not a mean, so it grows with the frame's area; averaged over frames and clips.
+    """
+    _check_pair(prediction, target)
+    return ((prediction.double() - target.double()) / data_range).pow(2).sum(dim=(-3, -2, -1))
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:

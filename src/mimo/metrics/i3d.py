@@ -169,12 +169,15 @@ class InceptionI3d(nn.Module):
 def preprocess_for_i3d(videos: torch.Tensor) -> torch.Tensor:
     """(B, T, 3, H, W) in [−1, 1] → (B, 3, max(T, 9), 224, 224), the network's input protocol.
 
-    Resizing is bilinear without antialiasing (PyTorch's half-pixel convention). Clips shorter
-    than 9 frames are padded by repeating their first and last frames (first gets the extra
-    half), which keeps them centred in time.
+    Grey frames (C = 1, Moving MNIST) are repeated to RGB. Resizing is bilinear without antialiasing
+    (PyTorch's half-pixel convention). Clips shorter than 9 frames are padded by repeating their first
+    and last frames (first gets the extra half), which keeps them centred in time.
     """
-    if videos.ndim != 5 or videos.shape[2] != 3:
-        raise ValueError(f"expected videos of shape (B, T, 3, H, W), got {tuple(videos.shape)}")
+    if videos.ndim != 5 or videos.shape[2] not in (1, 3):
+        raise ValueError(
+            f"expected videos of shape (B, T, 3, H, W), or grey (B, T, 1, H, W), got {tuple(videos.shape)}"
+        )
+    videos = videos.expand(-1, -1, 3, -1, -1)  # grey as RGB; RGB unchanged
     batch, num_frames = videos.shape[:2]
     # Generated frames may overshoot [−1, 1]; clip them as saving them as images would.
     frames = rearrange(videos.float().clamp(-1, 1), "b t c h w -> (b t) c h w")
