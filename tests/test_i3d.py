@@ -226,6 +226,13 @@ def test_preprocess_resizes_and_pads_short_clips_with_edge_frames():
     assert preprocess_for_i3d(video * 3).abs().max() <= 1 + 4 * torch.finfo(torch.float32).eps
 
 
+def test_grey_frames_are_read_as_their_rgb_copy():
+    grey = torch.rand(2, 9, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.testing.assert_close(preprocess_for_i3d(grey), preprocess_for_i3d(grey.expand(-1, -1, 3, -1, -1)))
+    with pytest.raises(ValueError, match="grey"):
+        preprocess_for_i3d(grey.expand(-1, -1, 2, -1, -1))
+
+
 @pytest.mark.slow
 def test_random_network_gives_one_400_d_vector_per_clip():
     network = InceptionI3d().eval()
