@@ -113,8 +113,6 @@ class MovingMNIST(Dataset):
     rows in the source file; `corners` (T, K, 2) the digits' top-left corners in pixels (x = column, y = row).
     """
 
-    channels = 1
-
     def __init__(
         self,
         digits: Digits,
@@ -135,10 +133,6 @@ class MovingMNIST(Dataset):
         if self.digit_size != DIGIT_SIZE:
             images = F.interpolate(images, size=self.digit_size, mode="bilinear", antialias=True).clamp(0, 1)
         self.images = images[:, 0].numpy()  # (N, S, S)
-
-    @property
-    def num_classes(self) -> int:
-        return NUM_DIGIT_CLASSES**self.num_digits
 
     def __len__(self) -> int:
         return self.num_clips
