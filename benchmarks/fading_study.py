@@ -18,7 +18,8 @@ with the same noise: autoregressive and teacher-forced trajectory error and obje
 length (8 frames, 2 given) and at twice it (sliding window). The report gives mean ± std over seeds and the
 paired difference to the clean-history arm's default sampler, per seed, with a paired t-test over seeds
 (the seed is the unit of replication: three seeds are three trained models). Each (arm, seed) is one
-resumable job: rerunning the command skips what is done.
+resumable job: rerunning the command skips what is done (finished jobs are kept in
+benchmarks/results/fading_study_jobs/, so a fresh checkout resumes too).
 """
 
 from __future__ import annotations
@@ -66,10 +67,16 @@ def demo_config(overrides: list[str]) -> Config:
         return load_config(path, overrides)
 
 
+def published_job(arm: str, seed: int, args: argparse.Namespace) -> Path:
+    """Where a finished job's scores are kept with the results (the run folders are not published): a later
+    session resumes the study from them without retraining what is done."""
+    return args.out / f"{args.name}_jobs" / f"{arm}-s{seed}.json"
+
+
 def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one (arm, seed) and evaluate its final EMA model with every sampler that applies; resumable."""
     run_dir = args.runs / f"{arm}-s{seed}"
-    result_path = run_dir / "fading.json"
+    result_path = published_job(arm, seed, args)
     if result_path.exists():
         return json.loads(result_path.read_text())
     overrides = [
@@ -106,6 +113,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "final_diffusion_loss": logged[-1].get("diffusion") if logged else None,
         "samplers": results,
     }
+    result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(payload, indent=1))
     return payload
 
@@ -218,7 +226,7 @@ def main() -> None:
     jobs = []
     for seed in args.seeds:  # seed-major: every arm of a seed before the next seed, so partial results pair
         for arm in args.arms:
-            path = args.runs / f"{arm}-s{seed}" / "fading.json"
+            path = published_job(arm, seed, args)
             if args.report_only:
                 if path.exists():
                     jobs.append(json.loads(path.read_text()))
