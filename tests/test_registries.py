@@ -13,6 +13,7 @@ from mimo.data import DATASETS, build_dataset
 from mimo.diffusion import flow
 from mimo.diffusion.sampler import sample_video
 from mimo.objectives.objective import build_ctf_batch
+from mimo.options import check_options
 
 
 def test_a_new_sampling_grid_is_accepted_by_the_config_and_stepped_through_by_the_sampler(monkeypatch):
@@ -24,7 +25,7 @@ def test_a_new_sampling_grid_is_accepted_by_the_config_and_stepped_through_by_th
         return levels
 
     with pytest.raises(ConfigError, match=r"sample\.grid"):
-        micro_config("sample.grid=quadratic")
+        check_options(micro_config("sample.grid=quadratic"))
     monkeypatch.setitem(flow.SAMPLING_GRIDS, "quadratic", quadratic_grid)
     config = micro_config("sample.grid=quadratic", "sample.steps=3")
     model = micro_model(config)
@@ -45,7 +46,7 @@ def test_a_new_noise_level_sampler_is_accepted_by_the_config_and_drawn_by_the_ob
         return torch.full(shape, 0.25)
 
     with pytest.raises(ConfigError, match=r"diffusion\.timestep_sampling"):
-        micro_config("diffusion.timestep_sampling=constant")
+        check_options(micro_config("diffusion.timestep_sampling=constant"))
     monkeypatch.setitem(flow.NOISE_LEVEL_SAMPLERS, "constant", constant_levels)
     config = micro_config("diffusion.timestep_sampling=constant")
     video = torch.zeros(2, config.data.num_frames, 3, config.data.frame_size, config.data.frame_size)
@@ -68,7 +69,7 @@ class Blank(Dataset):
 
 def test_a_new_dataset_is_accepted_by_the_config_and_built_by_name(monkeypatch):
     with pytest.raises(ConfigError, match=r"data\.dataset"):
-        micro_config("data.dataset=blank", "data.path=unused")
+        check_options(micro_config("data.dataset=blank", "data.path=unused"))
     def blank(config, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
         return Blank(config, num_clips or 5)
 

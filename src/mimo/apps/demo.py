@@ -17,7 +17,7 @@ from pathlib import Path
 from mimo.config import Config, load_config
 from mimo.data.media import save_gif, video_grid
 from mimo.errors import ConfigError, Interrupted
-from mimo.evaluation.metrics import METRICS, build_metrics
+from mimo.evaluation.metrics import METRICS, build_metrics, metric_names
 from mimo.evaluation.motion import copy_last_scores, motion_scores
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips
 from mimo.train.checkpoint import REFERENCE_MODEL, load_trained_model, naming_the_checkpoint
@@ -89,7 +89,7 @@ def run_demo(
     length, long_length = config.data.num_frames, 2 * config.data.num_frames
     clips = held_out_clips(config, long_length)
     k = config.context_frames
-    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, clips)
+    metrics = build_metrics(metric_names(config), config, clips)
 
     scores, motion, long_samples = {}, {}, {}
     for name, (model, model_config, checkpoint) in models.items():

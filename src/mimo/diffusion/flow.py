@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mimo.config import DiffusionConfig
+from mimo.config import SOLVERS, DiffusionConfig
 from mimo.errors import InputError
 
 
@@ -73,7 +73,6 @@ def shift_levels(levels: Tensor, shift: float) -> Tensor:
     """SD3's time shift (Esser et al. 2024, eq. 23): s' = shift·s / (1 + (shift - 1)·s). It keeps 0 and 1 and,
     for shift > 1, moves every level towards noise, so more of the steps decide the coarse layout."""
     return shift * levels / (1 + (shift - 1) * levels)
-SOLVERS = ("euler", "heun")  # sample.solver; `integrate` implements both
 
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]

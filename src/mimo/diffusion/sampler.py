@@ -20,12 +20,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mimo.config import PRECISIONS, Config
+from mimo.config import SAMPLE_PRECISIONS, Config
 from mimo.diffusion.flow import integrate, interpolate
 from mimo.models.checks import check_generated, check_history_options, check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
-
-SAMPLE_PRECISIONS = ("auto", *PRECISIONS)  # sample.precision; auto: bf16 autocast on CUDA, fp32 on a CPU
 
 
 def _guided(velocity: Tensor, scale: float, guided: bool) -> Tensor:

@@ -30,7 +30,7 @@ from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
 from mimo.diffusion.cost import sampling_cost
 from mimo.errors import ConfigError
-from mimo.evaluation.metrics import Metric, build_metrics, proxy_config, score_trajectory
+from mimo.evaluation.metrics import Metric, build_metrics, metric_names, proxy_config, score_trajectory
 from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.evaluation.robustness import evaluate_robustness
 from mimo.metrics.cknna import cknna
@@ -49,6 +49,7 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_model_space, to_pixels
 from mimo.models.dit import FrameCausalDiT
+from mimo.options import check_options
 from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 
 SHOWN_VIDEOS = 8
@@ -78,7 +79,7 @@ def evaluate_run(
     Past the training length (`eval.num_frames`), quality is also scored along the video (drift).
     """
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_sampling_overrides(config, overrides or [], EVAL_KEYS)
+    config = check_options(with_sampling_overrides(config, overrides or [], EVAL_KEYS))
     out = output_folder(checkpoint, out_dir, "eval")
     batch, k = config.eval.batch_size, config.context_frames
     length = config.eval.num_frames or config.data.num_frames
@@ -88,7 +89,7 @@ def evaluate_run(
     clips = {**real, "video": to_model_space(real["video"], config.data, batch)}  # the context the model sees
     options = {"fvd": {"extractor": extractor, "normaliser": protocol.normaliser}}
     options["proxy_fd"] = {"normaliser": protocol.normaliser}
-    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device, **options)
+    metrics = build_metrics(metric_names(config), config, real, device, **options)
     seeds = len(config.eval.seed_list())
     cost = sampling_cost(model, config, config.eval.num_videos, config.eval.batch_size, seeds, length)
     print(cost.describe("eval sampling"), file=sys.stderr)
@@ -228,7 +229,7 @@ def probe_run(
     """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot
     to `out_dir` (default: RUN/probe)."""
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_sampling_overrides(config, overrides or [], PROBE_KEYS)
+    config = check_options(with_sampling_overrides(config, overrides or [], PROBE_KEYS))
     out = output_folder(checkpoint, out_dir, "probe")
     other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
     if other is not None and (other[1].data.frame_size, other[1].data.channels) != (

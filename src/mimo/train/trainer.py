@@ -40,6 +40,7 @@ from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
+from mimo.options import check_options
 from mimo.train.checkpoint import (
     find_checkpoint,
     load_module,
@@ -482,6 +483,7 @@ def train(config: Config, dataset: Dataset | None = None) -> TrainResult:
 
     Under torchrun it joins the process group and leaves it at the end (a group it did not create is kept).
     """
+    check_options(config)
     joined = not is_initialized()
     try:
         return Trainer(config, dataset=dataset).train()
