@@ -3,12 +3,14 @@ and used by the code that reads the option, with no other edit (README, "How to 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch.utils.data import Dataset
 
 from conftest import micro_config, micro_model
-from mimo.config import ConfigError
+from mimo.config import ConfigError, SampleConfig
 from mimo.data import DATASETS, build_dataset
 from mimo.diffusion import flow
 from mimo.diffusion.sampler import sample_video
@@ -16,19 +18,8 @@ from mimo.objectives.objective import build_ctf_batch
 from mimo.options import check_options
 
 
-def test_a_new_sampling_grid_is_accepted_by_the_config_and_stepped_through_by_the_sampler(monkeypatch):
-    seen = []
-
-    def quadratic_grid(steps: int) -> torch.Tensor:  # more steps near the clean end
-        levels = torch.linspace(1.0, 0.0, steps + 1) ** 2
-        seen.append(levels)
-        return levels
-
-    with pytest.raises(ConfigError, match=r"sample\.grid"):
-        check_options(micro_config("sample.grid=quadratic"))
-    monkeypatch.setitem(flow.SAMPLING_GRIDS, "quadratic", quadratic_grid)
-    config = micro_config("sample.grid=quadratic", "sample.steps=3")
-    model = micro_model(config)
+def _levels_the_model_sees(monkeypatch, model) -> list[float]:
+    """The noise level of every call of `model` (uncached sampling calls its forward)."""
     levels = []
     original = model.forward
 
@@ -37,8 +28,43 @@ def test_a_new_sampling_grid_is_accepted_by_the_config_and_stepped_through_by_th
         return original(noisy, noise_level, *args, **kwargs)
 
     monkeypatch.setattr(model, "forward", recording)
-    sample_video(model, 1, batch_size=1, steps=3, grid=config.sample.grid, use_cache=False)
+    return levels
+
+
+def test_a_new_sampling_grid_is_accepted_by_the_config_and_stepped_through_by_the_sampler(monkeypatch):
+    seen = []
+
+    def quadratic_grid(steps: int, options: SampleConfig) -> torch.Tensor:  # more steps near the clean end
+        levels = torch.linspace(1.0, 0.0, steps + 1) ** 2
+        seen.append(levels)
+        return levels
+
+    with pytest.raises(ConfigError, match=r"sample\.grid"):
+        check_options(micro_config("sample.grid=quadratic"))
+    monkeypatch.setitem(flow.SAMPLING_GRIDS, "quadratic", quadratic_grid)
+    config = check_options(micro_config("sample.grid=quadratic", "sample.steps=3", "sample.use_cache=false"))
+    model = micro_model(config)
+    levels = _levels_the_model_sees(monkeypatch, model)
+    sample_video(model, 1, config.sampling, batch_size=1)
     assert len(seen) == 1 and levels == pytest.approx(seen[0][:-1].tolist())
+
+
+@dataclass(frozen=True)
+class PowerGridOptions(SampleConfig):
+    """SampleConfig with the parameter of a new grid: in the library, one more field of SampleConfig."""
+
+    power: float = 2.0
+
+
+def test_a_grid_with_a_parameter_reads_it_from_the_sampling_options(monkeypatch):
+    def power_grid(steps: int, options: PowerGridOptions) -> torch.Tensor:
+        return torch.linspace(1.0, 0.0, steps + 1) ** options.power
+
+    monkeypatch.setitem(flow.SAMPLING_GRIDS, "power", power_grid)
+    model = micro_model(micro_config())
+    levels = _levels_the_model_sees(monkeypatch, model)
+    sample_video(model, 1, PowerGridOptions(grid="power", power=3.0, steps=2, use_cache=False), batch_size=1)
+    assert levels == pytest.approx([1.0, 0.5**3])
 
 
 def test_a_new_noise_level_sampler_is_accepted_by_the_config_and_drawn_by_the_objective(monkeypatch):

@@ -488,6 +488,11 @@ class Config:
         return self.sample.window or self.data.num_frames - 1
 
     @property
+    def sampling(self) -> SampleConfig:
+        """The sampling options as `sample_video` takes them: sample.*, with the window resolved."""
+        return dataclasses.replace(self.sample, window=self.sample_window)
+
+    @property
     def decoder_layer(self) -> int:
         """l, the 1-based backbone layer MiMo's decoder (and by default the probes) read: the last unless set."""
         return self.mimo.decoder_layer or self.model.size()[0]
