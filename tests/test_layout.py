@@ -121,3 +121,28 @@ def test_no_module_imports_one_that_imports_it_back():
         if name in reachable(graph, imported)
     )
     assert circles == []
+
+
+MAX_FUNCTION_LINES = 60  # signature and docstring included: a function a reader follows in one screen
+DECLARATIVE_TABLES = {"cli.py:build_parser"}  # the command line's options, one statement each
+
+
+def test_every_function_fits_on_a_screen_except_declarative_tables():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                name, lines = f"{path.relative_to(PACKAGE)}:{node.name}", node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and name not in DECLARATIVE_TABLES:
+                    long.append(f"{name} ({lines} lines)")
+    assert long == []
+
+
+def test_sample_video_reads_top_to_bottom_in_at_most_40_lines():
+    from mimo.diffusion import sampler
+
+    tree = ast.parse((PACKAGE / "diffusion" / "sampler.py").read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "sample_video")
+    docstring = function.body[0]
+    assert isinstance(docstring, ast.Expr) and sampler.sample_video.__doc__
+    assert function.end_lineno - docstring.end_lineno <= 40
