@@ -14,6 +14,7 @@ from mimo.config import ConfigError, SampleConfig
 from mimo.data import DATASETS, build_dataset
 from mimo.diffusion import flow
 from mimo.diffusion.sampler import sample_video
+from mimo.models import attention
 from mimo.objectives.objective import build_ctf_batch
 from mimo.options import check_options
 
@@ -103,3 +104,22 @@ def test_a_new_dataset_is_accepted_by_the_config_and_built_by_name(monkeypatch):
     config = micro_config("data.dataset=blank", "data.path=unused")
     dataset = build_dataset(config.data, "eval", num_clips=3)
     assert isinstance(dataset, Blank) and len(dataset) == 3
+
+
+def test_a_new_attention_rule_is_one_function_that_both_mask_forms_follow(monkeypatch):
+    """README's row: edit `frame_causal_rule` and the dense mask and FlexAttention's block mask both change."""
+
+    def no_history(query_frame, query_clean, key_frame, key_clean):  # noisy frames see only themselves
+        return (query_clean == key_clean) & (key_frame == query_frame)
+
+    layout = attention.FrameLayout(2, 4, 2, 4, 1)
+    attention.clear_mask_caches()
+    monkeypatch.setattr(attention, "frame_causal_rule", no_history)
+    try:
+        frame, clean = layout.tokens()
+        expected = no_history(frame[:, None], clean[:, None], frame[None, :], clean[None, :])
+        assert torch.equal(layout.dense_mask(), expected)
+        block = layout.block_mask(block_size=4).to_dense()[0, 0].bool()  # (tiles, tiles) of 4 tokens
+        assert torch.equal(block, expected.unflatten(0, (-1, 4)).unflatten(2, (-1, 4)).any(dim=(1, 3)))
+    finally:
+        attention.clear_mask_caches()
