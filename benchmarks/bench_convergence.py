@@ -38,7 +38,7 @@ from harness import (
     summarised,
 )
 from mimo.config import Config, ConfigError, from_dict, read_yaml, with_overrides
-from mimo.evaluation.metrics import build_metrics, proxy_config
+from mimo.evaluation.metrics import build_metrics, metric_names, proxy_config
 from mimo.evaluation.protocols import generate, history_features, load_clips
 from mimo.metrics.probe import DEFAULT_C_GRID, linear_probe
 from mimo.metrics.proxy_classifier import ProxyClassifierConfig
@@ -147,7 +147,7 @@ class ConvergenceEvaluator:
         self.settings = settings
         self.clips = load_clips(config, max(settings.eval_clips, settings.probe_clips))
         self.held_out = {key: value[: settings.eval_clips] for key, value in self.clips.items()}
-        names = CONVERGENCE_METRICS if config.eval.metrics == "auto" else config.eval.metric_list(config.data.dataset)
+        names = CONVERGENCE_METRICS if config.eval.metrics == "auto" else metric_names(config)
         # eigh: exact for the rank-deficient covariances of a few hundred clips
         proxy = {"classifier": _classifier_settings(settings), "method": "eigh", "progress": False}
         self.metrics = build_metrics(list(names), config, self.held_out, str(device), proxy_fd=proxy)

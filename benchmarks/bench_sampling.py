@@ -27,7 +27,7 @@ from harness import (
     settings_of,
     timed,
 )
-from mimo.config import load_config
+from mimo.config import SampleConfig, load_config
 from mimo.diffusion.sampler import sample_video
 from mimo.models import build_backbone
 from mimo.train.distributed import default_device
@@ -53,9 +53,8 @@ def measure(args: argparse.Namespace, publish: Callable[[dict[str, Any]], Any]) 
 
     def generate(frames: int, use_cache: bool) -> Callable[[], Any]:
         generator = torch.Generator().manual_seed(0)
-        return lambda: sample_video(
-            model, frames, batch_size=args.batch_size, steps=args.steps, generator=generator, use_cache=use_cache
-        )
+        options = SampleConfig(steps=args.steps, use_cache=use_cache)
+        return lambda: sample_video(model, frames, options, batch_size=args.batch_size, generator=generator)
 
     times: dict[tuple[int, bool], list[tuple[float, float]]] = {}
     for _ in range(args.rounds):

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harness import flex_backward_on_cpu
-from mimo.config import Config, load_config, with_overrides
+from mimo.config import Config, SampleConfig, load_config, with_overrides
 from mimo.devices import datasheet_bf16_peak
 from mimo.diffusion.sampler import sample_video
 from mimo.models import build_backbone
@@ -181,14 +181,9 @@ def sampling_check(config: Config, device: torch.device, settings: dict, repeats
     for precision in ("bf16", "fp32"):
 
         def sample(precision=precision) -> None:
-            sample_video(
-                model,
-                settings["frames"],
-                context=context,
-                steps=settings["steps"],
-                precision=precision,
-                generator=torch.Generator().manual_seed(0),
-            )
+            options = SampleConfig(steps=settings["steps"], precision=precision)
+            generator = torch.Generator().manual_seed(0)
+            sample_video(model, settings["frames"], options, context=context, generator=generator)
 
         seconds = _median_seconds(sample, device, repeats)
         out[precision] = {"seconds_per_frame": round(seconds / generated, 4), "batch": settings["batch"]}

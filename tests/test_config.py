@@ -8,6 +8,7 @@ import re
 import pytest
 
 from mimo.config import Config, ConfigError, load_config, validate, with_overrides
+from mimo.options import check_options
 
 REJECTED = {
     "patch size not dividing the frame": (["data.frame_size=30", "model.patch_size=4"], "model.patch_size"),
@@ -39,7 +40,7 @@ REJECTED = {
 def test_impossible_values_are_rejected_with_a_message_naming_the_key(name):
     overrides, key = REJECTED[name]
     with pytest.raises(ConfigError, match=re.escape(key)):
-        load_config(None, overrides)
+        check_options(load_config(None, overrides))  # names and bounds that code above config.py holds
 
 
 @pytest.mark.parametrize("override", ["train.steps", "steps=3", "=3", "train.steps:3"])

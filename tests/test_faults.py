@@ -29,7 +29,7 @@ import mimo.apps.sample
 import mimo.train.trainer
 from mimo.apps.sample import export_inference_checkpoint, sample_from_checkpoint
 from mimo.cli import main
-from mimo.config import load_config
+from mimo.config import SampleConfig, load_config
 from mimo.data.media import to_uint8, write_video
 from mimo.data.synthetic import MovingShapes
 from mimo.diffusion.sampler import sample_video
@@ -407,7 +407,8 @@ def test_data_check_of_a_two_class_folder_expects_no_class_count_it_was_not_give
 
 def test_sample_video_takes_numpy_integers_as_counts(pixel_model):
     context = torch.rand(1, 2, 3, 16, 16) * 2 - 1
-    assert sample_video(pixel_model, np.int64(3), context=context, steps=np.int64(1)).shape == (1, 3, 3, 16, 16)
+    options = SampleConfig(steps=np.int64(1))
+    assert sample_video(pixel_model, np.int64(3), options, context=context).shape == (1, 3, 3, 16, 16)
 
 
 def test_training_a_finished_run_again_says_there_is_nothing_to_train(workspace, tmp_path, capsys):
@@ -495,12 +496,16 @@ def pixel_model():
     return build_backbone(load_config(None, list(MICRO))).eval()
 
 
-def _sample_with(make_context, **options):
+ONE_STEP = SampleConfig(steps=1, cfg_scale=1.0)
+
+
+def _sample_with(make_context, batch_size: int | None = None, **options):
     """A call of sample_video on a pixel model with a context of two frames made by `make_context`."""
 
     def call(workspace: Path, model) -> None:
         context = torch.rand(1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        sample_video(model, 3, context=make_context(context), steps=1, **options)
+        settings = SampleConfig(**{"steps": 1, "cfg_scale": 1.0, **options})
+        sample_video(model, 3, settings, context=make_context(context), batch_size=batch_size)
 
     return call
 
@@ -569,7 +574,7 @@ LIBRARY_CASES = {  # id: (call(workspace, model), the error, a part of its one-l
     "batch-size-other-than-the-context": (_sample_with(lambda c: c, batch_size=3), InputError, "give only one"),
     "negative-cfg-scale": (_sample_with(lambda c: c, cfg_scale=-1.0), InputError, "cfg_scale must be 0 or more"),
     "labels-one-past-the-classes": (
-        lambda ws, model: sample_video(_class_conditional_model(), 3, labels=torch.tensor([8]), steps=1),
+        lambda ws, model: sample_video(_class_conditional_model(), 3, ONE_STEP, labels=torch.tensor([8])),
         InputError,
         "labels must be class ids in 0..7",
     ),
@@ -582,7 +587,9 @@ LIBRARY_CASES = {  # id: (call(workspace, model), the error, a part of its one-l
     "keep-outside-a-frame": (_forward_with(keep=torch.tensor([[0, 99]])), InputError, "a frame has positions 0..15"),
     "a-layer-that-does-not-exist": (_forward_with(return_layers=(9,)), InputError, "layers [9] do not exist"),
     "samples-that-overflow": (
-        lambda ws, model: sample_video(_overflowing(build_backbone(load_config(None, list(MICRO)))), 3, 1, steps=1),
+        lambda ws, model: sample_video(
+            _overflowing(build_backbone(load_config(None, list(MICRO)))), 3, ONE_STEP, batch_size=1
+        ),
         NonFiniteValuesError,
         "1 of 1 sampled videos hold NaN or infinite values",
     ),
@@ -607,4 +614,4 @@ def test_bad_input_to_the_library_raises_a_mimo_error_naming_the_fix(workspace, 
 
 def test_sample_video_takes_a_good_context(pixel_model):
     context = torch.rand(1, 2, 3, 16, 16) * 2 - 1
-    assert sample_video(pixel_model, 3, context=context, steps=1).shape == (1, 3, 3, 16, 16)
+    assert sample_video(pixel_model, 3, ONE_STEP, context=context).shape == (1, 3, 3, 16, 16)

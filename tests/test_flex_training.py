@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mimo.config import load_config
+from mimo.config import SampleConfig, load_config
 from mimo.diffusion.sampler import sample_video
 from mimo.errors import ConfigError
 from mimo.models import build_backbone
@@ -103,7 +103,8 @@ def test_training_after_sampling_in_one_process_reuses_the_samplers_masks(tmp_pa
     frames, size = config.data.num_frames, config.data.frame_size
     clip = torch.rand(1, frames, 3, size, size) * 2 - 1
     for context, length in ((frames - 1, frames), (1, frames + 2)):  # teacher-forced; past the window
-        sample_video(trainer.ema.module, length, context=clip[:, :context], steps=1, window=config.sample_window)
+        options = SampleConfig(steps=1, window=config.sample_window)
+        sample_video(trainer.ema.module, length, options, context=clip[:, :context])
     losses = trainer.train_step(trainer.batches())
     assert losses is not None and losses["mask"] > 0
 

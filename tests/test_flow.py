@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mimo.config import DiffusionConfig
+from mimo.config import DiffusionConfig, SampleConfig
 from mimo.diffusion.flow import (
     integrate,
     interpolate,
@@ -51,7 +51,7 @@ def test_integrating_the_true_velocity_of_a_straight_path_recovers_the_clean_end
     clean, noise = _pair()
     clean, noise = clean[:, 0], noise[:, 0]
     # the rectified-flow velocity of a single straight path is constant: both solvers are exact
-    out = integrate(lambda z, s: velocity_target(clean, noise), noise, steps, solver)
+    out = integrate(lambda z, s: velocity_target(clean, noise), noise, SampleConfig(steps=steps, solver=solver))
     torch.testing.assert_close(out, clean, atol=1e-12, rtol=0)
 
 
@@ -67,12 +67,12 @@ def test_euler_and_heun_on_a_velocity_linear_in_the_noise_level():
         calls.append(s.clone())
         return a + b * s  # z is (B,) here, so s lines up with it
 
-    euler = integrate(velocity, z1, steps, "euler")
+    euler = integrate(velocity, z1, SampleConfig(steps=steps, solver="euler"))
     assert len(calls) == steps
     # left Riemann sum of a + b·s over a decreasing grid: error b·dt/2 (first order)
     torch.testing.assert_close(euler, exact - b * dt / 2, atol=1e-6, rtol=0)
     calls.clear()
-    heun = integrate(velocity, z1, steps, "heun")
+    heun = integrate(velocity, z1, SampleConfig(steps=steps, solver="heun"))
     # the trapezoid rule is exact for a linear integrand on every step with a corrector; the last step
     # is a plain Euler step (no evaluation at s = 0), leaving one step's error b·dt²/2
     assert len(calls) == 2 * steps - 1
@@ -82,7 +82,7 @@ def test_euler_and_heun_on_a_velocity_linear_in_the_noise_level():
 
 def test_unknown_solver_is_rejected():
     with pytest.raises(ValueError, match="euler"):
-        integrate(lambda z, s: z, torch.zeros(1, 1), 2, "rk4")
+        integrate(lambda z, s: z, torch.zeros(1, 1), SampleConfig(steps=2, solver="rk4"))
 
 
 @pytest.mark.parametrize("method", ["uniform", "logit_normal"])
@@ -109,7 +109,7 @@ def test_logit_normal_levels_follow_their_mean_and_std():
 
 @pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
 def test_time_shift_keeps_the_endpoints_and_moves_levels_towards_noise_above_one(shift):
-    levels = uniform_grid(8).double()
+    levels = uniform_grid(8, SampleConfig()).double()
     shifted = shift_levels(levels, shift)
     assert shifted[0] == 1 and shifted[-1] == 0
     assert (shifted.diff() < 0).all()  # still a grid from noise to clean
@@ -129,6 +129,6 @@ def test_the_solver_steps_through_the_shifted_grid():
         seen.append(s[0].item())
         return torch.zeros_like(z)
 
-    integrate(velocity, torch.zeros(1, 2), 4, "euler", shift=3.0)
-    expected = shift_levels(uniform_grid(4).double(), 3.0)[:-1].tolist()
+    integrate(velocity, torch.zeros(1, 2), SampleConfig(steps=4, solver="euler", shift=3.0))
+    expected = shift_levels(uniform_grid(4, SampleConfig()).double(), 3.0)[:-1].tolist()
     assert seen == pytest.approx(expected, abs=1e-7)

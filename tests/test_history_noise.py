@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from mimo.config import ConfigError, load_config
+from mimo.config import ConfigError, SampleConfig, load_config
 from mimo.diffusion.sampler import sample_video
 from mimo.errors import InputError
 from mimo.objectives.objective import build_ctf_batch
@@ -78,7 +78,7 @@ def test_a_model_trained_on_clean_histories_refuses_noise_levels_and_history_opt
         model(video[:, 2:3], torch.ones(4, 1), clean=video[:, :2], clean_noise_level=torch.zeros(4, 2))
     for option in ({"history_noise": 0.1}, {"history_guidance": 2.0}):
         with pytest.raises(InputError, match="clean histories"):
-            sample_video(model, 3, context=video[:, :2], steps=2, **option)
+            sample_video(model, 3, SampleConfig(steps=2, **option), context=video[:, :2])
 
 
 def test_history_guidance_at_zero_follows_the_history_free_branch_alone(make_config, make_model, clips):
@@ -88,7 +88,8 @@ def test_history_guidance_at_zero_follows_the_history_free_branch_alone(make_con
 
     def sample(context: torch.Tensor, guidance: float) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
-        return sample_video(model, 4, context=context, steps=2, generator=generator, history_guidance=guidance)
+        options = SampleConfig(steps=2, history_guidance=guidance)
+        return sample_video(model, 4, options, context=context, generator=generator)
 
     torch.testing.assert_close(sample(video[:, :2], 0.0)[:, 2:], sample(video[[1, 2, 3, 0], :2], 0.0)[:, 2:])
     guided = sample(video[:, :2], 1.5)[:, 2:]
@@ -99,7 +100,13 @@ def test_sampling_with_a_noised_history_depends_on_the_level(make_config, make_m
     model = make_model(make_config(*NOISED))
     context = clips[0][:, :2]
     samples = [
-        sample_video(model, 4, context=context, steps=2, generator=torch.Generator().manual_seed(0), history_noise=s)
+        sample_video(
+            model,
+            4,
+            SampleConfig(steps=2, history_noise=s),
+            context=context,
+            generator=torch.Generator().manual_seed(0),
+        )
         for s in (0.0, 0.2)
     ]
     assert torch.equal(samples[0][:, :2], context) and torch.equal(samples[1][:, :2], context)  # given, unchanged

@@ -18,11 +18,21 @@ LOWER_LAYERS = ("models", "diffusion", "objectives", "data", "metrics")
 UPPER_LAYERS = ("mimo.train", "mimo.apps", "mimo.evaluation", "mimo.cli")
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of `tree` but those under `if TYPE_CHECKING:`, which only type checkers import."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Every module an `import` or `from ... import` names in `path`, anywhere in the file, made absolute."""
+    """Every module an `import` or `from ... import` names in `path`, anywhere in the file (functions included,
+    `if TYPE_CHECKING:` blocks left out), made absolute."""
     package = ".".join(("mimo", *path.relative_to(PACKAGE).parent.parts))
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -42,6 +52,26 @@ def reaching(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
         for path, names in imports_under(folder).items()
     }
     return {path: names for path, names in found.items() if names}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of mimo it imports (a package's name stands for its __init__)."""
+    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    return {name: (imported_modules(path) & modules.keys()) - {name} for name, path in modules.items()}
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, stack = set(), [start]
+    while stack:
+        for name in graph[stack.pop()] - seen:
+            seen.add(name)
+            stack.append(name)
+    return seen
 
 
 def test_the_walker_sees_module_and_function_level_imports():
@@ -75,3 +105,44 @@ def test_importing_every_module_of_mimo_changes_no_environment_variable():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == len(list(PACKAGE.rglob("*.py"))) - 1  # every module but mimo/__init__ itself
+
+
+def test_config_is_the_ground_floor_importing_only_the_errors():
+    assert import_graph()["mimo.config"] == {"mimo.errors"}
+    assert import_graph()["mimo.errors"] == set()
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = import_graph()
+    circles = sorted(
+        f"{name} -> {imported}"
+        for name, imports in graph.items()
+        for imported in imports
+        if name in reachable(graph, imported)
+    )
+    assert circles == []
+
+
+MAX_FUNCTION_LINES = 60  # signature and docstring included: a function a reader follows in one screen
+DECLARATIVE_TABLES = {"cli.py:build_parser"}  # the command line's options, one statement each
+
+
+def test_every_function_fits_on_a_screen_except_declarative_tables():
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                name, lines = f"{path.relative_to(PACKAGE)}:{node.name}", node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and name not in DECLARATIVE_TABLES:
+                    long.append(f"{name} ({lines} lines)")
+    assert long == []
+
+
+def test_sample_video_reads_top_to_bottom_in_at_most_40_lines():
+    from mimo.diffusion import sampler
+
+    tree = ast.parse((PACKAGE / "diffusion" / "sampler.py").read_text())
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "sample_video")
+    docstring = function.body[0]
+    assert isinstance(docstring, ast.Expr) and sampler.sample_video.__doc__
+    assert function.end_lineno - docstring.end_lineno <= 40

@@ -15,7 +15,8 @@ from mimo.apps.demo import run_demo
 from mimo.cli import main
 from mimo.config import ConfigError
 from mimo.errors import MetricUnavailableError
-from mimo.evaluation.metrics import METRICS, Metric, build_metrics
+from mimo.evaluation.metrics import METRICS, Metric, build_metrics, metric_names
+from mimo.options import check_options
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -58,9 +59,9 @@ def test_a_metric_registered_once_is_reported_by_the_demo_eval_and_the_benchmark
     assert MeanBrightness.label in (tmp_path / "bench" / "README.md").read_text()
 
 
-def test_an_unregistered_metric_is_refused_by_the_config_and_by_build_metrics():
+def test_an_unregistered_metric_is_refused_by_the_options_check_and_by_build_metrics():
     with pytest.raises(ConfigError, match=r"eval\.metrics"):
-        micro_config("eval.metrics=brightness")
+        check_options(micro_config("eval.metrics=brightness"))
     with pytest.raises(ValueError, match="brightness"):
         build_metrics(["brightness"], micro_config(), {"video": torch.zeros(1, 4, 3, 16, 16)})
 
@@ -69,4 +70,4 @@ def test_lpips_is_an_optional_metric_that_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "lpips", None)  # makes `import lpips` fail, as where it is not installed
     config = micro_config("eval.metrics=lpips")  # a registered name: the config accepts it
     with pytest.raises(MetricUnavailableError, match="pip install lpips"):
-        build_metrics(config.eval.metric_list(config.data.dataset), config, {"video": torch.zeros(1, 4, 3, 16, 16)})
+        build_metrics(metric_names(config), config, {"video": torch.zeros(1, 4, 3, 16, 16)})

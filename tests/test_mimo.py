@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mimo.config import SampleConfig
 from mimo.diffusion.sampler import sample_video
 from mimo.models.dit import FrameCausalDiT
 from mimo.models.mimo_decoder import MimoDecoder
@@ -224,8 +225,8 @@ def test_a_mimo_backbone_samples_without_its_decoder(make_config, randomize, cli
     inference = FrameCausalDiT(config.model, config.data.channels, config.data.frame_size, config.num_classes)
     inference.load_state_dict(state)  # strict: the inference model has exactly the backbone's weights
     inference.eval()
-    kwargs = dict(batch_size=2, steps=2, use_cache=True)
-    frames = sample_video(inference, 3, generator=torch.Generator().manual_seed(0), **kwargs)
-    again = sample_video(objective.backbone, 3, generator=torch.Generator().manual_seed(0), **kwargs)
+    options = SampleConfig(steps=2, use_cache=True)
+    frames = sample_video(inference, 3, options, batch_size=2, generator=torch.Generator().manual_seed(0))
+    again = sample_video(objective.backbone, 3, options, batch_size=2, generator=torch.Generator().manual_seed(0))
     assert frames.shape == (2, 3, 3, 16, 16) and torch.isfinite(frames).all()
     assert torch.equal(frames, again)

@@ -19,7 +19,7 @@ from mimo.config import ConfigError, load_config
 from mimo.data import build_dataset, moving_mnist
 from mimo.data.moving_mnist import DIGIT_SIZE, Digits, MovingMNIST, bouncing_trajectories, split_digits
 from mimo.evaluation.evaluate import evaluate_run
-from mimo.evaluation.metrics import build_metrics
+from mimo.evaluation.metrics import build_metrics, metric_names
 from mimo.evaluation.protocols import copy_last_frame
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "moving_mnist"
@@ -143,7 +143,7 @@ def test_the_presets_predict_from_given_frames_and_evaluate_on_held_out_digits(p
     assert config.train.task == "prediction" and config.data.channels == 1
     tokens_per_frame = (config.data.frame_size // config.model.patch_size) ** 2
     assert 64 <= tokens_per_frame <= 256
-    assert {"mse", "ssim", "psnr", "fvd"} <= set(config.eval.metric_list(config.data.dataset))
+    assert {"mse", "ssim", "psnr", "fvd"} <= set(metric_names(config))
     held_out = set(split_digits(fake_digits(), "eval").rows.tolist())
     evaluation = build_dataset(config.data, "eval", 20)
     assert all(set(evaluation[i]["digit_rows"].tolist()) <= held_out for i in range(20))

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from mimo.cli import main
-from mimo.config import load_config
+from mimo.config import SampleConfig, load_config
 from mimo.data.synthetic import MovingShapes
 from mimo.models import build_backbone
 from mimo.models.checks import InputError, check_model_inputs, check_pixel_values, check_sample_inputs
@@ -317,7 +317,7 @@ def test_well_formed_inputs_pass_the_checks_and_run(model_and_clips):
     check_model_inputs(model, video[:, 2:], noise_level, labels, video[:, :2], keep)
     with torch.no_grad():
         model(video[:, 2:], noise_level, labels, clean=video[:, :2], keep=keep)
-    check_sample_inputs(model, 4, None, labels, video[:, :2], steps=2, window=None, generator=torch.Generator())
+    check_sample_inputs(model, 4, None, labels, video[:, :2], SampleConfig(steps=2), generator=torch.Generator())
     check_pixel_values("video", video)
 
 
@@ -373,7 +373,7 @@ def test_bad_model_inputs_are_named(model_and_clips, case, message):
 )
 def test_bad_sampling_arguments_are_named(model_and_clips, case, message):
     model, video, labels = model_and_clips
-    arguments = dict(num_frames=4, batch_size=None, labels=labels, context=video[:, :2], steps=2, window=None)
+    arguments = dict(num_frames=4, batch_size=None, labels=labels, context=video[:, :2], options=SampleConfig(steps=2))
     if case == "context-fills-the-video":
         arguments["num_frames"] = 2
     elif case == "label-out-of-range":
@@ -381,7 +381,7 @@ def test_bad_sampling_arguments_are_named(model_and_clips, case, message):
     elif case == "nan-context":
         arguments["context"] = video[:, :2] * math.nan
     elif case == "zero-steps":
-        arguments["steps"] = 0
+        arguments["options"] = SampleConfig(steps=0)
     elif case == "nothing-to-size-the-batch":
         arguments.update(labels=None, context=None)
         model = build_backbone(load_config(None, list(MICRO)))  # unconditional: labels do not size it either

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mimo.config import SampleConfig
 from mimo.diffusion.sampler import inference, sample_video
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -62,21 +63,24 @@ BF16_ATOL = 0.1  # bf16 keeps 8 bits of mantissa; a few ODE steps of a micro mod
 def _sample(model, clips, case: dict, use_cache: bool, seed: int = 0, precision: str = "auto") -> torch.Tensor:
     video, labels = clips
     context = video[:BATCH, : case["context"]] if case["context"] else None
-    return sample_video(
-        model,
-        case["num_frames"],
-        batch_size=BATCH,
-        labels=labels[:BATCH] % case["classes"] if case.get("classes") else None,
-        context=context,
+    options = SampleConfig(
         steps=STEPS,
         solver=case["solver"],
         cfg_scale=case.get("cfg_scale", 1.0),
         window=case.get("window"),
-        generator=torch.Generator().manual_seed(seed),
         use_cache=use_cache,
         precision=precision,
         history_noise=case.get("history_noise", 0.0),
         history_guidance=case.get("history_guidance", 1.0),
+    )
+    return sample_video(
+        model,
+        case["num_frames"],
+        options,
+        context=context,
+        labels=labels[:BATCH] % case["classes"] if case.get("classes") else None,
+        batch_size=BATCH,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

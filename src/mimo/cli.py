@@ -79,9 +79,10 @@ def _data_encode(args: argparse.Namespace) -> None:
     from mimo.data import build_dataset
     from mimo.data.latents import encode_dataset
     from mimo.models.autoencoder import build_autoencoder
+    from mimo.options import check_options
     from mimo.train.distributed import default_device
 
-    config = load_config(args.config, args.overrides)
+    config = check_options(load_config(args.config, args.overrides))
     if args.autoencoder == "autoencoder_kl" and not args.vae:
         raise ArgumentError(
             "--vae FOLDER is needed: autoencoder_kl loads a pretrained VAE from a local folder (diffusers format); "
@@ -113,8 +114,9 @@ def _data_encode(args: argparse.Namespace) -> None:
 
 def _data_check(args: argparse.Namespace) -> int:
     from mimo.data.check import check_config
+    from mimo.options import check_options
 
-    report = check_config(load_config(args.config, args.overrides), workers=args.workers)
+    report = check_config(check_options(load_config(args.config, args.overrides)), workers=args.workers)
     print(report)
     if args.json:
         with open(args.json, "w") as file:

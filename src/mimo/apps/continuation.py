@@ -23,6 +23,7 @@ from mimo.data.video_folder import BadVideoError, ClipSampling, read_clip, to_un
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import InputError
 from mimo.models.autoencoder import to_model_space, to_pixels
+from mimo.options import check_options
 from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 from mimo.train.distributed import default_device
 
@@ -44,7 +45,7 @@ def continue_video(
     with the given frames above the continuation, to `out_dir` (default: RUN/continued)."""
     device = default_device(device)
     model, config = load_trained_model(checkpoint, use_ema=use_ema, device=device)
-    config = with_sampling_overrides(config, overrides or [], SAMPLE_KEYS)
+    config = check_options(with_sampling_overrides(config, overrides or [], SAMPLE_KEYS))
     out = output_folder(checkpoint, out_dir, "continued")
     k = config.train.context_frames if context_frames is None else context_frames
     length = num_frames if num_frames is not None else config.sample.num_frames or config.data.num_frames

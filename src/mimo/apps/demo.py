@@ -17,9 +17,10 @@ from pathlib import Path
 from mimo.config import Config, load_config
 from mimo.data.media import save_gif, video_grid
 from mimo.errors import ConfigError, Interrupted
-from mimo.evaluation.metrics import METRICS, build_metrics
+from mimo.evaluation.metrics import METRICS, build_metrics, metric_names
 from mimo.evaluation.motion import copy_last_scores, motion_scores
 from mimo.evaluation.protocols import autoregressive, copy_last_frame, held_out_clips
+from mimo.models.dit import FrameCausalDiT
 from mimo.train.checkpoint import REFERENCE_MODEL, load_trained_model, naming_the_checkpoint
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import train
@@ -53,12 +54,8 @@ def _comparable(reference: Config, config: Config) -> bool:
     return same_frames and reference.context_frames == config.context_frames
 
 
-def run_demo(
-    out_dir: str | Path = "runs/demo", steps: int | None = None, overrides: list[str] | None = None
-) -> DemoReport:
-    """Train, sample, measure and picture beside the shipped reference model; prints the figures and where
-    the pictures are."""
-    out_dir = Path(out_dir)
+def _demo_config(out_dir: Path, steps: int | None, overrides: list[str] | None) -> Config:
+    """demo.yaml with the run folder, the steps and `overrides`; refused unless it trains on the built-in videos."""
     settings = [f"train.out_dir={out_dir}", *(overrides or [])]
     if steps is not None:
         settings.append(f"train.steps={steps}")
@@ -71,25 +68,39 @@ def run_demo(
         )
     if config.train.steps < 1:
         raise ConfigError("train.steps: the demo measures a trained model; give at least 1 step (--steps)")
+    return config
 
-    result = train(config)
+
+def _trained_models(out_dir: Path) -> dict[str, tuple[FrameCausalDiT, Config, str | Path]]:
+    """The demo's trained model and, when trained on the same frames, the shipped reference model before it."""
+    demo_model, config = load_trained_model(out_dir)
+    models = {"demo": (demo_model, config, out_dir)}
+    reference, reference_config = load_trained_model(REFERENCE_MODEL)
+    if _comparable(reference_config, config):
+        return {"reference": (reference, reference_config, REFERENCE_MODEL), **models}
+    print("the reference model was trained on other frames than these: it is left out of the comparison")
+    return models
+
+
+def run_demo(
+    out_dir: str | Path = "runs/demo", steps: int | None = None, overrides: list[str] | None = None
+) -> DemoReport:
+    """Train, sample, measure and picture beside the shipped reference model; prints the figures and where
+    the pictures are."""
+    out_dir = Path(out_dir)
+    result = train(_demo_config(out_dir, steps, overrides))
     if result.interrupted:
         raise Interrupted(
             f"training was interrupted at step {result.step} (checkpoint saved); run the demo again to resume and "
             "finish it",
             result.stop_signal,
         )
-    demo_model, config = load_trained_model(out_dir)
-    models = {"demo": (demo_model, config, out_dir)}
-    reference, reference_config = load_trained_model(REFERENCE_MODEL)
-    if _comparable(reference_config, config):
-        models = {"reference": (reference, reference_config, REFERENCE_MODEL), **models}
-    else:
-        print("the reference model was trained on other frames than these: it is left out of the comparison")
+    models = _trained_models(out_dir)
+    config = models["demo"][1]
     length, long_length = config.data.num_frames, 2 * config.data.num_frames
     clips = held_out_clips(config, long_length)
     k = config.context_frames
-    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, clips)
+    metrics = build_metrics(metric_names(config), config, clips)
 
     scores, motion, long_samples = {}, {}, {}
     for name, (model, model_config, checkpoint) in models.items():

@@ -15,6 +15,7 @@ from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
 from mimo.errors import ArgumentError, ConfigError
 from mimo.models.autoencoder import to_pixels
+from mimo.options import check_options
 from mimo.train.checkpoint import (
     find_trained_checkpoint,
     load_trained_model,
@@ -52,7 +53,7 @@ def sample_from_checkpoint(
     out = output_folder(checkpoint, out_dir, SAMPLES_DIR)
     given = {"sample.num_videos": num_videos, "sample.num_frames": num_frames}
     settings = [f"{key}={value}" for key, value in given.items() if value is not None]
-    config = with_sampling_overrides(config, [*(overrides or []), *settings], SAMPLE_KEYS)
+    config = check_options(with_sampling_overrides(config, [*(overrides or []), *settings], SAMPLE_KEYS))
     count = config.sample.num_videos
     eval_set = build_dataset(config.data, "eval", num_clips=count)
     if len(eval_set) < count:

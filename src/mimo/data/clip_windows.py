@@ -34,7 +34,7 @@ from av.video.reformatter import VideoReformatter
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from mimo.data.atomic import write_atomically
@@ -168,27 +168,35 @@ def encode_videos(
             continue
         path.unlink(missing_ok=True)  # written, but killed before the manifest listed it: encode it again
         start = shard * videos_per_shard
-        subset = torch.utils.data.Subset(videos, range(start, start + count))
-        loader = DataLoader(subset, batch_size=None, num_workers=num_workers)
-        tensors: dict[str, torch.Tensor] = {}
-        labels, skipped, frames = [], [], 0
-        for offset, item in enumerate(loader):
-            if item is None:
-                skipped.append(str(records[start + offset].path))
-                continue
-            with torch.no_grad():
-                encoded = autoencoder.encode(item["video"][None].to(device))[0].to("cpu", storage_dtype)
-            tensors[f"video_{len(labels)}"] = encoded.contiguous()
-            labels.append(item["label"])
-            frames += len(encoded)
-        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+        loader = DataLoader(Subset(videos, range(start, start + count)), batch_size=None, num_workers=num_workers)
+        tensors, skipped = _encode_shard(loader, autoencoder, device, storage_dtype)
         write_atomically(path, lambda temporary, t=tensors: save_file(t, temporary))
-        written = {"file": shard_name(shard), "count": len(labels), "frames": frames, "skipped": skipped}
+        count, frames = len(tensors["labels"]), sum(len(t) for name, t in tensors.items() if name != "labels")
+        skipped = [str(records[start + offset].path) for offset in skipped]
+        written = {"file": shard_name(shard), "count": count, "frames": frames, "skipped": skipped}
         manifest["shards"] = [*manifest["shards"], written]
         write_manifest(out_dir, manifest)
     manifest["complete"] = True
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _encode_shard(
+    loader: DataLoader, autoencoder: nn.Module, device: str | torch.device, storage_dtype: torch.dtype
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """The tensors of one shard (`video_i` (F, c, h, w) each, and `labels`) and the offsets of the videos skipped."""
+    tensors: dict[str, torch.Tensor] = {}
+    labels, skipped = [], []
+    for offset, item in enumerate(loader):
+        if item is None:
+            skipped.append(offset)
+            continue
+        with torch.no_grad():
+            encoded = autoencoder.encode(item["video"][None].to(device))[0].to("cpu", storage_dtype)
+        tensors[f"video_{len(labels)}"] = encoded.contiguous()
+        labels.append(item["label"])
+    tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+    return tensors, skipped
 
 
 class VideoLatentDataset(Dataset):

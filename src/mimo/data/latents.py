@@ -84,32 +84,46 @@ def encode_dataset(
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
     autoencoder.to(device).eval()
 
-    latents, labels = [], []
-    pending = iter(todo)
-    shard = next(pending, None)
     bar = tqdm(total=num_items, initial=num_items - len(indices), unit="clip", desc="encoding", disable=not progress)
     with bar:
-        for batch in loader:
-            latents.append(autoencoder.encode(batch["video"].to(device)).to("cpu", storage_dtype))
-            labels.append(batch["label"].to(torch.int64))
-            shapes = {"clip": list(batch["video"].shape[1:]), "latent": list(latents[-1].shape[1:])}
-            manifest.setdefault("shapes", shapes)
-            bar.update(len(batch["label"]))
-            while shard is not None and sum(len(chunk) for chunk in labels) >= counts[shard]:
-                shard_latents, latents = _split(latents, counts[shard])
-                shard_labels, labels = _split(labels, counts[shard])
-                tensors = {"latents": shard_latents, "labels": shard_labels}
-                write_atomically(out_dir / shard_name(shard), partial(save_file, tensors))
-                manifest["shards"] = _finished_shards(out_dir, counts)
-                write_manifest(out_dir, manifest)
-                shard = next(pending, None)
-
+        _write_shards(loader, autoencoder, device, storage_dtype, todo, counts, manifest, out_dir, bar)
     manifest["shards"] = _finished_shards(out_dir, counts)
     manifest["complete"] = True
     if hasattr(dataset, "failures"):
         manifest["skipped_videos"] = str(dataset.failures)
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def _write_shards(
+    loader: DataLoader,
+    autoencoder: nn.Module,
+    device: str | torch.device,
+    storage_dtype: torch.dtype,
+    todo: list[int],
+    counts: list[int],
+    manifest: dict[str, Any],
+    out_dir: Path,
+    bar: tqdm,
+) -> None:
+    """Encode the batches of `loader` (the items of the shards `todo`, in order) and write each shard, listed in
+    the manifest, as soon as its `counts[shard]` items are encoded."""
+    latents, labels = [], []
+    pending = iter(todo)
+    shard = next(pending, None)
+    for batch in loader:
+        latents.append(autoencoder.encode(batch["video"].to(device)).to("cpu", storage_dtype))
+        labels.append(batch["label"].to(torch.int64))
+        manifest.setdefault("shapes", {"clip": list(batch["video"].shape[1:]), "latent": list(latents[-1].shape[1:])})
+        bar.update(len(batch["label"]))
+        while shard is not None and sum(len(chunk) for chunk in labels) >= counts[shard]:
+            shard_latents, latents = _split(latents, counts[shard])
+            shard_labels, labels = _split(labels, counts[shard])
+            tensors = {"latents": shard_latents, "labels": shard_labels}
+            write_atomically(out_dir / shard_name(shard), partial(save_file, tensors))
+            manifest["shards"] = _finished_shards(out_dir, counts)
+            write_manifest(out_dir, manifest)
+            shard = next(pending, None)
 
 
 def _split(chunks: list[torch.Tensor], count: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -2,7 +2,8 @@
 
 Noise level s ∈ [0, 1]: z_s = (1 - s)·x + s·ε, so s = 0 is the clean frame and s = 1 pure noise;
 the network predicts the velocity dz/ds = ε - x. Sampling integrates from s = 1 down to s = 0.
-A new noise-level sampler or sampling grid is a function here and an entry in its registry.
+A new noise-level sampler or sampling grid is a function here and an entry in its registry; a grid gets the
+sampling options (SampleConfig), so a grid with a parameter reads it from there.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from mimo.config import DiffusionConfig
+from mimo.config import SOLVERS, DiffusionConfig, SampleConfig
 from mimo.errors import InputError
 
 
@@ -60,53 +61,57 @@ def _device_of(generator: torch.Generator | None) -> torch.device | None:
     return generator.device if generator is not None else None
 
 
-def uniform_grid(steps: int) -> Tensor:
+def uniform_grid(steps: int, options: SampleConfig) -> Tensor:
     """`steps` equal steps from s = 1 to s = 0."""
     return torch.linspace(1.0, 0.0, steps + 1)
 
 
-# Noise levels the sampler steps through, by name (sample.grid): (steps,) -> (steps + 1,) from 1 down to 0.
-SAMPLING_GRIDS: dict[str, Callable[[int], Tensor]] = {"uniform": uniform_grid}
+SamplingGrid = Callable[[int, SampleConfig], Tensor]
+# Noise levels the sampler steps through, by name (sample.grid): (steps, sampling options) -> (steps + 1,) levels
+# from 1 down to 0. A grid with a parameter reads it from the options, where it is a field of SampleConfig.
+SAMPLING_GRIDS: dict[str, SamplingGrid] = {"uniform": uniform_grid}
 
 
 def shift_levels(levels: Tensor, shift: float) -> Tensor:
     """SD3's time shift (Esser et al. 2024, eq. 23): s' = shift·s / (1 + (shift - 1)·s). It keeps 0 and 1 and,
     for shift > 1, moves every level towards noise, so more of the steps decide the coarse layout."""
     return shift * levels / (1 + (shift - 1) * levels)
-SOLVERS = ("euler", "heun")  # sample.solver; `integrate` implements both
+
+
+def sampling_levels(options: SampleConfig) -> list[float]:
+    """The `options.steps + 1` noise levels of the grid `options.grid`, time-shifted by `options.shift` (1: as
+    the grid is), as host numbers: the solver's loop then never waits on a device."""
+    if options.solver not in SOLVERS:
+        raise InputError(f"unknown solver '{options.solver}'; choose one of {list(SOLVERS)}")
+    if options.grid not in SAMPLING_GRIDS:
+        raise InputError(f"unknown sampling grid '{options.grid}'; choose one of {list(SAMPLING_GRIDS)}")
+    if not options.shift > 0:
+        raise InputError(f"the grid's time shift must be positive (1: none), got {options.shift}")
+    levels = SAMPLING_GRIDS[options.grid](options.steps, options).double()
+    return shift_levels(levels, options.shift).tolist()
 
 
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def integrate(
-    velocity: VelocityFn, noise: Tensor, steps: int, solver: str = "euler", grid: str = "uniform", shift: float = 1.0
-) -> Tensor:
-    """Integrate dz/ds = v(z, s) from s = 1 (noise) to s = 0 on the grid `grid` of `steps` steps, time-shifted
-    by `shift` (1: as the grid is).
+def integrate(velocity: VelocityFn, noise: Tensor, options: SampleConfig) -> Tensor:
+    """Integrate dz/ds = v(z, s) from s = 1 (noise) to s = 0 with `options.solver` over `sampling_levels`.
 
     `velocity(z, s)` gets s as a (B,) tensor. Heun is second order (one extra evaluation per step,
     none on the last step, which lands on s = 0 where Heun's corrector would need v at s = 0).
-    The grid is read once as host numbers and each step's s is filled on z's device in fp32: no
-    host-device sync in the loop.
+    Each step's s is filled on z's device in fp32 from host numbers: no host-device sync in the loop.
     """
-    if solver not in SOLVERS:
-        raise InputError(f"unknown solver '{solver}'; choose one of {list(SOLVERS)}")
-    if grid not in SAMPLING_GRIDS:
-        raise InputError(f"unknown sampling grid '{grid}'; choose one of {list(SAMPLING_GRIDS)}")
-    if not shift > 0:
-        raise InputError(f"the grid's time shift must be positive (1: none), got {shift}")
-    levels = shift_levels(SAMPLING_GRIDS[grid](steps).double(), shift).tolist()  # host numbers: no device waits
+    levels = sampling_levels(options)
     z = noise
 
     def level(index: int) -> Tensor:  # (B,)
         return torch.full(noise.shape[:1], levels[index], device=noise.device)
 
-    for i in range(steps):
+    for i in range(options.steps):
         dt = levels[i + 1] - levels[i]
         v_now = velocity(z, level(i))
         z_euler = z + dt * v_now
-        if solver == "heun" and i < steps - 1:
+        if options.solver == "heun" and i < options.steps - 1:
             z = z + dt * 0.5 * (v_now + velocity(z_euler, level(i + 1)))
         else:
             z = z_euler

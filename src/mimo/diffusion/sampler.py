@@ -9,7 +9,8 @@ from the window's frames (one block-causal pass over all of them, cheap next to 
 because the deeper layers' keys of a cached frame still carry the frames that slid out. The cache
 is static: preallocated for the window and written in place (`attention.KVCache`).
 
-Sampling runs under inference_mode and, by default on CUDA, bf16 autocast (`sample.precision`).
+Guidance (classifier-free, or history guidance) wraps the velocity of either path (`Guidance`). Sampling
+runs under inference_mode and, by default on CUDA, bf16 autocast (`sample.precision`).
 """
 
 from __future__ import annotations
@@ -20,21 +21,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mimo.config import PRECISIONS, Config
-from mimo.diffusion.flow import integrate, interpolate
+from mimo.config import SAMPLE_PRECISIONS, Config, SampleConfig
+from mimo.diffusion.flow import VelocityFn, integrate, interpolate
+from mimo.models.attention import KVCache
 from mimo.models.checks import check_generated, check_history_options, check_sample_inputs
 from mimo.models.dit import FrameCausalDiT
-
-SAMPLE_PRECISIONS = ("auto", *PRECISIONS)  # sample.precision; auto: bf16 autocast on CUDA, fp32 on a CPU
-
-
-def _guided(velocity: Tensor, scale: float, guided: bool) -> Tensor:
-    """Guidance on a batch stacked as [conditional; unconditional]: classifier-free (the null class) or history
-    guidance (a history of pure noise)."""
-    if not guided:
-        return velocity
-    conditional, unconditional = velocity.chunk(2)
-    return unconditional + scale * (conditional - unconditional)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -63,17 +54,34 @@ def _batch_size(batch_size: int | None, labels: Tensor | None, context: Tensor |
     return labels.shape[0] if labels is not None else batch_size
 
 
-def _guidance_labels(
-    labels: Tensor | None, null_class: int, class_guided: bool, history_guided: bool, device: torch.device
-) -> Tensor | None:
-    """The labels the model sees: under classifier-free guidance stacked as [conditional; null class], under
-    history guidance the same labels twice, as `_guided` splits them."""
-    if labels is None:
-        return None
-    labels = labels.to(device)
-    if class_guided:
-        return torch.cat([labels, torch.full_like(labels, null_class)])
-    return torch.cat([labels, labels]) if history_guided else labels
+class Guidance:
+    """Classifier-free guidance (towards the labels, away from the null class) or history guidance (towards the
+    history, away from a history of pure noise; DFoT): the model runs on the batch twice, stacked as
+    [conditional; unconditional], and v = v_u + w·(v_c - v_u). A scale of 1 is no guidance: one pass.
+
+    `labels` are the ones the model sees: [labels; null class] under classifier-free guidance, the labels twice
+    under history guidance (the history differs between the halves, see `History`)."""
+
+    def __init__(self, labels: Tensor | None, null_class: int, options: SampleConfig, device: torch.device):
+        self.on_labels = labels is not None and options.cfg_scale != 1.0
+        self.on_history = options.history_guidance != 1.0
+        self.scale = options.cfg_scale if self.on_labels else options.history_guidance
+        if labels is not None:
+            labels = labels.to(device)
+            unconditional = torch.full_like(labels, null_class) if self.on_labels else labels
+            labels = torch.cat([labels, unconditional]) if self.on_labels or self.on_history else labels
+        self.labels = labels
+
+    def __call__(self, velocity: VelocityFn) -> VelocityFn:
+        """The guided velocity of `velocity` (itself when there is no guidance)."""
+        if not (self.on_labels or self.on_history):
+            return velocity
+
+        def guided(z: Tensor, s: Tensor) -> Tensor:
+            conditional, unconditional = velocity(torch.cat([z, z]), torch.cat([s, s])).chunk(2)
+            return unconditional + self.scale * (conditional - unconditional)
+
+        return guided
 
 
 class History:
@@ -84,11 +92,9 @@ class History:
     Every frame's noise is drawn from the sampler's generator when the frame is added, so the cached and the
     uncached sampler see the same history."""
 
-    def __init__(
-        self, level: float, history_guided: bool, class_guided: bool, generator: torch.Generator | None, device
-    ):
-        self.level, self.history_guided, self.generator, self.device = level, history_guided, generator, device
-        self.repeats = 2 if class_guided else 1
+    def __init__(self, level: float, guidance: Guidance, generator: torch.Generator | None, device: torch.device):
+        self.level, self.history_guided, self.generator, self.device = level, guidance.on_history, generator, device
+        self.repeats = 2 if guidance.on_labels else 1
         self.frames: list[Tensor] = []  # (rows, 1, C, H, W) each
 
     def add(self, frame: Tensor) -> None:
@@ -115,103 +121,96 @@ class History:
         return levels
 
 
+def uncached_velocity(
+    model: FrameCausalDiT, history: History, position: int, window: int, labels: Tensor | None
+) -> VelocityFn:
+    """v(z, s) of frame `position` given the last `window` history frames, all re-run through the training-time
+    `forward` at every call: the reference the cached path must equal."""
+    first = max(0, position - window)
+    clean = history.window(first, position - 1) if position > first else None
+    levels = history.levels(position - first) if clean is not None else None
+
+    def velocity(z: Tensor, s: Tensor) -> Tensor:
+        out = model(
+            z, s[:, None], labels, clean=clean, clean_start=first, noisy_start=position, clean_noise_level=levels
+        )
+        return out.velocity.float()
+
+    return velocity
+
+
+def cached_velocity(model: FrameCausalDiT, cache: KVCache, position: int, labels: Tensor | None) -> VelocityFn:
+    """v(z, s) of frame `position` attending to the clean frames whose keys and values are in `cache`."""
+    return lambda z, s: model.denoise_cached(z, s[:, None], position, cache, labels).float()
+
+
+def encode_window(
+    model: FrameCausalDiT, cache: KVCache, history: History, last: int, window: int, labels: Tensor | None
+) -> None:
+    """Encode the `window` history frames up to `last` into the cache from scratch, as training saw them: a clip
+    starting at the window's first frame (older frames must not leak in through deeper layers' keys). One
+    block-causal pass over all of them, written into the static cache in place."""
+    cache.clear()
+    first = max(0, last + 1 - window)
+    model.append_to_cache(history.window(first, last), first, cache, labels, history.levels(last + 1 - first))
+
+
+def cache_frame(
+    model: FrameCausalDiT, cache: KVCache, history: History, position: int, window: int, labels: Tensor | None
+) -> None:
+    """Add the last history frame (at `position`) to the cache: appended while the window has room, else the
+    window, slid by one frame, encoded again."""
+    if cache.num_frames < window:
+        model.append_to_cache(history.frames[-1], position, cache, labels, history.levels(1))
+    else:
+        encode_window(model, cache, history, position, window, labels)
+
+
 def sample_video(
     model: FrameCausalDiT,
     num_frames: int,
-    batch_size: int | None = None,
-    labels: Tensor | None = None,
+    options: SampleConfig,
+    *,
     context: Tensor | None = None,
-    steps: int = 50,
-    solver: str = "euler",
-    grid: str = "uniform",
-    cfg_scale: float = 1.0,
-    window: int | None = None,
+    labels: Tensor | None = None,
+    batch_size: int | None = None,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
     progress: bool = False,
-    precision: str = "auto",
-    shift: float = 1.0,
-    history_noise: float = 0.0,
-    history_guidance: float = 1.0,
 ) -> Tensor:
     """Generate videos (B, num_frames, C, H, W); `context` (B, k, C, H, W) frames are given, not generated.
 
-    `labels` (B,) for class-conditional models; with cfg_scale != 1 the unconditional branch uses
-    the null class. `solver` and `grid` name entries of mimo.diffusion.flow's SOLVERS and SAMPLING_GRIDS;
-    `shift` time-shifts the grid. `window`: clean frames attended to (None: all). Noise comes from `generator`.
-    `precision`: bf16 autocast or fp32 (auto: bf16 on CUDA); frames are returned in float32, and are finite
-    (a model giving NaN or infinite frames raises NonFiniteValuesError).
-    `history_noise`: every history frame (given or generated) is noised to this level, which the model is
-    told; `history_guidance` w != 1 guides away from a history of pure noise (DFoT). Both need a model
-    trained for them (diffusion.history_noise_max, diffusion.history_dropout).
+    `options` are the sampling settings (`sample.*`): steps, solver, grid and its time shift, guidance scales,
+    history noise, cache, precision; `options.window` clean frames are attended to (None: all; `sample_for_task`
+    sets the config's window). B is one video per context clip, else per label (`labels` (B,) of a
+    class-conditional model), else `batch_size`. Noise comes from `generator`. Frames are returned in float32
+    and are finite (a model giving NaN or infinite frames raises NonFiniteValuesError).
     """
-    check_sample_inputs(model, num_frames, batch_size, labels, context, steps, window, generator, cfg_scale)
-    check_history_options(model, history_noise, history_guidance, labels is not None and cfg_scale != 1.0)
-    num_frames = int(num_frames)
-    device = model.patch_embed.weight.device
-    with inference(device, precision):
-        size = model.grid * model.patch_size
-        batch_size = _batch_size(batch_size, labels, context)
+    check_sample_inputs(model, num_frames, batch_size, labels, context, options, generator)
+    check_history_options(model, options, class_guided=labels is not None and options.cfg_scale != 1.0)
+    num_frames, device = int(num_frames), model.patch_embed.weight.device
+    window = num_frames if options.window is None else options.window
+    with inference(device, options.precision):
+        guidance = Guidance(labels, model.null_class, options, device)
+        history = History(options.history_noise, guidance, generator, device)
         frames = [] if context is None else list(context.to(device, torch.float32).split(1, dim=1))
-        class_guided, history_guided = labels is not None and cfg_scale != 1.0, history_guidance != 1.0
-        guided, scale = class_guided or history_guided, cfg_scale if class_guided else history_guidance
-        labels = _guidance_labels(labels, model.null_class, class_guided, history_guided, device)
-
-        def doubled(x: Tensor) -> Tensor:
-            return torch.cat([x, x]) if guided else x
-
-        history = History(history_noise, history_guided, class_guided, generator, device)
         for frame in frames:
             history.add(frame)
-        window = num_frames if window is None else window
-        cache = model.new_cache(window) if use_cache else None
-
-        def refill_cache(last: int) -> None:
-            """Encode the `window` clean frames up to position `last` from scratch, as training saw them: a clip
-            starting at the window's first frame (older frames must not leak in through deeper layers' keys).
-            One block-causal pass over all of them, written into the static cache in place."""
-            cache.clear()
-            first = max(0, last + 1 - window)
-            model.append_to_cache(history.window(first, last), first, cache, labels, history.levels(last + 1 - first))
-
+        cache = model.new_cache(window) if options.use_cache else None
         if cache is not None and frames:
-            refill_cache(len(frames) - 1)
-        shape = (batch_size, 1, model.channels, size, size)
+            encode_window(model, cache, history, len(frames) - 1, window, guidance.labels)
+        size = model.grid * model.patch_size
+        shape = (_batch_size(batch_size, labels, context), 1, model.channels, size, size)
         for position in tqdm(range(len(frames), num_frames), disable=not progress, desc="frames", leave=False):
             if cache is not None:
-
-                def velocity(z: Tensor, s: Tensor, position: int = position) -> Tensor:
-                    v = model.denoise_cached(doubled(z), doubled(s[:, None]), position, cache, labels)
-                    return _guided(v.float(), scale, guided)
-
+                velocity = cached_velocity(model, cache, position, guidance.labels)
             else:
-                first = max(0, position - window)
-                clean = history.window(first, position - 1) if position > first else None
-                levels = history.levels(position - first) if clean is not None else None
-
-                def velocity(
-                    z: Tensor, s: Tensor, clean=clean, levels=levels, first=first, position=position
-                ) -> Tensor:
-                    out = model(
-                        doubled(z),
-                        doubled(s[:, None]),
-                        labels,
-                        clean=clean,
-                        clean_start=first,
-                        noisy_start=position,
-                        clean_noise_level=levels,
-                    )
-                    return _guided(out.velocity.float(), scale, guided)
-
+                velocity = uncached_velocity(model, history, position, window, guidance.labels)
             noise = torch.randn(shape, generator=generator).to(device, non_blocking=True)
-            frames.append(integrate(velocity, noise, steps, solver, grid, shift))
+            frames.append(integrate(guidance(velocity), noise, options))
             if position + 1 < num_frames:
                 history.add(frames[-1])
-            if cache is not None and position + 1 < num_frames:
-                if cache.num_frames < window:
-                    model.append_to_cache(history.frames[-1], position, cache, labels, history.levels(1))
-                else:
-                    refill_cache(position)
+                if cache is not None:
+                    cache_frame(model, cache, history, position, window, guidance.labels)
         videos = torch.cat(frames, dim=1)
     check_generated(videos)
     return videos
@@ -227,24 +226,14 @@ def sample_for_task(
     progress: bool = False,
 ) -> Tensor:
     """Sample as the config's task asks, taking context frames and labels from real clips `video`."""
-    sample = config.sample
     context = video[:, : config.context_frames] if config.context_frames else None
     return sample_video(
         model,
-        num_frames if num_frames is not None else sample.num_frames or config.data.num_frames,
-        batch_size=video.shape[0],
-        labels=labels if model.num_classes else None,
+        num_frames if num_frames is not None else config.sample.num_frames or config.data.num_frames,
+        config.sampling,
         context=context,
-        steps=sample.steps,
-        solver=sample.solver,
-        grid=sample.grid,
-        cfg_scale=sample.cfg_scale,
-        window=config.sample_window,
+        labels=labels if model.num_classes else None,
+        batch_size=video.shape[0],
         generator=generator,
-        use_cache=sample.use_cache,
         progress=progress,
-        precision=sample.precision,
-        shift=sample.shift,
-        history_noise=sample.history_noise,
-        history_guidance=sample.history_guidance,
     )

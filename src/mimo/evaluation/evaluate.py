@@ -30,13 +30,11 @@ from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
 from mimo.diffusion.cost import sampling_cost
 from mimo.errors import ConfigError
-from mimo.evaluation.metrics import Metric, build_metrics, proxy_config, score_trajectory
+from mimo.evaluation.drift import DriftCurves
+from mimo.evaluation.metrics import Metric, build_metrics, metric_names, proxy_config, score_trajectory
 from mimo.evaluation.protocols import copy_last_frame, generate, history_features, load_clips
 from mimo.evaluation.robustness import evaluate_robustness
 from mimo.metrics.cknna import cknna
-from mimo.metrics.drift import default_hop, window_starts, window_statistics, windowed_distances
-from mimo.metrics.drift import per_frame as per_frame_curve
-from mimo.metrics.frame_metrics import psnr, ssim
 from mimo.metrics.fvd import FeatureExtractor
 from mimo.metrics.fvd_protocol import (
     I3D_PORT_SOURCE,
@@ -49,11 +47,10 @@ from mimo.metrics.probe import linear_probe
 from mimo.metrics.proxy_classifier import load_proxy_classifier
 from mimo.models.autoencoder import to_model_space, to_pixels
 from mimo.models.dit import FrameCausalDiT
+from mimo.options import check_options
 from mimo.train.checkpoint import load_trained_model, naming_the_checkpoint, output_folder
 
 SHOWN_VIDEOS = 8
-WINDOW_METRICS = ("fvd", "proxy_fd")  # distances between sets: scored on windows of the training length
-FRAME_METRICS = {"psnr": psnr, "ssim": ssim}  # scored per frame: a curve along long videos
 EVAL_KEYS = ("sample.", "eval.", "data.", "train.context_frames")  # the settings evaluation reads
 PROBE_KEYS = ("eval.", "data.")  # probing reads clean clips: no sampling, no context
 
@@ -78,83 +75,108 @@ def evaluate_run(
     Past the training length (`eval.num_frames`), quality is also scored along the video (drift).
     """
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_sampling_overrides(config, overrides or [], EVAL_KEYS)
+    config = check_options(with_sampling_overrides(config, overrides or [], EVAL_KEYS))
     out = output_folder(checkpoint, out_dir, "eval")
-    batch, k = config.eval.batch_size, config.context_frames
     length = config.eval.num_frames or config.data.num_frames
     real_config = with_real_videos(config, length, pixel_size(config))
     protocol = _fvd_protocol(config, real_config, length)
     real = load_clips(real_config, config.eval.num_videos)  # pixels read from the video files
-    clips = {**real, "video": to_model_space(real["video"], config.data, batch)}  # the context the model sees
+    clips = {**real, "video": to_model_space(real["video"], config.data, config.eval.batch_size)}  # the context
     options = {"fvd": {"extractor": extractor, "normaliser": protocol.normaliser}}
     options["proxy_fd"] = {"normaliser": protocol.normaliser}
-    metrics = build_metrics(config.eval.metric_list(config.data.dataset), config, real, device, **options)
-    seeds = len(config.eval.seed_list())
-    cost = sampling_cost(model, config, config.eval.num_videos, config.eval.batch_size, seeds, length)
+    metrics = build_metrics(metric_names(config), config, real, device, **options)
+    seeds = config.eval.seed_list()
+    cost = sampling_cost(model, config, config.eval.num_videos, config.eval.batch_size, len(seeds), length)
     print(cost.describe("eval sampling"), file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    per_seed: dict[str, list[float]] = {name: [] for name in metrics}
-    per_frame: list[Tensor] = []
-    window = config.data.num_frames
-    starts = window_starts(length, window, config.eval.drift_hop or default_hop(window)) if length > window else []
-    features_of = _set_features(metrics)
-    drift_real = {
-        name: window_statistics(real["video"], starts, window, features, batch, device)
-        for name, features in features_of.items()
-        if starts
+    drift = DriftCurves(
+        metrics, real["video"], length, config.data.num_frames, config.eval.drift_hop, device, protocol.normaliser
+    )
+    per_seed, trajectory, fake = score_seeds(model, checkpoint, config, clips, real, metrics, drift, length)
+    results = {
+        "checkpoint": str(checkpoint),
+        "out_dir": str(out),
+        "num_videos": config.eval.num_videos,
+        "seeds": seeds,
+        "sample_steps": config.sample.steps,
+        "num_frames": length,
+        "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
+        "copy_last": _copy_last(real["video"], metrics, config.context_frames),
+        "protocol": _protocol_card(protocol, real_config, len(real["video"]), metrics, extractor_source),
     }
-    drifting = [*drift_real, *FRAME_METRICS] if starts else []
-    drift: dict[str, list[list[float]]] = {name: [] for name in drifting if name in metrics}
+    if drift.curves:
+        results["drift"] = drift.report(config.context_frames, out)
+    if config.eval.robustness:
+        results["robustness"] = evaluate_robustness(model, config, clips, out)
+    results |= _pictures(config, real["video"], fake, trajectory, out)
+    _write_report(out, "eval", results)
+    return results
+
+
+def _copy_last(real: Tensor, metrics: dict[str, Metric], context_frames: int) -> dict[str, float]:
+    """The metrics of the trivial predictor (the last given frame repeated) beside the model's: prediction only."""
+    if not context_frames:
+        return {}
+    return {name: metric(copy_last_frame(real, context_frames)) for name, metric in metrics.items()}
+
+
+def score_seeds(
+    model: FrameCausalDiT,
+    checkpoint: str | Path,
+    config: Config,
+    clips: dict[str, Tensor],
+    real: dict[str, Tensor],
+    metrics: dict[str, Metric],
+    drift: DriftCurves,
+    length: int,
+) -> tuple[dict[str, list[float]], list[Tensor], Tensor]:
+    """Generate `length` frames from `clips` (model space) with the `checkpoint`'s `model` once per seed of
+    eval.seeds and score them against `real` (pixels): every metric, the drift curves, the trajectory error per
+    generated frame. Returns each metric's score per seed, the trajectory curves and the last seed's videos."""
+    batch = config.eval.batch_size
+    per_seed: dict[str, list[float]] = {name: [] for name in metrics}
+    trajectory: list[Tensor] = []  # per generated frame, one curve per seed
     for seed in config.eval.seed_list():
         with naming_the_checkpoint(checkpoint):
             fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
         for name, metric in metrics.items():
             per_seed[name].append(metric(fake))
-        for name, real_windows in drift_real.items():
-            drift[name].append(
-                windowed_distances(
-                    real_windows, fake, starts, window, features_of[name], batch, device, protocol.normaliser
-                )
-            )
-        for name in drift.keys() & FRAME_METRICS.keys():
-            drift[name].append(per_frame_curve(FRAME_METRICS[name](*metrics[name].generated(fake))))
+        drift.add(fake)
         if "trajectory" in metrics:
-            per_frame.append(score_trajectory(fake, real, k).per_frame_error)
-    copy_last = {name: metric(copy_last_frame(real["video"], k)) for name, metric in metrics.items()} if k else {}
+            trajectory.append(score_trajectory(fake, real, config.context_frames).per_frame_error)
     if "fvd" in metrics and config.data.dataset == "latents":  # the paper's "VAE reconstruction (upper bound)" row
         per_seed["fvd_vae_reconstruction"] = [metrics["fvd"](to_pixels(clips["video"], config.data, batch))]
-    results = {
-        "checkpoint": str(checkpoint),
-        "out_dir": str(out),
-        "num_videos": config.eval.num_videos,
-        "seeds": config.eval.seed_list(),
-        "sample_steps": config.sample.steps,
-        "num_frames": length,
-        "metrics": {name: {**_mean_std(values), "per_seed": values} for name, values in per_seed.items()},
-        "copy_last": copy_last,  # the trivial predictor (last given frame repeated) beside the model
-    }
-    results["protocol"] = protocol_card(
+    return per_seed, trajectory, fake
+
+
+def _protocol_card(
+    protocol: FVDProtocol, config: Config, clips: int, metrics: dict[str, Metric], extractor_source: str | None
+) -> dict[str, Any]:
+    """FVD's protocol card of an evaluation (`config` reading the real videos): the real set, the feature
+    extractor, the sampler."""
+    return protocol_card(
         protocol,
         _feature_extractor(metrics, extractor_source or config.eval.i3d_path),
-        len(real["video"]),
-        len(real["video"]),
+        clips,
+        clips,
         sampling_seeds=config.eval.seed_list(),
-        real_videos={key: getattr(real_config.data, key) for key in SOURCE_KEYS},
+        real_videos={key: getattr(config.data, key) for key in SOURCE_KEYS},
         sample_steps=config.sample.steps,
         cfg_scale=config.sample.cfg_scale,
     )
-    if starts:
-        results["drift"] = _drift_report(drift, starts, window, k, out)
-    if config.eval.robustness:
-        results["robustness"] = evaluate_robustness(model, config, clips, out)
+
+
+def _pictures(config: Config, real: Tensor, fake: Tensor, trajectory: list[Tensor], out: Path) -> dict[str, str]:
+    """A GIF of real against generated videos (pixels or decoded latents) and the mean trajectory error per
+    generated frame (the built-in videos)."""
+    pictures = {}
     if config.data.channels in (1, 3) or config.data.dataset == "latents":
-        results["samples_gif"] = str(
-            save_gif(video_grid([real["video"][:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2), out / "samples.gif")
-        )
-    if per_frame:
-        mean_curve = torch.stack(per_frame).mean(dim=0).tolist()
+        grid = video_grid([real[:SHOWN_VIDEOS], fake[:SHOWN_VIDEOS]], upscale=2)
+        pictures["samples_gif"] = str(save_gif(grid, out / "samples.gif"))
+    if trajectory:
+        k, mean_curve = config.context_frames, torch.stack(trajectory).mean(dim=0).tolist()
         frames = list(range(k + 1, k + 1 + len(mean_curve)))
-        results["trajectory_plot"] = str(
+        pictures["trajectory_plot"] = str(
             plot_curves(
                 {"samples": (frames, mean_curve)},
                 out / "trajectory_error.png",
@@ -164,8 +186,7 @@ def evaluate_run(
                 log_y=False,
             )
         )
-    _write_report(out, "eval", results)
-    return results
+    return pictures
 
 
 def _fvd_protocol(config: Config, real_config: Config, length: int) -> FVDProtocol:
@@ -184,11 +205,6 @@ def _fvd_protocol(config: Config, real_config: Config, length: int) -> FVDProtoc
         raise ConfigError(f"eval.fvd_normaliser: {error}") from error
 
 
-def _set_features(metrics: dict[str, Metric]) -> dict[str, FeatureExtractor]:
-    """The feature extractors of the set-distance metrics in use (FVD's I3D, the proxy classifier)."""
-    return {name: metrics[name].features for name in WINDOW_METRICS if name in metrics}
-
-
 def _feature_extractor(metrics: dict[str, Metric], source: str | None) -> dict[str, str]:
     """The card's feature extractor: FVD's I3D (or its stand-in), else the proxy classifier, else none."""
     if "fvd" in metrics:
@@ -198,26 +214,6 @@ def _feature_extractor(metrics: dict[str, Metric], source: str | None) -> dict[s
             metrics["proxy_fd"].classifier, "proxy video classifier (mimo.metrics.proxy_classifier), not FVD"
         )
     return {"source": "none (no distribution metric)", "sha256": ""}
-
-
-def _drift_report(
-    curves: dict[str, list[list[float]]], starts: list[int], window: int, context: int, out: Path
-) -> dict[str, Any]:
-    """Mean-over-seeds curves along the video, as JSON values and one plot per metric.
-
-    Window metrics are placed at the window's last frame; frame metrics at every generated frame
-    (1-based frame numbers, so the first generated frame of a 5-frame context is frame 6).
-    """
-    report: dict[str, Any] = {"window": window, "window_last_frame": [s + window for s in starts]}
-    for name, per_seed in curves.items():
-        mean = torch.tensor(per_seed).mean(dim=0).tolist()
-        if name in WINDOW_METRICS:
-            frames, title = report["window_last_frame"], f"{name} of {window}-frame windows along the video"
-        else:
-            frames, title = list(range(context + 1, context + 1 + len(mean))), f"{name} per generated frame"
-        plot = plot_curves({name: (frames, mean)}, out / f"drift_{name}.png", "frame", name, title, log_y=False)
-        report[name] = {"frame": frames, "mean": mean, "per_seed": per_seed, "plot": str(plot)}
-    return report
 
 
 def probe_run(
@@ -230,7 +226,7 @@ def probe_run(
     """Linear-probe accuracy and CKNNA of the history features at every layer; writes probe.json/.md and a plot
     to `out_dir` (default: RUN/probe)."""
     model, config = load_trained_model(checkpoint, device=device)
-    config = with_sampling_overrides(config, overrides or [], PROBE_KEYS)
+    config = check_options(with_sampling_overrides(config, overrides or [], PROBE_KEYS))
     out = output_folder(checkpoint, out_dir, "probe")
     other = load_trained_model(reference, device=device) if reference is not None else None  # refused before work
     if other is not None and (other[1].data.frame_size, other[1].data.channels) != (

@@ -5,7 +5,8 @@ device)` (a network loaded, the real set's statistics computed), then scores sam
 those clips: `metric(samples) -> float`. Clips are dicts of stacked tensors with "video" in pixels
 (N, T, C, H, W) and, for the built-in videos, the objects' true "positions", "colors" and "valid".
 Samples are pixel videos (N, T', C, H, W) whose first `config.context_frames` frames were given;
-only the generated frames are scored. A new metric is a class with `@register_metric("name")`.
+only the generated frames are scored. A new metric is a class with `@register_metric("name")`; its class
+attributes say whether `eval.metrics=auto` reports it and whether it has a curve along long videos (drift).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from mimo.config import Config
+from mimo.errors import ConfigError
 from mimo.metrics.frame_metrics import load_lpips, lpips_distance, psnr, ssim, summed_squared_error
 from mimo.metrics.frechet import DEFAULT_COVARIANCE_NORMALISER, CovarianceNormaliser, SqrtMethod
 from mimo.metrics.fvd import FeatureExtractor, compute_fvd, extract_feature_statistics
@@ -31,6 +33,10 @@ class Metric:
     label: str = ""  # for tables and plots, with its unit and direction
     higher_is_better: bool = False
     needs_motion: bool = False  # needs the true object positions of the built-in videos
+    auto: str = ""  # eval.metrics=auto reports it on "synthetic" (the built-in videos) or "real" data; "": never
+    # its curve along videos past the training length (mimo.evaluation.evaluate): "windows", a score of each
+    # window of the training length (set distances, through their `features`); "frames", `per_frame`; "": none
+    drift: str = ""
 
     def __init__(self, config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: Any):
         self.config, self.clips, self.device = config, clips, device
@@ -59,6 +65,23 @@ def register_metric(name: str) -> Callable[[type[Metric]], type[Metric]]:
     return register
 
 
+def metric_names(config: Config) -> list[str]:
+    """The metrics eval.metrics names, checked against the registry and the data; auto: those whose `auto` is
+    the config's kind of data (FVD on real videos; proxy FD, trajectory error and PSNR on the built-in ones)."""
+    data = "synthetic" if config.data.dataset == "synthetic" else "real"
+    if config.eval.metrics == "auto":
+        return [name for name, metric in METRICS.items() if metric.auto == data]
+    names = config.eval.named_metrics()
+    for name in names:
+        if name not in METRICS:
+            raise ConfigError(f"eval.metrics: unknown value '{name}'; choose one of {list(METRICS)}")
+        if METRICS[name].needs_motion and data != "synthetic":
+            raise ConfigError(
+                f"eval.metrics: '{name}' needs the true motion of the built-in videos (data.dataset=synthetic)"
+            )
+    return names
+
+
 def build_metrics(
     names: list[str], config: Config, clips: dict[str, Tensor], device: str = "cpu", **options: dict[str, Any]
 ) -> dict[str, Metric]:
@@ -78,6 +101,8 @@ def score_trajectory(samples: Tensor, clips: dict[str, Tensor], context_frames: 
 class SetDistance(Metric):
     """A Fréchet distance between the features of the samples and of the real clips (FVD, proxy FD): the
     real set's statistics are computed once, here, and every call extracts the samples' features."""
+
+    drift = "windows"
 
     def __init__(
         self,
@@ -118,6 +143,7 @@ class FVD(SetDistance):
     """
 
     label = "FVD (lower is better)"
+    auto = "real"
 
     def __init__(
         self,
@@ -146,6 +172,7 @@ class ProxyFD(SetDistance):
     """
 
     label = "proxy Fréchet distance (lower is better)"
+    auto = "synthetic"
 
     def __init__(
         self,
@@ -176,6 +203,7 @@ class Trajectory(TrajectoryMetric):
     """Mean distance (px) of the objects in the generated frames from their true positions."""
 
     label = "trajectory error (px, lower is better)"
+    auto = "synthetic"
 
 
 @register_metric("miss_rate")
@@ -192,14 +220,20 @@ class FrameMetric(Metric):
     def compare(self, fake: Tensor, real: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def per_frame(self, samples: Tensor) -> Tensor:
+        """The comparison of each generated frame (N, T' - k)."""
+        return self.compare(*self.generated(samples))
+
     def __call__(self, samples: Tensor) -> float:
-        return self.compare(*self.generated(samples)).mean().item()
+        return self.per_frame(samples).mean().item()
 
 
 @register_metric("psnr")
 class PSNR(FrameMetric):
     label = "PSNR (dB, higher is better)"
     higher_is_better = True
+    auto = "synthetic"
+    drift = "frames"
     compare = staticmethod(psnr)
 
 
@@ -207,6 +241,7 @@ class PSNR(FrameMetric):
 class SSIM(FrameMetric):
     label = "SSIM (higher is better)"
     higher_is_better = True
+    drift = "frames"
     compare = staticmethod(ssim)
 
 

@@ -4,7 +4,6 @@ trivial predictor that repeats the last context frame; the history features that
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from einops import reduce
@@ -22,20 +21,7 @@ EVAL_CLIPS = 32
 EVAL_SEED = 12345  # held-out clips: a seed no training clip uses
 
 
-def _sampler_settings(config: Config) -> dict[str, Any]:
-    """The run's sampler (steps, solver, grid and its shift, window, history options) and the fixed noise seed
-    every rollout starts from."""
-    sample = config.sample
-    return {
-        "steps": sample.steps,
-        "solver": sample.solver,
-        "grid": sample.grid,
-        "shift": sample.shift,
-        "history_noise": sample.history_noise,
-        "history_guidance": sample.history_guidance,
-        "window": config.sample_window,
-        "generator": torch.Generator().manual_seed(0),
-    }
+ROLLOUT_SEED = 0  # the noise every rollout starts from
 
 
 def autoregressive(
@@ -44,13 +30,8 @@ def autoregressive(
     """Continue the clips' context frames to `num_frames`; returns samples and seconds per generated frame."""
     context = clips["video"][:, : config.context_frames]
     started = time.perf_counter()
-    samples = sample_video(
-        model,
-        num_frames,
-        context=context,
-        progress=progress,
-        **_sampler_settings(config),
-    )
+    generator = torch.Generator().manual_seed(ROLLOUT_SEED)
+    samples = sample_video(model, num_frames, config.sampling, context=context, generator=generator, progress=progress)
     generated = (num_frames - config.context_frames) * context.shape[0]
     return samples, (time.perf_counter() - started) / generated
 
@@ -60,7 +41,9 @@ def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
     motion, without the compounding of its own errors that autoregressive sampling adds."""
     k = config.context_frames
     generated = [
-        sample_video(model, t + 1, context=video[:, :t], **_sampler_settings(config))[:, -1:]
+        sample_video(
+            model, t + 1, config.sampling, context=video[:, :t], generator=torch.Generator().manual_seed(ROLLOUT_SEED)
+        )[:, -1:]
         for t in range(k, video.shape[1])
     ]
     return torch.cat([video[:, :k], *generated], dim=1)

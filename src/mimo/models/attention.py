@@ -24,12 +24,11 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
+from mimo.config import ATTENTION_BACKENDS
 from mimo.errors import ConfigError
 
 ROPE_BASE = 10000.0  # RoFormer (Su et al. 2021)
 FLEX_BLOCK_SIZE = 128  # FlexAttention's tile: at 256 (or 128) tokens per frame every tile is all or nothing
-# model.attention: flex = block-sparse FlexAttention, sdpa = dense-mask SDPA, auto = flex on CUDA only.
-ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
 PADDING_FRAME = -1  # frame of the padding tokens that fill a sequence up to whole tiles: no real token sees them
 
 

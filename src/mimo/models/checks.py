@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from mimo.errors import InputError, NonFiniteValuesError
 
 if TYPE_CHECKING:
+    from mimo.config import SampleConfig
     from mimo.models.dit import FrameCausalDiT
 
 PIXEL_RANGE = (-1.0, 1.0)  # docs/method.md: pixels live in [-1, 1]
@@ -188,20 +189,18 @@ def check_sample_inputs(
     batch_size: int | None,
     labels: Tensor | None,
     context: Tensor | None,
-    steps: int,
-    window: int | None,
+    options: SampleConfig,
     generator: torch.Generator | None,
-    cfg_scale: float = 1.0,
 ) -> None:
     """The arguments of sample_video, values included (it runs once per call)."""
     _require_count("num_frames", num_frames)
-    _require_count("steps", steps, " (ODE steps per frame)")
-    if window is not None:
-        _require_count("window", window, " clean frames (or None for all)")
+    _require_count("steps", options.steps, " (ODE steps per frame)")
+    if options.window is not None:
+        _require_count("window", options.window, " clean frames (or None for all)")
     if batch_size is not None:
         _require_count("batch_size", batch_size)
-    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
-        raise InputError(f"cfg_scale must be 0 or more (1: no guidance), got {cfg_scale}")
+    if not (math.isfinite(options.cfg_scale) and options.cfg_scale >= 0):
+        raise InputError(f"cfg_scale must be 0 or more (1: no guidance), got {options.cfg_scale}")
     if generator is not None and generator.device.type != "cpu":
         raise InputError("generator must be a CPU torch.Generator (noise is drawn on the CPU, then moved)")
     batch = batch_size
@@ -230,8 +229,9 @@ def check_sample_inputs(
         raise InputError("give batch_size, labels or context so that the number of videos is known")
 
 
-def check_history_options(model: FrameCausalDiT, history_noise: float, history_guidance: float, class_guided: bool):
+def check_history_options(model: FrameCausalDiT, options: SampleConfig, class_guided: bool) -> None:
     """sample_video's history options against what the model was trained for."""
+    history_noise, history_guidance = options.history_noise, options.history_guidance
     if not 0 <= history_noise <= 1:
         raise InputError(f"history_noise is a noise level in [0, 1] (0: the history as it is), got {history_noise}")
     if history_guidance < 0:

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-REPA_MODES = ("none", "history", "future", "both")  # repa.mode
 REPA_MODES_WITH_HISTORY = ("history", "both")
 REPA_MODES_WITH_FUTURE = ("future", "both")
 

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from mimo.config import Config, DiffusionConfig
+from mimo.config import TARGET_OFFSETS, Config, DiffusionConfig
 from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
 from mimo.models.attention import FrameLayout, StepFlops
 from mimo.models.dit import DiTOutput, FrameCausalDiT
@@ -28,8 +28,6 @@ from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_simil
 from mimo.objectives.masking import TubeMask, kept_count, tube_mask
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
-# mimo.targets: which frames history frame t reconstructs, as offsets from t (the paper's φ(t' - t)).
-TARGET_OFFSETS = {"current": (0,), "next": (1,), "current+next": (0, 1)}
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mimo.config import PARALLEL_MODES
 from mimo.errors import ArgumentError
 
 # FSDP2, DTensor and distributed.checkpoint take seconds to import, so they are imported where used;
@@ -143,9 +144,6 @@ def shard_fully(module: nn.Module, precision: str = "fp32") -> nn.Module:
         fully_shard(block, mp_policy=policy)
     fully_shard(module, mp_policy=policy)
     return module
-
-
-PARALLEL_MODES = ("ddp", "fsdp")  # train.parallel: replicated weights, or FSDP2-sharded (for L/XL)
 
 
 def wrap_for_training(objective: nn.Module, parallel: str, info: DistInfo, precision: str = "fp32") -> nn.Module:

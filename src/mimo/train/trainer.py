@@ -40,6 +40,7 @@ from mimo.models.autoencoder import to_pixels
 from mimo.models.checks import check_finite, check_frames, check_labels, check_pixel_values
 from mimo.models.dit import FrameCausalDiT
 from mimo.objectives.objective import TrainingObjective
+from mimo.options import check_options
 from mimo.train.checkpoint import (
     find_checkpoint,
     load_module,
@@ -345,10 +346,10 @@ class Trainer:
             self.reported_failures = str(failures)
         self.dataset.check_failures()
 
-    def train(self) -> TrainResult:
-        config, train = self.config, self.config.train
-        existing = find_checkpoint(self.run_dir)
-        if not train.resume and existing is not None:  # its checkpoints would mix with this run's
+    def _refuse_another_run(self) -> None:
+        """The run folder must hold this run or nothing: another run's checkpoints would mix with this one's."""
+        train, existing = self.config.train, find_checkpoint(self.run_dir)
+        if not train.resume and existing is not None:
             raise ConfigError(
                 f"train.resume=false: {self.run_dir} already holds a run (checkpoint {existing}); "
                 "give a new train.out_dir, or move that folder away to start over"
@@ -360,6 +361,10 @@ class Trainer:
                     f"train.init_from={train.init_from}: {self.run_dir} already holds a run (checkpoint {existing}, "
                     f"started from {started_from or 'scratch'}); give a new train.out_dir to start from it"
                 )
+
+    def _start(self) -> Path | None:
+        """Resume the run (its latest checkpoint, returned) or start it, from train.init_from when given."""
+        train = self.config.train
         checkpoint = self.resume() if train.resume else None  # refuses another model's checkpoint first
         if checkpoint is None and train.init_from:
             left = initialise_from_run(self.objective, self.ema.module, train.init_from)
@@ -368,6 +373,27 @@ class Trainer:
                 tqdm.write(f"initialised from {train.init_from}" + (f"; left new: {', '.join(fresh)}" if fresh else ""))
         if self.step >= train.steps and self.step > 0 and self.dist.is_main:
             tqdm.write(f"{self.run_dir} is at step {self.step} already (train.steps={train.steps}): nothing to train")
+        return checkpoint
+
+    def _finish(self, interrupted: bool, out_of_time: bool) -> None:
+        """Say why training stopped early; after a run not interrupted, its samples and loss plot."""
+        train = self.config.train
+        if out_of_time and self.dist.is_main:
+            tqdm.write(
+                f"train.max_seconds={train.max_seconds:g} reached: stopped at step {self.step} of {train.steps}, "
+                f"checkpoint saved; run the same command again to continue"
+            )
+        if not interrupted and self.step > 0:
+            if train.sample_at_end:
+                self.write_samples(announce=True)
+            if self.dist.is_main:
+                self.plot_losses()
+        self.logger.close()
+
+    def train(self) -> TrainResult:
+        config, train = self.config, self.config.train
+        self._refuse_another_run()
+        checkpoint = self._start()
         previous_handlers = self._install_signal_handlers()
         batches = self.batches()
         last, interval = {}, {}
@@ -417,17 +443,7 @@ class Trainer:
                 signal.signal(sig, handler)
         if interrupted and self.stop_signal is None:  # stopped with the rank that received the signal
             self.stop_signal = signal.SIGTERM
-        if out_of_time and self.dist.is_main:
-            tqdm.write(
-                f"train.max_seconds={train.max_seconds:g} reached: stopped at step {self.step} of {train.steps}, "
-                f"checkpoint saved; run the same command again to continue"
-            )
-        if not interrupted and self.step > 0:
-            if train.sample_at_end:
-                self.write_samples(announce=True)
-            if self.dist.is_main:
-                self.plot_losses()
-        self.logger.close()
+        self._finish(interrupted, out_of_time)
         seconds = time.perf_counter() - started
         return TrainResult(
             self.run_dir, self.step, last, checkpoint, interrupted, seconds, self.stop_signal, out_of_time
@@ -482,6 +498,7 @@ def train(config: Config, dataset: Dataset | None = None) -> TrainResult:
 
     Under torchrun it joins the process group and leaves it at the end (a group it did not create is kept).
     """
+    check_options(config)
     joined = not is_initialized()
     try:
         return Trainer(config, dataset=dataset).train()
