@@ -1,6 +1,9 @@
-"""Noise augmentation of the history and history guidance: the model is told how noised its history is, the
-training batch noises only the history (and drops it whole for guidance's history-free branch), the sampler
-noises every history frame the same way cached or not, and a model trained on clean histories refuses both."""
+"""Against exposure bias: noise augmentation of the history, history guidance and the model's own history.
+
+The model is told how noised its history is, the training batch noises only the history (and drops it whole for
+guidance's history-free branch), the sampler noises every history frame the same way cached or not, a model
+trained on clean histories refuses both; the own-history option trains on the model's own teacher-forced
+samples of the history, each from the true frames before it, with every other draw unchanged."""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ import re
 import pytest
 import torch
 
+from conftest import randomize_zero_init
 from mimo.config import ConfigError, SampleConfig, load_config
 from mimo.diffusion.sampler import sample_video
 from mimo.errors import InputError
-from mimo.objectives.objective import build_ctf_batch
+from mimo.models import build_backbone
+from mimo.objectives.objective import TrainingObjective, build_ctf_batch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -133,3 +138,37 @@ def test_history_and_schedule_options_are_validated_naming_the_key(overrides, ke
 def test_history_guidance_together_with_classifier_free_guidance_is_refused():
     with pytest.raises(ConfigError, match=re.escape("sample.history_guidance")):
         load_config(None, ["train.task=class_conditional", *GUIDABLE, "sample.history_guidance=2"])
+
+
+def _objective(make_config, *overrides):
+    config = make_config("train.context_frames=1", *overrides)
+    return TrainingObjective(config, randomize_zero_init(build_backbone(config)))
+
+
+def test_own_history_replaces_the_generated_frames_history_with_the_models_samples(make_config, clips):
+    video = clips[0]
+    objective = _objective(make_config, "diffusion.own_history=1")
+    history = objective.own_history(video, None, torch.Generator().manual_seed(0))
+    assert torch.equal(history[:, :1], video[:, :1])  # the given frame stays true
+    assert (history[:, 1:] - video[:, 1:-1]).abs().amin(dim=(2, 3, 4)).max() > 0  # every later frame is sampled
+    assert history.abs().max() <= 1
+    # each sample sees only the true frames before it: a later true frame changes no earlier sample
+    changed = video.clone()
+    changed[:, 1] = -changed[:, 1]  # 4-frame clips: history frames 0 (given), 1 and 2 (sampled)
+    again = objective.own_history(changed, None, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again[:, 1], history[:, 1], rtol=0, atol=1e-6)  # sampled from frame 0 only
+    assert (again[:, 2] - history[:, 2]).abs().max() > 1e-4
+
+
+def test_own_history_leaves_every_other_draw_and_the_targets_as_they_were(make_config, clips):
+    video, generator = clips[0], torch.Generator().manual_seed(0)
+    plain = _objective(make_config)
+    own = _objective(make_config, "diffusion.own_history=0.5")
+    history = own.own_history(video, None, torch.Generator().manual_seed(0))
+    a = build_ctf_batch(video, None, plain.config, 0, torch.Generator().manual_seed(0), grid=4)
+    b = build_ctf_batch(video, None, own.config, 0, generator, grid=4, history=history)
+    for name in ("noisy", "noise_level", "velocity"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert torch.equal(a.mask.keep, b.mask.keep) and torch.equal(b.clean, history)
+    kept_true = (history == video[:, :-1]).flatten(1).all(dim=1)
+    assert 0 < int(kept_true.sum()) < len(video) or len(video) < 4  # about half the clips keep the true history

@@ -46,8 +46,13 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "overrides",
-    [("mimo.weight=0",), (), ("train.grad_accumulation=2", "train.task=class_conditional")],
-    ids=["ctf-baseline", "mimo", "mimo-accumulation-classes"],
+    [
+        ("mimo.weight=0",),
+        (),
+        ("train.grad_accumulation=2", "train.task=class_conditional"),
+        ("diffusion.own_history=0.5", "diffusion.history_noise_max=0.3"),
+    ],
+    ids=["ctf-baseline", "mimo", "mimo-accumulation-classes", "own-noised-history"],
 )
 def test_resumed_run_repeats_the_uninterrupted_losses_exactly(tmp_path, overrides):
     straight = train(run_config(tmp_path / "straight", "train.steps=4", *overrides))

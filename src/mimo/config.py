@@ -158,6 +158,11 @@ class DiffusionConfig:
     history_noise_max: float = 0.0
     # Share of clips whose whole history is pure noise (s = 1): the history-free branch of history guidance.
     history_dropout: float = 0.0
+    # Share of clips whose history after the given frames is the model's own samples of those frames, each drawn
+    # from the true frames before it (scheduled sampling; Self Forcing at one step): the model learns to continue
+    # its own imperfect frames. 0: the true history (CTF, the paper). Costs own_history_steps forward passes.
+    own_history: float = 0.0
+    own_history_steps: int = 4  # Euler steps of those samples
 
     @property
     def history_conditioned(self) -> bool:
@@ -176,6 +181,10 @@ class DiffusionConfig:
             "diffusion.history_dropout",
             f"a share of clips in [0, 1), got {self.history_dropout}",
         )
+        _check(
+            0 <= self.own_history <= 1, "diffusion.own_history", f"a share of clips in [0, 1], got {self.own_history}"
+        )
+        _check(self.own_history_steps >= 1, "diffusion.own_history_steps", "must be at least 1 Euler step")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,18 @@ def motion_scores(
     return row
 
 
+def real_frame_scores(
+    config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int] = (1, 2)
+) -> dict[str, float]:
+    """The same scores of the real frames themselves: the ceiling. Objects the metric cannot find there (too
+    small at this frame size, or hidden by another) count as lost for every predictor."""
+    k, length = config.context_frames, config.data.num_frames
+    row: dict[str, float] = {}
+    for multiple in multiples:
+        row |= _scores(clips["video"][:, : multiple * length], clips, k, f"ar{length_suffix(multiple)}")
+    return row
+
+
 def copy_last_scores(
     config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int] = (1, 2)
 ) -> dict[str, float]:

@@ -11,6 +11,7 @@ and combines with MiMo. The whole objective is one nn.Module so DDP can wrap it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_simil
 from mimo.objectives.masking import TubeMask, kept_count, tube_mask
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
+# The own-history samples' seed is the step generator's plus this: a stream of their own, disjoint from every
+# (step, micro-batch) seed of train.step_generator while the micro-batch index stays below it.
+OWN_HISTORY_STREAM = 2**15
 
 
 @dataclass
@@ -52,10 +56,12 @@ def build_ctf_batch(
     generator: torch.Generator,
     grid: int,
     masked: bool = True,
+    history: Tensor | None = None,
 ) -> CTFBatch:
     """Noise levels, noise, label dropout and the tube mask for one batch, all drawn from `generator`
     on its own device (a CUDA generator draws on the GPU: nothing is copied from the host).
 
+    `history` (B, T-1, C, H, W) replaces the true history frames (the model's own, `diffusion.own_history`).
     `masked=False` keeps the whole history (the unmasked fine-tuning tail); the mask is drawn after the noise
     and labels, so they are the same draw either way. The history's noise (diffusion.history_noise_max,
     history_dropout) comes last of all.
@@ -77,7 +83,8 @@ def build_ctf_batch(
     if masked and config.mimo.mask_ratio > 0:
         mask = tube_mask(batch, grid * grid, config.mimo.mask_ratio, generator)
         mask = TubeMask(mask.keep.to(video.device), mask.dropped.to(video.device))
-    history, history_level = video[:, :-1], None
+    history = video[:, :-1] if history is None else history
+    history_level = None
     if config.diffusion.history_conditioned:  # drawn after everything else: arms with and without it are paired
         history_level = history_noise_levels(batch, frames - 1, config.diffusion, generator).to(video.device)
         history_noise = torch.randn(history.shape, generator=generator, device=generator.device).to(video.device)
@@ -184,8 +191,9 @@ class TrainingObjective(nn.Module):
         them the frozen encoder runs on `video`. `masked=False` (the unmasked fine-tuning tail,
         `mimo.unmasked_tail_steps`) trains with the full history and without L_mask.
         """
+        history = self.own_history(video, labels, generator) if self.config.diffusion.own_history > 0 else None
         batch = build_ctf_batch(
-            video, labels, self.config, self.backbone.num_classes, generator, self.backbone.grid, masked
+            video, labels, self.config, self.backbone.num_classes, generator, self.backbone.grid, masked, history
         )
         decoding = self.decoder is not None and masked
         out = self.forward_backbone(batch, decoding)
@@ -202,6 +210,31 @@ class TrainingObjective(nn.Module):
             total = total + self.config.repa.weight * losses["repa"]
         losses["loss"] = total  # L_total = L_diff + λ·L_mask (+ λ_repa·L_repa)
         return losses
+
+    @torch.no_grad()
+    def own_history(self, video: Tensor, labels: Tensor | None, generator: torch.Generator) -> Tensor:
+        """(B, T-1, C, H, W): the history with its frames after the given ones replaced, for a share
+        `diffusion.own_history` of the clips, by the model's own samples of them. Each is sampled from the true
+        frames before it (teacher-forced: all frames in one CTF sequence per Euler step), so the model trains on
+        histories holding its own one-step errors, with the true frames as targets. Its random draws come from
+        a stream of their own, so runs with and without it share every other draw."""
+        diffusion, k = self.config.diffusion, self.config.context_frames
+        history = video[:, :-1]
+        replaced = history[:, k:]  # frames k..T-2: sampled from frames 0..t-1 each
+        if replaced.shape[1] == 0:
+            return history
+        own = torch.Generator(generator.device).manual_seed(generator.initial_seed() + OWN_HISTORY_STREAM)
+        z = torch.randn(replaced.shape, generator=own, device=own.device).to(video.device)
+        levels = torch.linspace(1.0, 0.0, diffusion.own_history_steps + 1).tolist()
+        labels = labels if self.backbone.num_classes else None  # the true class: no label dropout here
+        clean = history[:, : history.shape[1] - 1] if history.shape[1] > 1 else None  # frames 0..T-3
+        for now, then in itertools.pairwise(levels):
+            level = torch.full(replaced.shape[:2], now, device=video.device)
+            velocity = self.backbone(z, level, labels=labels, clean=clean, noisy_start=k).velocity
+            z = z + (then - now) * velocity.float()
+        chosen = torch.rand(video.shape[0], generator=own, device=own.device).to(video.device) < diffusion.own_history
+        sampled = torch.cat([history[:, :k], z.clamp(-1, 1).to(history.dtype)], dim=1)
+        return torch.where(chosen[:, None, None, None, None], sampled, history)
 
     def forward_backbone(self, batch: CTFBatch, decoding: bool = True) -> DiTOutput:
         """The backbone over the CTF sequence, returning the hidden states the heads read (the decoder's
