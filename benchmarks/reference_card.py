@@ -7,7 +7,8 @@ Writes src/mimo/reference/ (ema.safetensors, state.json, card.json, CARD.md): th
 measured (float16, loaded back into float32), on `--clips` held-out clips of the evaluation seed at the training
 length and at twice it (sliding window), autoregressive and teacher-forced, against repeating the last frame.
 `mimo sample reference` then samples from it with no training and no download; tests/test_reference.py checks
-the card's hash and that the shipped model still beats copy-last.
+the card's hash, that the shipped model has learned the motion, and that it reproduces the card's scores on
+the clips of CHECK_SEED (any bug in the model, the cache or the sampler moves them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import torch
 
 from harness import machine_info
 from mimo.apps.sample import export_inference_checkpoint
+from mimo.config import Config
+from mimo.data import stack_clips
+from mimo.data.synthetic import MovingShapes
 from mimo.evaluation.motion import copy_last_scores, motion_scores, real_frame_scores
 from mimo.evaluation.protocols import EVAL_SEED, held_out_clips
 from mimo.train.checkpoint import find_trained_checkpoint, list_checkpoints, load_trained_model, read_state
@@ -31,6 +35,16 @@ from mimo.train.logger import read_metrics
 
 PACKAGE_FOLDER = Path(__file__).resolve().parents[1] / "src" / "mimo" / "reference"
 WEIGHTS = "ema.safetensors"
+CHECK_SEED = 2026  # the clips tests/test_reference.py samples: a seed neither training (0) nor the card used
+CHECK_CLIPS = 16
+
+
+def check_clips(config: Config) -> dict[str, torch.Tensor]:
+    """The held-out clips of the quality test in CI, twice the training length."""
+    dataset = MovingShapes(
+        CHECK_CLIPS, config.data.frame_size, 2 * config.data.num_frames, CHECK_SEED, config.data.max_objects
+    )
+    return stack_clips(dataset, CHECK_CLIPS)
 
 
 def training_wall_seconds(run: Path) -> float:
@@ -128,6 +142,12 @@ def main() -> None:
         "copy_last": copy_last,
         "real_frames": real_frame_scores(config, clips),
         "verdict": verdict(metrics, copy_last, config.data.num_frames),
+        # what tests/test_reference.py recomputes in CI: the shipped model must reproduce it
+        "check": {
+            "seed": CHECK_SEED,
+            "clips": CHECK_CLIPS,
+            "metrics": motion_scores(model, config, check_clips(config)),
+        },
         "weights": WEIGHTS,
         "weights_bytes": weights.stat().st_size,
         "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
