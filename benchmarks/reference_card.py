@@ -1,7 +1,8 @@
 """Ship the reference model: a finished run's EMA backbone in float16 as package data, measured, with its card.
 
-    mimo train configs/reference/demo.yaml                      # about 90 min on 2 cores; resumable
-    python benchmarks/reference_card.py runs/reference --commit COMMIT_THAT_TRAINED_IT
+    mimo train configs/reference/demo.yaml && mimo train configs/reference/demo-own-history.yaml  # resumable
+    python benchmarks/reference_card.py runs/reference-own-history --commit COMMIT_THAT_TRAINED_IT \
+        --set sample.history_guidance=W          # W chosen on validation clips (benchmarks/results/README.md)
 
 Writes src/mimo/reference/ (ema.safetensors, state.json, card.json, CARD.md): the weights as shipped are what is
 measured (float16, loaded back into float32), on `--clips` held-out clips of the evaluation seed at the training
@@ -25,7 +26,7 @@ import torch
 
 from harness import machine_info
 from mimo.apps.sample import export_inference_checkpoint
-from mimo.config import Config
+from mimo.config import Config, from_dict, load_config, with_sampling_overrides
 from mimo.data import stack_clips
 from mimo.data.synthetic import MovingShapes
 from mimo.evaluation.motion import copy_last_scores, motion_scores, real_frame_scores
@@ -51,6 +52,14 @@ def training_wall_seconds(run: Path) -> float:
     """From the run's first logged step (config.yaml is written after step 1) to its last checkpoint."""
     last = list_checkpoints(run)[-1]
     return round((last / "state.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1)
+
+
+def lineage(run: Path) -> list[Path]:
+    """The runs that made `run`, first to last, following each run's train.init_from."""
+    runs = [run]
+    while (parent := load_config(runs[0] / "config.yaml").train.init_from) is not None:
+        runs.insert(0, Path(parent))
+    return runs
 
 
 def verdict(metrics: dict[str, float], copy_last: dict[str, float], length: int) -> str:
@@ -79,8 +88,9 @@ def card_markdown(card: dict) -> str:
         "Sample from it with `mimo sample reference --frames 32`.",
         "",
         f"- command: `{card['command']}` at commit {card['commit']}",
-        f"- steps: {card['steps']}; training wall time: {card['train_wall_seconds'] / 60:.0f} min "
-        f"({card['machine']['cpu']}, {card['machine']['cores']} cores, 1 torch thread, shared with other work)",
+        f"- steps: {' + '.join(map(str, card['steps'].values()))} ({', '.join(card['steps'])}); training wall "
+        f"time: {sum(card['train_wall_seconds'].values()) / 60:.0f} min ({card['machine']['cpu']}, "
+        f"{card['machine']['cores']} cores, 1 torch thread, shared with other work)",
         f"- weights: {card['weights']} (float16, {card['weights_bytes'] / 1e6:.1f} MB), "
         f"sha256 {card['weights_sha256']}",
         f"- measured on {card['clips']} held-out clips (seed {card['clip_seed']}, never trained on), "
@@ -102,13 +112,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the finished reference run (train.out_dir)")
     parser.add_argument("--commit", required=True, help="the commit the run was trained at")
-    parser.add_argument("--command", default="mimo train configs/reference/demo.yaml")
+    parser.add_argument(
+        "--command",
+        default="mimo train configs/reference/demo.yaml && mimo train configs/reference/demo-own-history.yaml",
+    )
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--out", type=Path, default=PACKAGE_FOLDER)
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="sample.KEY=VALUE",
+        help="the shipped model's default sampler (chosen on validation clips, not the card's)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     checkpoint = find_trained_checkpoint(args.run)
-    state = read_state(checkpoint)
+    phases = lineage(args.run)
     with tempfile.TemporaryDirectory() as staging:
         exported = export_inference_checkpoint(checkpoint, Path(staging) / "export", half=True)
         if args.out.exists():
@@ -117,6 +137,8 @@ def main() -> None:
     state_path = args.out / "state.json"
     shipped = json.loads(state_path.read_text())
     shipped["exported_from"] = args.command  # not this machine's path
+    sampler = with_sampling_overrides(from_dict(shipped["config"]), args.set, ("sample.",))
+    shipped["config"] = sampler.to_dict()
     state_path.write_text(json.dumps(shipped, indent=1))
     model, config = load_trained_model(args.out)
     clips = held_out_clips(config, 2 * config.data.num_frames, args.clips)
@@ -128,16 +150,17 @@ def main() -> None:
     card = {
         "command": args.command,
         "commit": args.commit,
-        "steps": state["step"],
+        "steps": {str(phase): read_state(find_trained_checkpoint(phase))["step"] for phase in phases},
         "final_losses": {key: logged[-1][key] for key in ("diffusion", "loss") if key in logged[-1]},
-        "train_wall_seconds": training_wall_seconds(args.run),
+        "train_wall_seconds": {str(phase): training_wall_seconds(phase) for phase in phases},
         "machine": machine_info(torch.device("cpu")),
         "config_summary": f"{config.model.preset} preset, {config.data.frame_size}×{config.data.frame_size} px, "
         f"patch {config.model.patch_size}, {config.data.num_frames} frames with {config.context_frames} given",
         "length": config.data.num_frames,
         "clips": args.clips,
         "clip_seed": EVAL_SEED,
-        "sampler": f"{sample.steps} {sample.solver} steps, history noise {sample.history_noise}",
+        "sampler": f"{sample.steps} {sample.solver} steps, history noise {sample.history_noise}, "
+        f"history guidance {sample.history_guidance}",
         "metrics": metrics,
         "copy_last": copy_last,
         "real_frames": real_frame_scores(config, clips),
