@@ -19,6 +19,17 @@ VAE_SCALE, VAE_SHIFT = 0.5, 0.1  # not SD's values, so that a forgotten shift or
 FRAME_SIZE = 16
 NUM_FRAMES = 4
 MICRO = ("model.preset=micro", f"data.frame_size={FRAME_SIZE}", "model.patch_size=4", f"data.num_frames={NUM_FRAMES}")
+# A micro training run of a few steps: several epochs of 6 clips, a log line per step, no checkpoints in between.
+MICRO_RUN = (
+    *MICRO,
+    "train.batch_size=2",
+    "data.num_clips=6",
+    "train.lr=1e-3",
+    "train.log_every=1",
+    "train.checkpoint_every=0",
+    "train.tensorboard=false",
+    "sample.steps=1",
+)
 RANDOM_INIT_STD = 0.1  # large enough that adaLN gates and the output layer pass signal, small enough to stay stable
 
 

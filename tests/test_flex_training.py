@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import MICRO, MICRO_RUN
 from mimo.config import SampleConfig, load_config
 from mimo.diffusion.sampler import sample_video
 from mimo.errors import ConfigError
@@ -19,18 +20,7 @@ from mimo.train.checkpoint import find_checkpoint, load_tensors
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import Trainer, step_generator, train
 
-MICRO = ("model.preset=micro", "data.frame_size=16", "model.patch_size=4", "data.num_frames=4")
-RUN = (
-    *MICRO,
-    "train.batch_size=2",
-    "data.num_clips=6",
-    "train.lr=1e-3",
-    "train.log_every=1",
-    "train.checkpoint_every=0",
-    "train.tensorboard=false",
-    "train.sample_at_end=false",
-    "sample.steps=1",
-)
+RUN = (*MICRO_RUN, "train.sample_at_end=false")
 FLOAT64_GRAD_ATOL = 1e-10  # the two kernels sum the softmax in different orders; nothing else differs
 FLOAT32_LOSS_RTOL = 1e-5
 # Adam divides each gradient by its own scale, so float32 rounding of a near-zero gradient moves its weight by a

@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import MICRO, MICRO_RUN
 from mimo.cli import main
 from mimo.config import SampleConfig, load_config
 from mimo.data.synthetic import MovingShapes
@@ -31,17 +32,7 @@ from mimo.train.checkpoint import CheckpointError, find_checkpoint, load_module,
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import NonFiniteLossError, Trainer, train
 
-MICRO = ("model.preset=micro", "data.frame_size=16", "model.patch_size=4", "data.num_frames=4")
-RUN = (
-    *MICRO,
-    "train.batch_size=2",
-    "data.num_clips=6",
-    "train.lr=1e-3",
-    "train.log_every=1",
-    "train.checkpoint_every=0",
-    "train.tensorboard=false",
-    "sample.steps=1",
-)
+RUN = MICRO_RUN
 SUBPROCESS_TIMEOUT = 240  # seconds; generous for busy CI machines
 
 

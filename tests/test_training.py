@@ -9,22 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import MICRO_RUN
 from mimo.config import load_config
 from mimo.train.checkpoint import find_checkpoint, load_tensors, read_state
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import COSINE_FLOOR, Trainer, lr_factor, train
 
-MICRO = ("model.preset=micro", "data.frame_size=16", "model.patch_size=4", "data.num_frames=4")
-RUN = (
-    *MICRO,
-    "train.batch_size=2",
-    "data.num_clips=6",  # several epochs in a few steps
-    "train.lr=1e-3",
-    "train.log_every=1",
-    "train.checkpoint_every=0",
-    "train.tensorboard=false",
-    "sample.steps=1",
-)
+RUN = MICRO_RUN
 LOSS_KEYS = ("loss", "diffusion", "mask", "grad_norm")
 
 
