@@ -180,8 +180,9 @@ def markdown(summary: dict[str, Any], copy_last: dict[str, float], settings: dic
         f"weights, clips, noise and masks per seed); {settings['clips']} held-out clips, the same noise for every "
         "model. px: trajectory error (misses scored as a random guess); lost: share of objects not found; "
         "gap: autoregressive − teacher-forced. In brackets: the paired difference to clean-history with the "
-        f"euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n = {len(settings['seeds'])} gives "
-        "little power, so read the per-seed signs in the JSON as well).",
+        f"euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n ≤ {len(settings['seeds'])} gives "
+        "little power, so read the per-seed signs in the JSON as well). An arm lists the seeds it has finished; "
+        "its differences pair only those.",
         "",
         f"Copy-last: {copy_last['ar_px']} px, {copy_last['ar_lost']:.0%} lost at the training length; "
         f"{copy_last['ar2_px']} px, {copy_last['ar2_lost']:.0%} lost at twice it.",
@@ -193,7 +194,9 @@ def markdown(summary: dict[str, Any], copy_last: dict[str, float], settings: dic
     for cell in summary["cells"]:
         metrics = ("ar_px", "ar_lost", "tf_px", "gap_px", "ar2_px", "ar2_lost", "tf2_px", "gap2_px")
         lines.append(
-            f"| {cell['arm']} | {cell['sampler']} | " + " | ".join(_cell_text(cell[m]) for m in metrics) + " |"
+            f"| {cell['arm']} (seeds {', '.join(map(str, cell['seeds']))}) | {cell['sampler']} | "
+            + " | ".join(_cell_text(cell[m]) for m in metrics)
+            + " |"
         )
     lines += ["", "Training cost (median seconds per step over the logged intervals, one thread, shared machine):"]
     lines += [f"- {arm}: {seconds} s" for arm, seconds in summary["seconds_per_step"].items()]
