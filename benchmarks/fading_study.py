@@ -3,7 +3,8 @@
     nohup python benchmarks/fading_study.py > benchmarks/results/fading_study.log 2>&1 &
     python benchmarks/fading_study.py --report-only     # the report of what has run so far
 
-Every arm trains the demo's model on the demo's videos (src/mimo/apps/demo.yaml) for `--steps` steps from
+Every arm trains the demo's model on the demo's videos (src/mimo/apps/demo.yaml, with the paper's plain CTF in
+place of the demo's own history options: PLAIN_CTF) for `--steps` steps from
 the same initial weights (train.seed), on the same clips in the same order (data.seed), with the same noise
 levels, noise and tube masks per step (the history's noise is drawn after them); a seed changes all of
 these together. The arms differ only in what the history is during training:
@@ -44,6 +45,13 @@ from mimo.train.checkpoint import load_trained_model
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import train
 
+# The paper's plain CTF, whatever the demo's own recipe is now: every arm starts here.
+PLAIN_CTF = [
+    "diffusion.history_noise_max=0",
+    "diffusion.history_dropout=0",
+    "sample.history_noise=0",
+    "sample.history_guidance=1",
+]
 ARMS = {
     "clean-history": [],
     "history-noise": ["diffusion.history_noise_max=0.3"],
@@ -80,6 +88,7 @@ def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     if result_path.exists():
         return json.loads(result_path.read_text())
     overrides = [
+        *PLAIN_CTF,
         *ARMS[arm],
         f"train.seed={seed}",
         f"data.seed={seed}",
