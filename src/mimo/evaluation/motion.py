@@ -55,26 +55,28 @@ def motion_scores(
     return row
 
 
+def _predictor_scores(
+    videos: torch.Tensor, config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int]
+) -> dict[str, float]:
+    """The autoregressive scores (`ar_px`, `ar_lost`, `ar2_px`, ...) of `videos` that no model sampled."""
+    k, length = config.context_frames, config.data.num_frames
+    row: dict[str, float] = {}
+    for multiple in multiples:
+        row |= _scores(videos[:, : multiple * length], clips, k, f"ar{length_suffix(multiple)}")
+    return row
+
+
 def real_frame_scores(
     config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int] = (1, 2)
 ) -> dict[str, float]:
     """The same scores of the real frames themselves: the ceiling. Objects the metric cannot find there (too
     small at this frame size, or hidden by another) count as lost for every predictor."""
-    k, length = config.context_frames, config.data.num_frames
-    row: dict[str, float] = {}
-    for multiple in multiples:
-        row |= _scores(clips["video"][:, : multiple * length], clips, k, f"ar{length_suffix(multiple)}")
-    return row
+    return _predictor_scores(clips["video"], config, clips, multiples)
 
 
 def copy_last_scores(
     config: Config, clips: dict[str, torch.Tensor], multiples: Sequence[int] = (1, 2)
 ) -> dict[str, float]:
-    """The autoregressive scores (`ar_px`, `ar_lost`, `ar2_px`, ...) of repeating the last context frame: a
-    rollout that never looks at the true frames either."""
-    k, length = config.context_frames, config.data.num_frames
-    copied = copy_last_frame(clips["video"], k)
-    row: dict[str, float] = {}
-    for multiple in multiples:
-        row |= _scores(copied[:, : multiple * length], clips, k, f"ar{length_suffix(multiple)}")
-    return row
+    """The autoregressive scores of repeating the last context frame: a rollout that never looks at the true
+    frames either."""
+    return _predictor_scores(copy_last_frame(clips["video"], config.context_frames), config, clips, multiples)

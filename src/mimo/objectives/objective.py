@@ -11,15 +11,14 @@ and combines with MiMo. The whole objective is one nn.Module so DDP can wrap it.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from mimo.config import TARGET_OFFSETS, Config, DiffusionConfig
-from mimo.diffusion.flow import interpolate, sample_noise_levels, velocity_target
+from mimo.config import TARGET_OFFSETS, Config, DiffusionConfig, SampleConfig
+from mimo.diffusion.flow import integrate, interpolate, sample_noise_levels, velocity_target
 from mimo.models.attention import FrameLayout, StepFlops
 from mimo.models.dit import DiTOutput, FrameCausalDiT
 from mimo.models.encoders import build_encoder, encode_video
@@ -224,14 +223,15 @@ class TrainingObjective(nn.Module):
         if replaced.shape[1] == 0:
             return history
         own = torch.Generator(generator.device).manual_seed(generator.initial_seed() + OWN_HISTORY_STREAM)
-        z = torch.randn(replaced.shape, generator=own, device=own.device).to(video.device)
-        levels = torch.linspace(1.0, 0.0, diffusion.own_history_steps + 1).tolist()
+        noise = torch.randn(replaced.shape, generator=own, device=own.device).to(video.device)
         labels = labels if self.backbone.num_classes else None  # the true class: no label dropout here
         clean = history[:, : history.shape[1] - 1] if history.shape[1] > 1 else None  # frames 0..T-3
-        for now, then in itertools.pairwise(levels):
-            level = torch.full(replaced.shape[:2], now, device=video.device)
-            velocity = self.backbone(z, level, labels=labels, clean=clean, noisy_start=k).velocity
-            z = z + (then - now) * velocity.float()
+
+        def velocity(z: Tensor, s: Tensor) -> Tensor:  # s (B,): every frame at the same level
+            level = s[:, None].expand(-1, replaced.shape[1])
+            return self.backbone(z, level, labels=labels, clean=clean, noisy_start=k).velocity.float()
+
+        z = integrate(velocity, noise, SampleConfig(steps=diffusion.own_history_steps, solver="euler"))
         chosen = torch.rand(video.shape[0], generator=own, device=own.device).to(video.device) < diffusion.own_history
         sampled = torch.cat([history[:, :k], z.clamp(-1, 1).to(history.dtype)], dim=1)
         return torch.where(chosen[:, None, None, None, None], sampled, history)
