@@ -12,7 +12,10 @@ these together. The arms differ only in what the history is during training:
 - clean-history: the paper's Complete Teacher Forcing, as the demo trains;
 - history-noise: every history frame noised to s ~ U[0, 0.3], the level told to the model (GameNGen);
 - history-noise+dropout: the same, and 10 % of clips with a history of pure noise, for history guidance;
-- ema-0.999: the clean-history arm with a slower EMA (the demo's is 0.995).
+- no-ema, ema-0.99-flat: the clean-history arm sampled from its raw weights (no average), or from an EMA of
+  decay 0.99 without warm-up (a horizon of 100 steps). The EMA does not change training, so these arms differ
+  from clean-history only in the weights sampled. (The demo's decay 0.995 with warm-up, min(d, (1+n)/(10+n)),
+  is 0.982 at step 500: a slower decay with warm-up would sample the same weights as clean-history.)
 
 Each final EMA model is evaluated with the samplers that apply to it (SAMPLERS) on the same held-out clips
 with the same noise: autoregressive and teacher-forced trajectory error and objects lost at the training
@@ -56,7 +59,8 @@ ARMS = {
     "clean-history": [],
     "history-noise": ["diffusion.history_noise_max=0.3"],
     "history-noise+dropout": ["diffusion.history_noise_max=0.3", "diffusion.history_dropout=0.1"],
-    "ema-0.999": ["train.ema_decay=0.999"],
+    "no-ema": ["train.ema_decay=0"],
+    "ema-0.99-flat": ["train.ema_decay=0.99", "train.ema_warmup=false"],
 }
 # Sampler variants: overrides of the sample section, and the arms they apply to (None: every arm).
 SAMPLERS: dict[str, tuple[list[str], tuple[str, ...] | None]] = {

@@ -39,6 +39,7 @@ from mimo.config import Config, with_overrides
 from mimo.data import build_dataset, stack_clips
 from mimo.data.atomic import write_atomically
 from mimo.evaluation.metrics import METRICS
+from mimo.train.checkpoint import list_checkpoints
 from mimo.train.distributed import default_device
 from mimo.train.trainer import Trainer
 
@@ -79,6 +80,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def training_wall_seconds(run: Path) -> float:
+    """From the run's first logged step (config.yaml is written after step 1) to its last checkpoint."""
+    last = list_checkpoints(run)[-1]
+    return round((last / "state.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1)
 
 
 class CpuShare:

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from harness import machine_info
+from harness import machine_info, training_wall_seconds
 from mimo.apps.sample import export_inference_checkpoint
 from mimo.config import Config, from_dict, load_config, with_sampling_overrides
 from mimo.data import stack_clips
 from mimo.data.synthetic import MovingShapes
 from mimo.evaluation.motion import copy_last_scores, motion_scores, real_frame_scores
 from mimo.evaluation.protocols import EVAL_SEED, held_out_clips
-from mimo.train.checkpoint import find_trained_checkpoint, list_checkpoints, load_trained_model, read_state
+from mimo.train.checkpoint import find_trained_checkpoint, load_trained_model, read_state
 from mimo.train.logger import read_metrics
 
 PACKAGE_FOLDER = Path(__file__).resolve().parents[1] / "src" / "mimo" / "reference"
@@ -46,12 +46,6 @@ def check_clips(config: Config) -> dict[str, torch.Tensor]:
         CHECK_CLIPS, config.data.frame_size, 2 * config.data.num_frames, CHECK_SEED, config.data.max_objects
     )
     return stack_clips(dataset, CHECK_CLIPS)
-
-
-def training_wall_seconds(run: Path) -> float:
-    """From the run's first logged step (config.yaml is written after step 1) to its last checkpoint."""
-    last = list_checkpoints(run)[-1]
-    return round((last / "state.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1)
 
 
 def lineage(run: Path) -> list[Path]:
