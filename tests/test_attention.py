@@ -12,9 +12,9 @@ from mimo.models.attention import (
     RotaryEmbedding3D,
     apply_rotary,
     attend,
-    attention_flops,
     frame_causal_mask,
 )
+from mimo.models.flops import attention_flops
 from mimo.objectives.masking import kept_count, tube_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")

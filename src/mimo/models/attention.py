@@ -14,7 +14,7 @@ the cache is visible by construction.
 from __future__ import annotations
 
 import functools
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.attention.flex_attention as flex_module
@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
-from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from mimo.config import ATTENTION_BACKENDS
 from mimo.errors import ConfigError
@@ -118,56 +117,6 @@ def check_flex_trains(attention: str, device: torch.device) -> None:
             f"model.attention={attention} cannot train on {device.type}: FlexAttention has no {device.type} "
             "backward in this torch; use model.attention=auto (dense-mask SDPA there) or sdpa"
         ) from None
-
-
-@dataclass(frozen=True)
-class StepFlops:
-    """FLOPs of one training step (forward + backward) of a module: matmuls, plus attention three ways:
-    as dense-mask SDPA executes it (the whole L×L matrix), as block-sparse FlexAttention executes it
-    (whole tiles that hold an allowed pair), and the useful part (allowed pairs only)."""
-
-    linear: int = 0
-    attention_dense: int = 0
-    attention_block_sparse: int = 0
-    attention_useful: int = 0
-
-    def __add__(self, other: StepFlops) -> StepFlops:
-        return StepFlops(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
-    @property
-    def dense(self) -> int:
-        return self.linear + self.attention_dense
-
-    @property
-    def block_sparse(self) -> int:
-        return self.linear + self.attention_block_sparse
-
-    @property
-    def useful(self) -> int:
-        return self.linear + self.attention_useful
-
-    def executed(self, flex: bool) -> int:
-        return self.block_sparse if flex else self.dense
-
-
-def attention_flops(
-    layout: FrameLayout, batch: int, heads: int, head_dim: int, block_size: int = FLEX_BLOCK_SIZE
-) -> StepFlops:
-    """QKᵀ and AV of a training step (torch's FlopCounterMode formulas) over `layout`, three ways (StepFlops)."""
-    shape = (batch, heads, layout.length, head_dim)
-    dense = sdpa_flop_count(shape, shape, shape) + sdpa_backward_flop_count(shape, shape, shape, shape)
-    allowed = layout.dense_mask()
-    tiles = -(-layout.length // block_size)
-    padded = F.pad(allowed, (0, tiles * block_size - layout.length) * 2)
-    computed_tiles = padded.view(tiles, block_size, tiles, block_size).any(dim=(1, 3))
-    computed = computed_tiles.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
-    computed_pairs = int(computed[: layout.length, : layout.length].sum())
-    pairs = layout.length**2
-    return StepFlops(
-        attention_dense=dense,
-        attention_block_sparse=dense * computed_pairs // pairs,
-        attention_useful=dense * int(allowed.sum()) // pairs,
-    )
 
 
 # Cached per layout; never under a dispatch mode (fake tensors of the memory census, FLOP counting), whose

@@ -25,15 +25,14 @@ from torch.utils.checkpoint import checkpoint
 
 from mimo.config import ModelConfig
 from mimo.errors import InputError
-from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D, StepFlops, attention_flops
+from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D
 from mimo.models.checks import check_model_inputs
+from mimo.models.flops import StepFlops, attention_flops, block_linear_flops, linear_flops
 from mimo.models.layers import (
     FREQUENCY_DIM,
     LayerNorm,
     Mlp,
     NoiseLevelEmbedder,
-    block_linear_flops,
-    linear_flops,
     patchify,
     sincos_position_3d,
     token_positions,

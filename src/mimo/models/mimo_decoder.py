@@ -13,12 +13,11 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from mimo.models.attention import FrameLayout, RotaryEmbedding3D, StepFlops, attention_flops
+from mimo.models.attention import FrameLayout, RotaryEmbedding3D
+from mimo.models.flops import StepFlops, attention_flops, block_linear_flops, linear_flops
 from mimo.models.layers import (
     LayerNorm,
     TransformerBlock,
-    block_linear_flops,
-    linear_flops,
     sincos_position_3d,
     token_positions,
 )

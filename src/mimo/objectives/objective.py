@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from mimo.config import TARGET_OFFSETS, Config, DiffusionConfig, SampleConfig
 from mimo.diffusion.flow import integrate, interpolate, sample_noise_levels, velocity_target
-from mimo.models.attention import FrameLayout, StepFlops
+from mimo.models.attention import FrameLayout
 from mimo.models.dit import DiTOutput, FrameCausalDiT
 from mimo.models.encoders import build_encoder, encode_video
+from mimo.models.flops import StepFlops
 from mimo.models.layers import patchify
 from mimo.models.mimo_decoder import MimoDecoder
 from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
@@ -263,7 +264,7 @@ class TrainingObjective(nn.Module):
 
     def training_flops(self, batch_size: int) -> StepFlops:
         """FLOPs of one training step (forward + backward) on `batch_size` clips: backbone and MiMo decoder
-        (attention.StepFlops: executed by dense SDPA or block-sparse FlexAttention, and useful)."""
+        (flops.StepFlops: executed by dense SDPA or block-sparse FlexAttention, and useful)."""
         if self.repa_projector is not None:
             raise ValueError("training_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
         layout = self.layout()
