@@ -21,7 +21,6 @@ import torch.nn.attention.flex_attention as flex_module
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from mimo.config import ATTENTION_BACKENDS
 from mimo.errors import ConfigError
@@ -79,19 +78,25 @@ class FrameLayout:
         clean = torch.arange(frame.shape[0], device=device) < self.num_clean
         return frame, clean
 
-    def dense_mask(self, device: torch.device | str = "cpu") -> Tensor:
+    # `cached=False` builds a mask afresh and keeps nothing: for a forward on fake tensors (the memory census),
+    # whose masks must not be handed to later real runs.
+    def dense_mask(self, device: torch.device | str = "cpu", cached: bool = True) -> Tensor:
         """Boolean (L, L) mask, True where attention is allowed (built once per layout and device)."""
-        build = _dense_mask.__wrapped__ if is_in_torch_dispatch_mode() else _dense_mask
+        build = _dense_mask if cached else _dense_mask.__wrapped__
         return build(self, torch.device(device))
 
-    def block_mask(self, device: torch.device | str = "cpu", block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
+    def block_mask(
+        self, device: torch.device | str = "cpu", block_size: int = FLEX_BLOCK_SIZE, cached: bool = True
+    ) -> BlockMask:
         """FlexAttention's BlockMask of the same rules (built once per layout, device and tile size)."""
-        build = _block_mask.__wrapped__ if is_in_torch_dispatch_mode() else _block_mask
+        build = _block_mask if cached else _block_mask.__wrapped__
         return build(self, torch.device(device), block_size)
 
-    def mask(self, attention: str, device: torch.device) -> Tensor | BlockMask:
+    def mask(self, attention: str, device: torch.device, cached: bool = True) -> Tensor | BlockMask:
         """The mask form `attention` (auto | sdpa | flex) asks for on `device`."""
-        return self.block_mask(device) if uses_flex(attention, device) else self.dense_mask(device)
+        if uses_flex(attention, device):
+            return self.block_mask(device, cached=cached)
+        return self.dense_mask(device, cached=cached)
 
 
 def uses_flex(attention: str, device: torch.device) -> bool:
@@ -119,10 +124,9 @@ def check_flex_trains(attention: str, device: torch.device) -> None:
         ) from None
 
 
-# Cached per layout; never under a dispatch mode (fake tensors of the memory census, FLOP counting), whose
-# tensors must not leak into later real runs. Always built outside inference_mode: a mask first built by the
-# sampler is reused by training in the same process, and FlexAttention saves its tensors for the backward,
-# which inference tensors cannot be.
+# Cached per layout and device. Always built outside inference_mode: a mask first built by the sampler is
+# reused by training in the same process, and FlexAttention saves its tensors for the backward, which
+# inference tensors cannot be.
 @functools.lru_cache(maxsize=64)
 @torch.inference_mode(False)
 def _dense_mask(layout: FrameLayout, device: torch.device) -> Tensor:

@@ -188,6 +188,7 @@ class FrameCausalDiT(nn.Module):
         self.num_classes = num_classes
         self.activation_checkpointing = False
         self.attention = config.attention  # auto | sdpa | flex, see attention.uses_flex
+        self.cache_masks = True  # False on fake tensors (the memory census): see FrameLayout.dense_mask
         patch_dim = channels * config.patch_size**2
         independent_clean = config.clean_conditioning == "independent_ln"
         self.independent_clean = independent_clean
@@ -342,7 +343,7 @@ class FrameCausalDiT(nn.Module):
         noisy_cond = self.condition(noise_level, labels)  # (B, Tn, D)
         clean_cond = self._clean_condition(clean_frames, batch, labels, noisy)  # (B, Tc, D) or None
         groups = TokenGroups(clean_frames, clean_per_frame, noisy_frames, self.tokens_per_frame, noisy_cond, clean_cond)
-        mask = layout.mask(self.attention, x.device)  # (L, L) dense, or its BlockMask
+        mask = layout.mask(self.attention, x.device, self.cache_masks)  # (L, L) dense, or its BlockMask
         x, hidden = self._run_blocks(x, groups, positions, mask, None, return_layers)  # (B, L, D)
         out = self.final(groups.split(x)[1], noisy_cond)  # (B, Tn, N, patch_dim)
         velocity = unpatchify(out, self.patch_size, self.grid, self.channels)  # (B, Tn, C, H, W)
@@ -418,6 +419,7 @@ class FrameCausalDiT(nn.Module):
         clean_cond = self._clean_condition(num_frames, batch, labels, frames)  # (B, T, D) or None
         groups = TokenGroups(num_frames, self.tokens_per_frame, 0, self.tokens_per_frame, None, clean_cond)
         layout = FrameLayout(num_frames, self.tokens_per_frame)
-        mask = layout.mask(self.attention, tokens.device) if num_frames > 1 else None  # one frame sees the cache
+        one_frame = num_frames == 1  # one frame sees the whole cache: no mask
+        mask = None if one_frame else layout.mask(self.attention, tokens.device, self.cache_masks)
         self._run_blocks(tokens, groups, positions, mask, cache)
         cache.advance(num_frames)
