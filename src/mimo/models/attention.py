@@ -8,12 +8,14 @@ rules: the dense boolean mask (the reference, and what SDPA takes on a CPU) and 
 256 tokens per frame only ~27 % of the clean+noisy matrix is allowed). Both are built once per
 layout and device. The training sequence, the uncached sampler, the cache refill and the MiMo
 decoder all take their mask from a layout; the cached sampler needs none, because everything in
-the cache is visible by construction.
+the cache is visible by construction. The DiT also splits its tokens into the clean and the noisy
+group by the layout, to normalise and modulate each group its own way.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +79,19 @@ class FrameLayout:
         )
         clean = torch.arange(frame.shape[0], device=device) < self.num_clean
         return frame, clean
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens (B, L, D) of this layout -> clean (B, Tc, n, D) and noisy (B, Tn, N, D)."""
+        clean = x[:, : self.num_clean].unflatten(1, (self.clean_frames, self.clean_per_frame))
+        noisy = x[:, self.num_clean :].unflatten(1, (self.noisy_frames, self.noisy_per_frame))
+        return clean, noisy
+
+    def map(self, x: Tensor, clean_fn: Callable[[Tensor], Tensor], noisy_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """(B, L, D) -> (B, L, D): `clean_fn` on the clean tokens (B, Tc, n, D), `noisy_fn` on the noisy ones
+        (B, Tn, N, D); an empty group (a cached step, frames appended to the cache) costs nothing."""
+        clean, noisy = self.split(x)
+        parts = [fn(group).flatten(1, 2) for fn, group in ((clean_fn, clean), (noisy_fn, noisy)) if group.shape[1]]
+        return torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]
 
     # `cached=False` builds a mask afresh and keeps nothing: for a forward on fake tensors (the memory census),
     # whose masks must not be handed to later real runs.
