@@ -102,9 +102,7 @@ def build_ctf_batch(
     )
 
 
-def history_noise_levels(
-    batch: int, frames: int, diffusion: DiffusionConfig, generator: torch.Generator
-) -> Tensor:
+def history_noise_levels(batch: int, frames: int, diffusion: DiffusionConfig, generator: torch.Generator) -> Tensor:
     """(B, frames) noise levels of the history: s ~ U[0, history_noise_max] per frame, and s = 1 for every
     frame of the clips that history dropout draws (the history-free branch of history guidance)."""
     level = torch.rand(batch, frames, generator=generator, device=generator.device) * diffusion.history_noise_max
