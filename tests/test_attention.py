@@ -12,9 +12,9 @@ from mimo.models.attention import (
     RotaryEmbedding3D,
     apply_rotary,
     attend,
-    attention_flops,
     frame_causal_mask,
 )
+from mimo.models.flops import attention_flops
 from mimo.objectives.masking import kept_count, tube_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -179,15 +179,15 @@ def test_a_block_compiles_into_one_graph(attention, make_config, make_model):
     """The GPU presets compile every block: a graph break would cost speed silently."""
     import torch._dynamo as dynamo
 
-    from mimo.models.dit import TokenGroups
+    from mimo.models.dit import PerGroup
 
     model = make_model(make_config(f"model.attention={attention}", "model.clean_conditioning=clean_timestep"))
     model.requires_grad_(attention == "sdpa")  # compiling FlexAttention's CPU backward needs the GPU kernels
     layout = FrameLayout(3, 12, 4, 16, 0)
     x = torch.randn(2, layout.length, model.width)
     rope = model.rope(torch.zeros(2, layout.length, 3, dtype=torch.long))
-    groups = TokenGroups(3, 12, 4, 16, torch.randn(2, 4, model.width), torch.randn(2, 3, model.width))
-    explained = dynamo.explain(model.blocks[0])(x, groups, rope, layout.mask(attention, torch.device("cpu")))
+    cond = PerGroup(clean=torch.randn(2, 3, model.width), noisy=torch.randn(2, 4, model.width))
+    explained = dynamo.explain(model.blocks[0])(x, layout, cond, rope, layout.mask(attention, torch.device("cpu")))
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
 
 

@@ -16,7 +16,7 @@ def _features(m: int = 400, d: int = 32, seed: int = 0) -> torch.Tensor:
 def test_unbiased_hsic_matches_the_u_statistic_over_distinct_quadruples():
     """Song et al. 2012: HSIC_u = mean over distinct (i, j, q, r) of k_ij l_ij + k_ij l_qr − 2 k_ij l_iq."""
     x, y = _features(7, 3, seed=1), _features(7, 2, seed=2)
-    k, l = torch.exp(-torch.cdist(x, x) ** 2), x @ x.T + y @ y.T
+    k, l = torch.exp(-(torch.cdist(x, x) ** 2)), x @ x.T + y @ y.T
     kk, ll = k.tolist(), l.tolist()
     total, count = 0.0, 0
     for i, j, q, r in itertools.permutations(range(7), 4):

@@ -164,7 +164,9 @@ def test_fabricated_checkpoint_round_trips_through_the_restricted_unpickler(tmp_
     )
     torch.testing.assert_close(
         network.backbone.Mixed_4e.branch_2[1].bn.running_var,
-        torch.from_numpy(checkpoint["batch_stats"]["Mixed_4e"]["Branch_2/Conv3d_0b_3x3"]["BatchNorm_0"]["var"]).flatten(),
+        torch.from_numpy(
+            checkpoint["batch_stats"]["Mixed_4e"]["Branch_2/Conv3d_0b_3x3"]["BatchNorm_0"]["var"]
+        ).flatten(),
     )
     torch.testing.assert_close(
         network.logits.bias, torch.from_numpy(checkpoint["params"]["Logits/Conv3d_0c_1x1"]["Conv_0"]["bias"])

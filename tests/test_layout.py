@@ -1,5 +1,6 @@
 """The folders are the architecture: the library's lower layers never reach up to training, jobs,
-evaluation protocols or the CLI; data is read without model code; importing mimo has no side effects."""
+evaluation protocols or the CLI; data is read without model code and models are built without data or
+objective code; importing mimo has no side effects."""
 
 from __future__ import annotations
 
@@ -87,6 +88,10 @@ def test_lower_layers_never_import_training_jobs_evaluation_or_the_cli(folder):
 
 def test_data_is_read_without_model_code():
     assert reaching("data", ("mimo.models", "mimo.objectives", "mimo.diffusion")) == {}
+
+
+def test_models_are_built_without_data_objectives_or_sampling_code():
+    assert reaching("models", ("mimo.data", "mimo.objectives", "mimo.diffusion")) == {}
 
 
 def test_the_objective_reads_no_feature_manifest():

@@ -97,6 +97,7 @@ class Blank(Dataset):
 def test_a_new_dataset_is_accepted_by_the_config_and_built_by_name(monkeypatch):
     with pytest.raises(ConfigError, match=r"data\.dataset"):
         check_options(micro_config("data.dataset=blank", "data.path=unused"))
+
     def blank(config, split: str, num_clips: int | None, start_at_zero: bool) -> Dataset:
         return Blank(config, num_clips or 5)
 

@@ -17,6 +17,7 @@ from mimo.data.encoder_features import (
     ENCODER_FEATURES_KEY,
     WithEncoderFeatures,
     cached_feature_dim,
+    extract_features,
 )
 from mimo.data.synthetic import MovingShapes
 from mimo.models import build_backbone
@@ -25,12 +26,12 @@ from mimo.models.encoders import (
     ViTEncoder,
     build_encoder,
     dinov2_encoder,
-    encode_video,
-    extract_features,
+    resize_grid,
     timm_encoder,
 )
-from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
+from mimo.models.repa import RepaProjector
 from mimo.objectives.objective import TrainingObjective, build_ctf_batch
+from mimo.objectives.repa import aligned_pairs, negative_cosine_similarity
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "repa"
 PROJECTOR_DIM = 64  # REPA's 2048 is slow on a CPU and changes nothing these tests check
@@ -124,7 +125,7 @@ def test_aligned_pairs_match_each_token_with_its_own_frame_and_position():
 
 def grid_features(clips: torch.Tensor) -> torch.Tensor:
     """Live random-encoder features of `clips` already on the backbone's grid: positions map one to one."""
-    return resize_grid(encode_video(RandomEncoder(), clips), GRID)
+    return resize_grid(RandomEncoder().encode_video(clips), GRID)
 
 
 def repa_loss(objective: TrainingObjective, clips: torch.Tensor, features: torch.Tensor | None = None) -> float:
@@ -239,7 +240,7 @@ def test_cached_features_round_trip_and_give_the_live_encoders_loss(tmp_path, gr
     paired = WithEncoderFeatures(dataset, out_dir, encoder="random")
     video = torch.stack([paired[i]["video"] for i in range(4)])
     cached = torch.stack([paired[i][ENCODER_FEATURES_KEY] for i in range(4)])
-    live = encode_video(RandomEncoder(), video)
+    live = RandomEncoder().encode_video(video)
     assert torch.allclose(cached, live if grid is None else resize_grid(live, grid), atol=1e-6)
 
     live_objective = repa_objective(repa_config("both"))

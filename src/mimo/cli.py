@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from mimo.config import load_config
-from mimo.errors import ArgumentError, ConfigError, Interrupted, MimoError
+from mimo.errors import ArgumentError, Interrupted, MimoError
 
 # OpenMP threads that busy-wait between PyTorch's small CPU ops make a tiny model ~10x slower as soon as
 # another process shares the cores (measured: 20.7 s vs 1.9 s per demo step on a loaded 2-core machine).
@@ -76,8 +76,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _data_encode(args: argparse.Namespace) -> None:
-    from mimo.data import build_dataset
-    from mimo.data.latents import encode_dataset
+    from mimo.data.encode import describe_encoding, encode_data
     from mimo.models.autoencoder import build_autoencoder
     from mimo.options import check_options
     from mimo.train.distributed import default_device
@@ -88,27 +87,18 @@ def _data_encode(args: argparse.Namespace) -> None:
             "--vae FOLDER is needed: autoencoder_kl loads a pretrained VAE from a local folder (diffusers format); "
             "or store pixels with --autoencoder identity"
         )
-    dataset = build_dataset(config.data, "eval")  # deterministic clips: the same latents on every run
-    options = {"path": args.vae} if args.vae else {}
-    autoencoder = build_autoencoder(args.autoencoder, **options)
-    common = {"num_workers": config.data.num_workers, "device": default_device(args.device)}
-    whole_videos = hasattr(dataset, "records")  # video files: whole videos by default; other datasets: clips
-    if args.layout == "videos" and not whole_videos:
-        raise ConfigError(f"data.dataset={config.data.dataset} is not a folder of videos; use --layout clips")
-    if args.layout == "videos" or (args.layout is None and whole_videos):
-        from mimo.data.clip_windows import encode_videos
-
-        videos_of = {"crop": args.crop, "classes": dataset.classes}
-        manifest = encode_videos(
-            dataset.records, dataset.clips, autoencoder, args.out, args.shard_size, **videos_of, **common
-        )
-        frames = sum(shard["frames"] for shard in manifest["shards"])
-        videos = sum(shard["count"] for shard in manifest["shards"])
-        print(f"{videos} whole videos ({frames} frames) in {manifest['num_shards']} shards")
-    else:
-        manifest = encode_dataset(dataset, autoencoder, args.out, args.shard_size, args.batch_size, **common)
-        clips = sum(shard["count"] for shard in manifest["shards"])
-        print(f"{clips} clips in {manifest['num_shards']} shards")
+    autoencoder = build_autoencoder(args.autoencoder, **({"path": args.vae} if args.vae else {}))
+    manifest = encode_data(
+        config.data,
+        autoencoder,
+        args.out,
+        args.layout,
+        crop=args.crop,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        device=default_device(args.device),
+    )
+    print(describe_encoding(manifest))
     print(f"latents in {args.out}; train on them with data.dataset=latents data.path={args.out}")
 
 
@@ -307,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--out", required=True, help="output folder (resumes when interrupted)")
     encode.add_argument(
         "--layout",
-        choices=["videos", "clips"],
+        choices=["videos", "clips"],  # mimo.data.encode.LAYOUTS
         default=None,
         help="videos (default for video files): every frame of every video, a fresh clip window at each read "
         "(FAR's loader); clips (default otherwise): one fixed clip per video",

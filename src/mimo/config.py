@@ -292,7 +292,7 @@ class RepaConfig:
             config.data.dataset != "latents",
             "repa.features_path",
             "the encoder sees pixels, but data.dataset=latents gives latents: extract features from the pixel "
-            "dataset (mimo.models.encoders.extract_features) and set repa.features_path=DIR",
+            "dataset (mimo.data.encoder_features.extract_features) and set repa.features_path=DIR",
         )
         _check(
             kind == "random" or config.data.channels == 3,

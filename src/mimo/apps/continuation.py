@@ -17,6 +17,7 @@ import torch
 
 from mimo.apps.sample import SAMPLE_KEYS
 from mimo.config import with_sampling_overrides
+from mimo.data.latents import latent_autoencoder
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.data.real_set import pixel_size
 from mimo.data.video_folder import BadVideoError, ClipSampling, read_clip, to_unit_range
@@ -75,10 +76,11 @@ def continue_video(
     as_prediction = replace(config, train=replace(config.train, task="prediction", context_frames=k))
     labels = torch.tensor([label if label is not None else 0], device=device)
     generator = torch.Generator().manual_seed(seed)
-    context = to_model_space(given, config.data).to(device)
+    autoencoder = latent_autoencoder(config.data)
+    context = to_model_space(given, autoencoder).to(device)
     with naming_the_checkpoint(checkpoint):
         samples = sample_for_task(model, as_prediction, context, labels, generator, num_frames=length, progress=True)
-    continued = to_pixels(samples.cpu(), config.data)
+    continued = to_pixels(samples.cpu(), autoencoder)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "continued.npz", samples=continued.numpy(), context=given.numpy())
     return {

@@ -10,6 +10,7 @@ import torch
 
 from mimo.config import with_sampling_overrides
 from mimo.data import build_dataset, stack_clips
+from mimo.data.latents import latent_autoencoder
 from mimo.data.media import save_gif, save_mp4, to_uint8, video_grid
 from mimo.diffusion.cost import sampling_cost
 from mimo.diffusion.sampler import sample_for_task
@@ -71,7 +72,8 @@ def sample_from_checkpoint(
     paths = {"npz": out / "samples.npz"}
     np.savez_compressed(paths["npz"], samples=samples.numpy(), labels=labels.cpu().numpy(), real=video.cpu().numpy())
     real = video.cpu()
-    samples, real = to_pixels(samples, config.data), to_pixels(real, config.data)  # latents: decoded
+    autoencoder = latent_autoencoder(config.data)
+    samples, real = to_pixels(samples, autoencoder), to_pixels(real, autoencoder)  # latents: decoded
     if samples.shape[2] in (1, 3):
         paths["gif"] = save_gif(video_grid([real, samples], upscale=2), out / "grid.gif")
         for index, clip in enumerate(to_uint8(samples)):

@@ -1,8 +1,7 @@
 """Frozen-encoder features of a dataset, cached on disk so that REPA training need not run the encoder.
 
-The features are stored by `mimo.models.encoders.extract_features` through
-`mimo.data.latents.encode_dataset`, the same resumable shards and
-manifest as latents, with each clip's features (T, h, w, E) in place of its latents and the
+The features are stored by `extract_features` through `mimo.data.latents.encode_dataset`, the same
+resumable shards and manifest as latents, with each clip's features (T, h, w, E) in place of its latents and the
 encoder's description in place of the autoencoder's. One entry per clip, in the dataset's
 order, so the dataset must give the same clip for the same index every time (no random clips
 or augmentation). With `grid` set, features are resized to the backbone's token grid once, at
@@ -19,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from mimo.data.latents import LatentDataset, read_manifest
+from mimo.data.latents import LatentDataset, encode_dataset, read_manifest
 
 ENCODER_FEATURES_KEY = "encoder_features"
 FEATURES_NAME = "encoder_features"  # the manifest's "autoencoder.name" of cached features
@@ -34,7 +33,7 @@ def read_features_manifest(out_dir: str | Path) -> dict[str, Any]:
     if manifest["autoencoder"].get("name") != FEATURES_NAME:
         raise ValueError(
             f"{out_dir} holds latents of '{manifest['autoencoder'].get('name')}', not encoder features; "
-            "extract features with mimo.models.encoders.extract_features"
+            "extract features with mimo.data.encoder_features.extract_features"
         )
     return manifest
 
@@ -42,6 +41,35 @@ def read_features_manifest(out_dir: str | Path) -> dict[str, Any]:
 def cached_feature_dim(out_dir: str | Path) -> int:
     """E, the feature size of the features cached in `out_dir`."""
     return read_features_manifest(out_dir)["autoencoder"]["feature_dim"]
+
+
+class _FeatureExtractor(nn.Module):
+    """A frozen encoder seen as an autoencoder's `encode`/`describe`, which is what encode_dataset calls."""
+
+    def __init__(self, encoder: nn.Module, grid: int | None):
+        super().__init__()
+        self.encoder = encoder
+        self.grid = grid
+
+    def encode(self, video: Tensor) -> Tensor:
+        return self.encoder.encode_video(video, self.grid)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": FEATURES_NAME, **self.encoder.describe(), "grid": self.grid}
+
+
+def extract_features(
+    dataset: Dataset, encoder: nn.Module, out_dir: str | Path, grid: int | None = None, **options: Any
+) -> dict[str, Any]:
+    """Store `encoder`'s features of every clip of `dataset` (pixels in [-1, 1]) under `out_dir`.
+
+    `encoder` is a frozen encoder (`mimo.models.encoders.FrameEncoder`, e.g. from `build_encoder`). `grid`:
+    resize to the backbone's token grid (frame_size / patch_size) now, which makes the cache smaller when the
+    encoder's grid is finer; None keeps the encoder's grid. `options` are those of `encode_dataset`
+    (shard_size, batch_size, device, storage_dtype, ...). Rerun the same call after an interruption to
+    finish the missing shards. Returns the manifest.
+    """
+    return encode_dataset(dataset, _FeatureExtractor(encoder, grid), out_dir, **options)
 
 
 def _source_description(dataset: Dataset) -> dict[str, Any] | None:

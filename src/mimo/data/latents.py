@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from mimo.config import DataConfig
 from mimo.data.atomic import write_atomically
 from mimo.errors import ArgumentError
 
@@ -193,6 +194,12 @@ def read_manifest(out_dir: str | Path, require_complete: bool = True) -> dict[st
             f"({done} of {manifest['num_items']} clips). Rerun the same encode command to finish them."
         )
     return manifest
+
+
+def latent_autoencoder(data: DataConfig) -> dict[str, Any] | None:
+    """How the clips of `data` were encoded: the autoencoder's description in its latents' manifest, from which
+    `mimo.models.autoencoder` rebuilds it to decode samples; None for pixel data."""
+    return read_manifest(data.path)["autoencoder"] if data.dataset == "latents" else None
 
 
 class LatentDataset(Dataset):

@@ -69,6 +69,6 @@ def pixel_size(config: Config) -> int:
     """Side in pixels of the run's frames once decoded (latent side × the autoencoder's downsampling)."""
     if config.data.dataset != "latents":
         return config.data.frame_size
-    from mimo.data.latents import read_manifest
+    from mimo.data.latents import latent_autoencoder
 
-    return config.data.frame_size * read_manifest(config.data.path)["autoencoder"]["downsample"]
+    return config.data.frame_size * latent_autoencoder(config.data)["downsample"]

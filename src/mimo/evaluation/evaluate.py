@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mimo.config import MIN_PROBE_CLIPS, Config, with_sampling_overrides
+from mimo.data.latents import latent_autoencoder
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.real_set import SOURCE_KEYS, pixel_size, with_real_videos
 from mimo.diffusion.cost import sampling_cost
@@ -81,7 +82,8 @@ def evaluate_run(
     real_config = with_real_videos(config, length, pixel_size(config))
     protocol = _fvd_protocol(config, real_config, length)
     real = load_clips(real_config, config.eval.num_videos)  # pixels read from the video files
-    clips = {**real, "video": to_model_space(real["video"], config.data, config.eval.batch_size)}  # the context
+    context = to_model_space(real["video"], latent_autoencoder(config.data), config.eval.batch_size)
+    clips = {**real, "video": context}
     options = {"fvd": {"extractor": extractor, "normaliser": protocol.normaliser}}
     options["proxy_fd"] = {"normaliser": protocol.normaliser}
     metrics = build_metrics(metric_names(config), config, real, device, **options)
@@ -133,19 +135,19 @@ def score_seeds(
     """Generate `length` frames from `clips` (model space) with the `checkpoint`'s `model` once per seed of
     eval.seeds and score them against `real` (pixels): every metric, the drift curves, the trajectory error per
     generated frame. Returns each metric's score per seed, the trajectory curves and the last seed's videos."""
-    batch = config.eval.batch_size
+    batch, autoencoder = config.eval.batch_size, latent_autoencoder(config.data)  # latents: decoded to pixels
     per_seed: dict[str, list[float]] = {name: [] for name in metrics}
     trajectory: list[Tensor] = []  # per generated frame, one curve per seed
     for seed in config.eval.seed_list():
         with naming_the_checkpoint(checkpoint):
-            fake = to_pixels(generate(model, config, clips, seed, length), config.data, batch)
+            fake = to_pixels(generate(model, config, clips, seed, length), autoencoder, batch)
         for name, metric in metrics.items():
             per_seed[name].append(metric(fake))
         drift.add(fake)
         if "trajectory" in metrics:
             trajectory.append(score_trajectory(fake, real, config.context_frames).per_frame_error)
     if "fvd" in metrics and config.data.dataset == "latents":  # the paper's "VAE reconstruction (upper bound)" row
-        per_seed["fvd_vae_reconstruction"] = [metrics["fvd"](to_pixels(clips["video"], config.data, batch))]
+        per_seed["fvd_vae_reconstruction"] = [metrics["fvd"](to_pixels(clips["video"], autoencoder, batch))]
     return per_seed, trajectory, fake
 
 

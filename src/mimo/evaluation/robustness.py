@@ -29,6 +29,7 @@ from einops import repeat
 from torch import Tensor
 
 from mimo.config import Config, DataConfig
+from mimo.data.latents import latent_autoencoder
 from mimo.data.media import plot_curves
 from mimo.diffusion.sampler import sample_for_task
 from mimo.evaluation.metrics import score_trajectory
@@ -177,6 +178,7 @@ def evaluate_robustness(
     device = model.patch_embed.weight.device
     num_frames = clips["video"].shape[1]
     seed = config.eval.seed_list()[0]
+    autoencoder = latent_autoencoder(config.data)  # latents: decoded to pixels
 
     def continue_clips(context: Tensor) -> Tensor:
         generator = torch.Generator().manual_seed(stream_seed(seed, Stream.SAMPLING_NOISE))
@@ -184,9 +186,9 @@ def evaluate_robustness(
             sample_for_task(model, config, part.to(device), None, generator, num_frames=num_frames).cpu()
             for part in context.split(config.eval.batch_size)
         ]
-        return to_pixels(torch.cat(parts), config.data, config.eval.batch_size)
+        return to_pixels(torch.cat(parts), autoencoder, config.eval.batch_size)
 
-    pixel_clips = {**clips, "video": to_pixels(clips["video"], config.data, config.eval.batch_size)}
+    pixel_clips = {**clips, "video": to_pixels(clips["video"], autoencoder, config.eval.batch_size)}
     curves = robustness_curves(
         lambda context: continuation_scores(continue_clips(context), pixel_clips, config.context_frames),
         clips["video"][:, : config.context_frames],

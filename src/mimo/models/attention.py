@@ -8,21 +8,21 @@ rules: the dense boolean mask (the reference, and what SDPA takes on a CPU) and 
 256 tokens per frame only ~27 % of the clean+noisy matrix is allowed). Both are built once per
 layout and device. The training sequence, the uncached sampler, the cache refill and the MiMo
 decoder all take their mask from a layout; the cached sampler needs none, because everything in
-the cache is visible by construction.
+the cache is visible by construction. The DiT also splits its tokens into the clean and the noisy
+group by the layout, to normalise and modulate each group its own way.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import astuple, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.attention.flex_attention as flex_module
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
-from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from mimo.config import ATTENTION_BACKENDS
 from mimo.errors import ConfigError
@@ -80,19 +80,38 @@ class FrameLayout:
         clean = torch.arange(frame.shape[0], device=device) < self.num_clean
         return frame, clean
 
-    def dense_mask(self, device: torch.device | str = "cpu") -> Tensor:
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens (B, L, D) of this layout -> clean (B, Tc, n, D) and noisy (B, Tn, N, D)."""
+        clean = x[:, : self.num_clean].unflatten(1, (self.clean_frames, self.clean_per_frame))
+        noisy = x[:, self.num_clean :].unflatten(1, (self.noisy_frames, self.noisy_per_frame))
+        return clean, noisy
+
+    def map(self, x: Tensor, clean_fn: Callable[[Tensor], Tensor], noisy_fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """(B, L, D) -> (B, L, D): `clean_fn` on the clean tokens (B, Tc, n, D), `noisy_fn` on the noisy ones
+        (B, Tn, N, D); an empty group (a cached step, frames appended to the cache) costs nothing."""
+        clean, noisy = self.split(x)
+        parts = [fn(group).flatten(1, 2) for fn, group in ((clean_fn, clean), (noisy_fn, noisy)) if group.shape[1]]
+        return torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]
+
+    # `cached=False` builds a mask afresh and keeps nothing: for a forward on fake tensors (the memory census),
+    # whose masks must not be handed to later real runs.
+    def dense_mask(self, device: torch.device | str = "cpu", cached: bool = True) -> Tensor:
         """Boolean (L, L) mask, True where attention is allowed (built once per layout and device)."""
-        build = _dense_mask.__wrapped__ if is_in_torch_dispatch_mode() else _dense_mask
+        build = _dense_mask if cached else _dense_mask.__wrapped__
         return build(self, torch.device(device))
 
-    def block_mask(self, device: torch.device | str = "cpu", block_size: int = FLEX_BLOCK_SIZE) -> BlockMask:
+    def block_mask(
+        self, device: torch.device | str = "cpu", block_size: int = FLEX_BLOCK_SIZE, cached: bool = True
+    ) -> BlockMask:
         """FlexAttention's BlockMask of the same rules (built once per layout, device and tile size)."""
-        build = _block_mask.__wrapped__ if is_in_torch_dispatch_mode() else _block_mask
+        build = _block_mask if cached else _block_mask.__wrapped__
         return build(self, torch.device(device), block_size)
 
-    def mask(self, attention: str, device: torch.device) -> Tensor | BlockMask:
+    def mask(self, attention: str, device: torch.device, cached: bool = True) -> Tensor | BlockMask:
         """The mask form `attention` (auto | sdpa | flex) asks for on `device`."""
-        return self.block_mask(device) if uses_flex(attention, device) else self.dense_mask(device)
+        if uses_flex(attention, device):
+            return self.block_mask(device, cached=cached)
+        return self.dense_mask(device, cached=cached)
 
 
 def uses_flex(attention: str, device: torch.device) -> bool:
@@ -120,60 +139,9 @@ def check_flex_trains(attention: str, device: torch.device) -> None:
         ) from None
 
 
-@dataclass(frozen=True)
-class StepFlops:
-    """FLOPs of one training step (forward + backward) of a module: matmuls, plus attention three ways:
-    as dense-mask SDPA executes it (the whole L×L matrix), as block-sparse FlexAttention executes it
-    (whole tiles that hold an allowed pair), and the useful part (allowed pairs only)."""
-
-    linear: int = 0
-    attention_dense: int = 0
-    attention_block_sparse: int = 0
-    attention_useful: int = 0
-
-    def __add__(self, other: StepFlops) -> StepFlops:
-        return StepFlops(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
-    @property
-    def dense(self) -> int:
-        return self.linear + self.attention_dense
-
-    @property
-    def block_sparse(self) -> int:
-        return self.linear + self.attention_block_sparse
-
-    @property
-    def useful(self) -> int:
-        return self.linear + self.attention_useful
-
-    def executed(self, flex: bool) -> int:
-        return self.block_sparse if flex else self.dense
-
-
-def attention_flops(
-    layout: FrameLayout, batch: int, heads: int, head_dim: int, block_size: int = FLEX_BLOCK_SIZE
-) -> StepFlops:
-    """QKᵀ and AV of a training step (torch's FlopCounterMode formulas) over `layout`, three ways (StepFlops)."""
-    shape = (batch, heads, layout.length, head_dim)
-    dense = sdpa_flop_count(shape, shape, shape) + sdpa_backward_flop_count(shape, shape, shape, shape)
-    allowed = layout.dense_mask()
-    tiles = -(-layout.length // block_size)
-    padded = F.pad(allowed, (0, tiles * block_size - layout.length) * 2)
-    computed_tiles = padded.view(tiles, block_size, tiles, block_size).any(dim=(1, 3))
-    computed = computed_tiles.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
-    computed_pairs = int(computed[: layout.length, : layout.length].sum())
-    pairs = layout.length**2
-    return StepFlops(
-        attention_dense=dense,
-        attention_block_sparse=dense * computed_pairs // pairs,
-        attention_useful=dense * int(allowed.sum()) // pairs,
-    )
-
-
-# Cached per layout; never under a dispatch mode (fake tensors of the memory census, FLOP counting), whose
-# tensors must not leak into later real runs. Always built outside inference_mode: a mask first built by the
-# sampler is reused by training in the same process, and FlexAttention saves its tensors for the backward,
-# which inference tensors cannot be.
+# Cached per layout and device. Always built outside inference_mode: a mask first built by the sampler is
+# reused by training in the same process, and FlexAttention saves its tensors for the backward, which
+# inference tensors cannot be.
 @functools.lru_cache(maxsize=64)
 @torch.inference_mode(False)
 def _dense_mask(layout: FrameLayout, device: torch.device) -> Tensor:

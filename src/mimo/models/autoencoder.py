@@ -18,8 +18,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mimo.config import DataConfig
-from mimo.data.latents import read_manifest
 from mimo.errors import ArgumentError
 
 # Frames per VAE call: bounds activation memory of a 256 px SD-VAE to a few GB.
@@ -200,19 +198,21 @@ def autoencoder_from_description(description: dict[str, Any]) -> Autoencoder:
     return build_autoencoder(name, **{k: v for k, v in description.items() if k not in common})
 
 
-def to_pixels(videos: torch.Tensor, config: DataConfig, batch_size: int = 16) -> torch.Tensor:
-    """Videos in [-1, 1] pixels: latent clips (B, T, c, h, w) are decoded by the autoencoder their manifest names."""
-    if config.dataset != "latents":
+def to_pixels(videos: torch.Tensor, autoencoder: dict[str, Any] | None, batch_size: int = 16) -> torch.Tensor:
+    """Videos in [-1, 1] pixels: latent clips (B, T, c, h, w) decoded by the autoencoder `autoencoder` describes
+    (`mimo.data.latents.latent_autoencoder`); None: pixels already, returned as they are."""
+    if autoencoder is None:
         return videos
-    autoencoder = autoencoder_from_description(read_manifest(config.path)["autoencoder"])
+    decoder = autoencoder_from_description(autoencoder)
     with torch.no_grad():
-        return torch.cat([autoencoder.decode(chunk.cpu()) for chunk in videos.split(batch_size)]).clamp(-1, 1)
+        return torch.cat([decoder.decode(chunk.cpu()) for chunk in videos.split(batch_size)]).clamp(-1, 1)
 
 
-def to_model_space(videos: torch.Tensor, config: DataConfig, batch_size: int = 16) -> torch.Tensor:
-    """Pixel videos (B, T, 3, H, W) as the model sees them: encoded by the latents' autoencoder for latent runs."""
-    if config.dataset != "latents":
+def to_model_space(videos: torch.Tensor, autoencoder: dict[str, Any] | None, batch_size: int = 16) -> torch.Tensor:
+    """Pixel videos (B, T, 3, H, W) as the model sees them: encoded by the autoencoder `autoencoder` describes
+    (latent runs); None: pixels, returned as they are."""
+    if autoencoder is None:
         return videos
-    autoencoder = autoencoder_from_description(read_manifest(config.path)["autoencoder"])
+    encoder = autoencoder_from_description(autoencoder)
     with torch.no_grad():
-        return torch.cat([autoencoder.encode(chunk) for chunk in videos.split(batch_size)])
+        return torch.cat([encoder.encode(chunk) for chunk in videos.split(batch_size)])

@@ -14,8 +14,8 @@ The same weights serve three ways of running:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 from einops import rearrange, repeat
@@ -25,15 +25,14 @@ from torch.utils.checkpoint import checkpoint
 
 from mimo.config import ModelConfig
 from mimo.errors import InputError
-from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D, StepFlops, attention_flops
+from mimo.models.attention import Attention, FrameLayout, KVCache, RotaryEmbedding3D
 from mimo.models.checks import check_model_inputs
+from mimo.models.flops import StepFlops, attention_flops, block_linear_flops, linear_flops
 from mimo.models.layers import (
     FREQUENCY_DIM,
     LayerNorm,
     Mlp,
     NoiseLevelEmbedder,
-    block_linear_flops,
-    linear_flops,
     patchify,
     sincos_position_3d,
     token_positions,
@@ -41,6 +40,7 @@ from mimo.models.layers import (
 )
 
 NORM_EPS = 1e-6  # DiT
+T = TypeVar("T")
 
 
 def modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
@@ -48,60 +48,45 @@ def modulate(x: Tensor, shift: Tensor | None, scale: Tensor | None) -> Tensor:
     return x if shift is None else x * (1 + scale) + shift
 
 
-def gate(x: Tensor, gate: Tensor | None) -> Tensor:
-    """adaLN-Zero's gate on a residual update; independent clean tokens are not gated."""
+def gated(x: Tensor, gate: Tensor | None) -> Tensor:
+    """A residual update scaled by adaLN-Zero's gate; independent clean tokens are not gated."""
     return x if gate is None else gate * x
 
 
-@dataclass
-class Modulation:
-    """adaLN-Zero's six terms of one token group, each (B, frames, 1, D): one value per frame, broadcast
-    over the frame's tokens rather than repeated per token. All None: the group has its own LayerNorms."""
+@dataclass(frozen=True)
+class PerGroup(Generic[T]):
+    """One thing for each token group of a `FrameLayout`: the clean (history) tokens' and the noisy tokens'."""
 
-    shift_msa: Tensor | None = None
-    scale_msa: Tensor | None = None
-    gate_msa: Tensor | None = None
-    shift_mlp: Tensor | None = None
-    scale_mlp: Tensor | None = None
-    gate_mlp: Tensor | None = None
+    clean: T
+    noisy: T
 
 
-@dataclass
-class TokenGroups:
-    """How a block's sequence (B, L, D) splits into clean and noisy tokens, frame by frame, with the
-    per-frame conditioning (B, frames, D) of each group (clean_cond None: independent LayerNorms)."""
+class Modulation(NamedTuple):
+    """adaLN-Zero's six terms, each per group: (B, frames, 1, D), one value per frame broadcast over the frame's
+    tokens rather than repeated per token. None for a group with its own LayerNorms (or without tokens)."""
 
-    clean_frames: int
-    clean_per_frame: int
-    noisy_frames: int
-    noisy_per_frame: int
-    noisy_cond: Tensor | None
-    clean_cond: Tensor | None
+    shift_msa: PerGroup[Tensor | None]
+    scale_msa: PerGroup[Tensor | None]
+    gate_msa: PerGroup[Tensor | None]
+    shift_mlp: PerGroup[Tensor | None]
+    scale_mlp: PerGroup[Tensor | None]
+    gate_mlp: PerGroup[Tensor | None]
 
-    @property
-    def num_clean(self) -> int:
-        return self.clean_frames * self.clean_per_frame
 
-    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, L, D) -> clean (B, Tc, n, D) and noisy (B, Tn, N, D)."""
-        clean = x[:, : self.num_clean].unflatten(1, (self.clean_frames, self.clean_per_frame))
-        noisy = x[:, self.num_clean :].unflatten(1, (self.noisy_frames, self.noisy_per_frame))
-        return clean, noisy
+def modulate_groups(
+    x: Tensor, layout: FrameLayout, norm: PerGroup[nn.Module], shift: PerGroup, scale: PerGroup
+) -> Tensor:
+    """`modulate(norm(x), shift, scale)` on each token group of x (B, L, D), with the group's own norm and terms."""
+    return layout.map(
+        x,
+        lambda clean: modulate(norm.clean(clean), shift.clean, scale.clean),
+        lambda noisy: modulate(norm.noisy(noisy), shift.noisy, scale.noisy),
+    )
 
-    def map(self, x: Tensor, clean_fn: Callable[[Tensor], Tensor], noisy_fn: Callable[[Tensor], Tensor]) -> Tensor:
-        """(B, L, D) -> (B, L, D): `clean_fn` on the clean tokens (B, Tc, n, D), `noisy_fn` on the noisy ones
-        (B, Tn, N, D); an empty group (a cached step, a frame appended to the cache) costs nothing."""
-        clean, noisy = self.split(x)
-        parts = [fn(group).flatten(1, 2) for fn, group in ((clean_fn, clean), (noisy_fn, noisy)) if group.shape[1]]
-        return torch.cat(parts, dim=1) if len(parts) == 2 else parts[0]
 
-    def modulate(self, x: Tensor, clean_norm, noisy_norm, clean: tuple, noisy: tuple) -> Tensor:
-        """Each group normalised by its own norm and modulated by its (shift, scale) terms."""
-        return self.map(x, lambda t: modulate(clean_norm(t), *clean), lambda t: modulate(noisy_norm(t), *noisy))
-
-    def gate(self, update: Tensor, clean_gate: Tensor | None, noisy_gate: Tensor | None) -> Tensor:
-        """Each group's residual update scaled by its gate."""
-        return self.map(update, lambda t: gate(t, clean_gate), lambda t: gate(t, noisy_gate))
+def gate_groups(update: Tensor, layout: FrameLayout, gate: PerGroup) -> Tensor:
+    """`gated(update, gate)` on each token group of a residual update (B, L, D), with the group's own gate."""
+    return layout.map(update, lambda clean: gated(clean, gate.clean), lambda noisy: gated(noisy, gate.noisy))
 
 
 class DiTBlock(nn.Module):
@@ -118,31 +103,31 @@ class DiTBlock(nn.Module):
         self.clean_norm1 = LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm1
         self.clean_norm2 = LayerNorm(width, eps=NORM_EPS) if independent_clean else self.norm2
 
-    def modulation(self, cond: Tensor | None) -> Modulation:
-        """adaLN's terms from per-frame conditioning (B, frames, D); none without conditioning."""
-        if cond is None:
-            return Modulation()
-        return Modulation(*self.adaLN(cond)[:, :, None].chunk(6, dim=-1))
+    def modulation(self, cond: PerGroup[Tensor | None]) -> Modulation:
+        """adaLN's terms from each group's per-frame conditioning (B, frames, D); none for a group without it."""
+        clean, noisy = (
+            (None,) * 6 if c is None else self.adaLN(c)[:, :, None].chunk(6, dim=-1) for c in (cond.clean, cond.noisy)
+        )
+        return Modulation(*map(PerGroup, clean, noisy))
 
     def forward(
         self,
         x: Tensor,
-        groups: TokenGroups,
+        layout: FrameLayout,
+        cond: PerGroup[Tensor | None],
         rope: tuple[Tensor, Tensor] | None,
         mask: Tensor | BlockMask | None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
-        """x (B, L, D): clean tokens, then noisy tokens (either group may be empty)."""
-        clean, noisy = self.modulation(groups.clean_cond), self.modulation(groups.noisy_cond)  # (B, T, 1, D) terms
-        attn_in = groups.modulate(
-            x, self.clean_norm1, self.norm1, (clean.shift_msa, clean.scale_msa), (noisy.shift_msa, noisy.scale_msa)
-        )  # (B, L, D)
-        x = x + groups.gate(self.attn(attn_in, rope, mask, cache, layer), clean.gate_msa, noisy.gate_msa)
-        mlp_in = groups.modulate(
-            x, self.clean_norm2, self.norm2, (clean.shift_mlp, clean.scale_mlp), (noisy.shift_mlp, noisy.scale_mlp)
-        )  # (B, L, D)
-        return x + groups.gate(self.mlp(mlp_in), clean.gate_mlp, noisy.gate_mlp)
+        """x (B, L, D): the clean tokens of `layout`, then its noisy tokens (either group may be empty);
+        `cond`: each group's per-frame conditioning (B, frames, D), None for independent clean LayerNorms."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond)  # (B, T, 1, D)
+        norm1, norm2 = PerGroup(self.clean_norm1, self.norm1), PerGroup(self.clean_norm2, self.norm2)
+        attn_in = modulate_groups(x, layout, norm1, shift=shift_msa, scale=scale_msa)  # (B, L, D)
+        x = x + gate_groups(self.attn(attn_in, rope, mask, cache, layer), layout, gate=gate_msa)  # (B, L, D)
+        mlp_in = modulate_groups(x, layout, norm2, shift=shift_mlp, scale=scale_mlp)  # (B, L, D)
+        return x + gate_groups(self.mlp(mlp_in), layout, gate=gate_mlp)  # (B, L, D)
 
 
 class FinalLayer(nn.Module):
@@ -189,6 +174,7 @@ class FrameCausalDiT(nn.Module):
         self.num_classes = num_classes
         self.activation_checkpointing = False
         self.attention = config.attention  # auto | sdpa | flex, see attention.uses_flex
+        self.cache_masks = True  # False on fake tensors (the memory census): see FrameLayout.dense_mask
         patch_dim = channels * config.patch_size**2
         independent_clean = config.clean_conditioning == "independent_ln"
         self.independent_clean = independent_clean
@@ -291,7 +277,8 @@ class FrameCausalDiT(nn.Module):
     def _run_blocks(
         self,
         x: Tensor,
-        groups: TokenGroups,
+        layout: FrameLayout,
+        cond: PerGroup[Tensor | None],
         positions: Tensor,
         mask: Tensor | BlockMask | None,
         cache: KVCache | None,
@@ -301,9 +288,9 @@ class FrameCausalDiT(nn.Module):
         hidden = {}
         for layer, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, groups, rope, mask, use_reentrant=False)
+                x = checkpoint(block, x, layout, cond, rope, mask, use_reentrant=False)
             else:
-                x = block(x, groups, rope, mask, cache, layer)
+                x = block(x, layout, cond, rope, mask, cache, layer)
             if layer + 1 in return_layers:
                 hidden[layer + 1] = x
         return x, hidden
@@ -340,14 +327,15 @@ class FrameCausalDiT(nn.Module):
             clean_tokens, clean_positions = self.embed(clean, clean_start, keep, level)  # (B, Tc·n, D), (B, Tc·n, 3)
             x = torch.cat([clean_tokens, x], dim=1)  # (B, L, D), L = Tc·n + Tn·N
             positions = torch.cat([clean_positions, positions], dim=1)  # (B, L, 3)
-        noisy_cond = self.condition(noise_level, labels)  # (B, Tn, D)
-        clean_cond = self._clean_condition(clean_frames, batch, labels, noisy)  # (B, Tc, D) or None
-        groups = TokenGroups(clean_frames, clean_per_frame, noisy_frames, self.tokens_per_frame, noisy_cond, clean_cond)
-        mask = layout.mask(self.attention, x.device)  # (L, L) dense, or its BlockMask
-        x, hidden = self._run_blocks(x, groups, positions, mask, None, return_layers)  # (B, L, D)
-        out = self.final(groups.split(x)[1], noisy_cond)  # (B, Tn, N, patch_dim)
+        cond = PerGroup(
+            clean=self._clean_condition(clean_frames, batch, labels, noisy),  # (B, Tc, D) or None
+            noisy=self.condition(noise_level, labels),  # (B, Tn, D)
+        )
+        mask = layout.mask(self.attention, x.device, self.cache_masks)  # (L, L) dense, or its BlockMask
+        x, hidden = self._run_blocks(x, layout, cond, positions, mask, None, return_layers)  # (B, L, D)
+        out = self.final(layout.split(x)[1], cond.noisy)  # (B, Tn, N, patch_dim)
         velocity = unpatchify(out, self.patch_size, self.grid, self.channels)  # (B, Tn, C, H, W)
-        split = {layer: groups.split(h) for layer, h in hidden.items()}  # (B, Tc, n, D), (B, Tn, N, D)
+        split = {layer: layout.split(h) for layer, h in hidden.items()}  # (B, Tc, n, D), (B, Tn, N, D)
         return DiTOutput(
             velocity,
             clean_hidden={layer: clean for layer, (clean, _) in split.items()},
@@ -391,9 +379,9 @@ class FrameCausalDiT(nn.Module):
         """
         tokens, positions = self.embed(noisy, frame_position)  # (B, N, D), (B, N, 3)
         cond = self.condition(noise_level, labels)  # (B, 1, D)
-        groups = TokenGroups(0, self.tokens_per_frame, 1, self.tokens_per_frame, cond, None)
-        x, _ = self._run_blocks(tokens, groups, positions, None, cache)  # (B, N, D)
-        out = self.final(groups.split(x)[1], cond)  # (B, 1, N, patch_dim)
+        layout = FrameLayout(0, self.tokens_per_frame, 1, self.tokens_per_frame)
+        x, _ = self._run_blocks(tokens, layout, PerGroup(None, cond), positions, None, cache)  # (B, N, D)
+        out = self.final(layout.split(x)[1], cond)  # (B, 1, N, patch_dim)
         return unpatchify(out, self.patch_size, self.grid, self.channels)  # (B, 1, C, H, W)
 
     def append_to_cache(
@@ -416,9 +404,9 @@ class FrameCausalDiT(nn.Module):
             )
         level = self.history_levels(noise_level, frames)  # (B, T) or None
         tokens, positions = self.embed(frames, first_position, None, level)  # (B, T·N, D), (B, T·N, 3)
-        clean_cond = self._clean_condition(num_frames, batch, labels, frames)  # (B, T, D) or None
-        groups = TokenGroups(num_frames, self.tokens_per_frame, 0, self.tokens_per_frame, None, clean_cond)
+        cond = PerGroup(clean=self._clean_condition(num_frames, batch, labels, frames), noisy=None)  # (B, T, D) or None
         layout = FrameLayout(num_frames, self.tokens_per_frame)
-        mask = layout.mask(self.attention, tokens.device) if num_frames > 1 else None  # one frame sees the cache
-        self._run_blocks(tokens, groups, positions, mask, cache)
+        one_frame = num_frames == 1  # one frame sees the whole cache: no mask
+        mask = None if one_frame else layout.mask(self.attention, tokens.device, self.cache_masks)
+        self._run_blocks(tokens, layout, cond, positions, mask, cache)
         cache.advance(num_frames)

@@ -1,7 +1,7 @@
 """Frozen image encoders: frames (B, C, H, W) in [-1, 1] → a grid of token features (B, h, w, E).
 
 REPA aligns the backbone with such an encoder, and the representation metrics compare against
-one. Any module with this interface plugs in; three kinds are built from a config string:
+one. Any `FrameEncoder` subclass plugs in; three kinds are built from a config string:
 
 - `random`: `RandomEncoder`, random convolutional features that need no weights (tests, CPU);
 - `timm:MODEL_NAME`: a timm ViT, weights from a local file (`encoder_path`);
@@ -24,12 +24,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from mimo.config import RepaConfig
-from mimo.data.encoder_features import FEATURES_NAME
-from mimo.data.latents import encode_dataset
-from mimo.models.repa import resize_grid
 
 # DINOv2 and most timm ViTs normalise with the ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,6 +66,28 @@ class FrameEncoder(nn.Module):
     def describe(self) -> dict[str, Any]:
         """What produced these features, for manifests of cached features."""
         return {"encoder": self.spec, "feature_dim": self.feature_dim}
+
+    @torch.no_grad()
+    def encode_video(self, video: Tensor, grid: int | None = None) -> Tensor:
+        """Features (B, T, h, w, E) of every frame of clips (B, T, C, H, W), without gradients; resized to the
+        backbone's `grid` × `grid` tokens when given (what the REPA loss and the feature cache both need)."""
+        frames = rearrange(video, "b t c h w -> (b t) c h w")
+        features = rearrange(self(frames), "(b t) h w e -> b t h w e", b=video.shape[0])
+        return features if grid is None else resize_grid(features, grid)
+
+
+def resize_grid(features: Tensor, size: int) -> Tensor:
+    """Features (..., h, w, E) resized bilinearly to (..., size, size, E); unchanged when already that size.
+
+    Antialiased, so that shrinking a fine encoder grid averages every encoder token under a backbone
+    token instead of sampling a few of them.
+    """
+    if features.shape[-3:-1] == (size, size):
+        return features
+    *leading, height, width, dim = features.shape
+    images = rearrange(features.reshape(-1, height, width, dim), "n h w e -> n e h w").float()
+    resized = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return rearrange(resized, "n e h w -> n h w e").reshape(*leading, size, size, dim).to(features.dtype)
 
 
 class RandomEncoder(FrameEncoder):
@@ -146,13 +164,6 @@ class ViTEncoder(FrameEncoder):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "image_size": self.image_size, "weights": self.weights}
-
-
-@torch.no_grad()
-def encode_video(encoder: nn.Module, video: Tensor) -> Tensor:
-    """Features (B, T, h, w, E) of every frame of clips (B, T, C, H, W), without gradients."""
-    frames = rearrange(video, "b t c h w -> (b t) c h w")
-    return rearrange(encoder(frames), "(b t) h w e -> b t h w e", b=video.shape[0])
 
 
 def _import_timm(spec: str):
@@ -249,32 +260,3 @@ def build_encoder(config: RepaConfig, channels: int = 3) -> FrameEncoder:
         if kind == "dinov2":
             return dinov2_encoder(name, config.encoder_path, config.encoder_image_size, config.allow_download)
     raise ValueError(f"unknown encoder '{config.encoder}'; use 'random', 'timm:MODEL_NAME' or 'dinov2:ARCH'")
-
-
-class _FeatureExtractor(nn.Module):
-    """A frozen encoder seen as an autoencoder's `encode`/`describe`, which is what encode_dataset calls."""
-
-    def __init__(self, encoder: FrameEncoder, grid: int | None):
-        super().__init__()
-        self.encoder = encoder
-        self.grid = grid
-
-    def encode(self, video: Tensor) -> Tensor:
-        features = encode_video(self.encoder, video)
-        return features if self.grid is None else resize_grid(features, self.grid)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": FEATURES_NAME, **self.encoder.describe(), "grid": self.grid}
-
-
-def extract_features(
-    dataset: Dataset, encoder: FrameEncoder, out_dir: str | Path, grid: int | None = None, **options: Any
-) -> dict[str, Any]:
-    """Store `encoder`'s features of every clip of `dataset` (pixels in [-1, 1]) under `out_dir`.
-
-    `grid`: resize to the backbone's token grid (frame_size / patch_size) now, which makes the cache
-    smaller when the encoder's grid is finer; None keeps the encoder's grid. `options` are those of
-    `mimo.data.latents.encode_dataset` (shard_size, batch_size, device, storage_dtype, ...). Rerun the
-    same call after an interruption to finish the missing shards. Returns the manifest.
-    """
-    return encode_dataset(dataset, _FeatureExtractor(encoder, grid), out_dir, **options)

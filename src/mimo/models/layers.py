@@ -11,26 +11,10 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
-from mimo.models.attention import Attention, StepFlops, split_rotary_dims
+from mimo.models.attention import Attention, split_rotary_dims
 
 TIMESTEP_SCALE = 1000.0  # noise levels s in [0, 1] are embedded as s·1000, the range DiT's embedder expects
 MAX_PERIOD = 10000.0  # DiT's sinusoidal timestep embedding
-
-
-def linear_flops(rows: int, fan_in: int, fan_out: int, input_grad: bool = True) -> StepFlops:
-    """Forward + backward FLOPs of a linear layer on `rows` rows; a leaf input needs no input gradient."""
-    forward = 2 * rows * fan_in * fan_out
-    return StepFlops(linear=forward * (3 if input_grad else 2))
-
-
-def block_linear_flops(tokens: int, width: int, hidden: int) -> StepFlops:
-    """The matmuls of a transformer block on `tokens` rows: qkv, output projection, the MLP's two layers."""
-    return (
-        linear_flops(tokens, width, 3 * width)
-        + linear_flops(tokens, width, width)
-        + linear_flops(tokens, width, hidden)
-        + linear_flops(tokens, hidden, width)
-    )
 
 
 class LayerNorm(nn.LayerNorm):

@@ -13,12 +13,11 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from mimo.models.attention import FrameLayout, RotaryEmbedding3D, StepFlops, attention_flops
+from mimo.models.attention import FrameLayout, RotaryEmbedding3D
+from mimo.models.flops import StepFlops, attention_flops, block_linear_flops, linear_flops
 from mimo.models.layers import (
     LayerNorm,
     TransformerBlock,
-    block_linear_flops,
-    linear_flops,
     sincos_position_3d,
     token_positions,
 )
@@ -46,6 +45,7 @@ class MimoDecoder(nn.Module):
         self.num_targets = num_targets
         self.patch_dim = patch_dim
         self.attention = attention  # auto | sdpa | flex, see attention.uses_flex
+        self.cache_masks = True  # False on fake tensors (the memory census): see FrameLayout.dense_mask
         self.embed = nn.Linear(backbone_width, width)
         self.mask_token = nn.Parameter(torch.randn(1, 1, 1, width) * MASK_TOKEN_STD)
         self.rope = RotaryEmbedding3D(width // heads) if rope else None
@@ -90,7 +90,8 @@ class MimoDecoder(nn.Module):
             rope = None
         else:
             rope = self.rope(positions)
-        mask = FrameLayout(frames, positions_per_frame).mask(self.attention, x.device)  # history only: block-causal
+        layout = FrameLayout(frames, positions_per_frame)  # history only: block-causal
+        mask = layout.mask(self.attention, x.device, self.cache_masks)
         for block in self.blocks:
             x = block(x, rope, mask)
         out = self.head(self.norm(x))

@@ -4,7 +4,7 @@ A clip x of T frames gives clean history frames x_1..x_{T-1} (tube-masked when r
 copies of the frames to generate, each with its own noise level. `L_diff` is flow matching on the
 generated frames (context frames of the prediction task are not noised and carry no loss).
 `L_mask` (MiMo) reconstructs, from the masked history features at layer l, frame t and frame t+1
-at every history position t. `L_repa` (the REPA baseline, `mimo.models.repa`) aligns clean and/or
+at every history position t. `L_repa` (the REPA baseline, `mimo.objectives.repa`) aligns clean and/or
 noisy tokens with a frozen encoder's features of the clean frames; it adds to L_total with its own λ
 and combines with MiMo. The whole objective is one nn.Module so DDP can wrap it.
 """
@@ -19,13 +19,15 @@ from torch import Tensor, nn
 
 from mimo.config import TARGET_OFFSETS, Config, DiffusionConfig, SampleConfig
 from mimo.diffusion.flow import integrate, interpolate, sample_noise_levels, velocity_target
-from mimo.models.attention import FrameLayout, StepFlops
+from mimo.models.attention import FrameLayout
 from mimo.models.dit import DiTOutput, FrameCausalDiT
-from mimo.models.encoders import build_encoder, encode_video
+from mimo.models.encoders import build_encoder, resize_grid
+from mimo.models.flops import StepFlops
 from mimo.models.layers import patchify
 from mimo.models.mimo_decoder import MimoDecoder
-from mimo.models.repa import RepaProjector, aligned_pairs, negative_cosine_similarity, resize_grid
+from mimo.models.repa import RepaProjector
 from mimo.objectives.masking import TubeMask, kept_count, tube_mask
+from mimo.objectives.repa import aligned_pairs, negative_cosine_similarity
 
 NORM_PIX_EPS = 1e-6  # MAE's per-patch normalisation
 # The own-history samples' seed is the step generator's plus this: a stream of their own, disjoint from every
@@ -100,9 +102,7 @@ def build_ctf_batch(
     )
 
 
-def history_noise_levels(
-    batch: int, frames: int, diffusion: DiffusionConfig, generator: torch.Generator
-) -> Tensor:
+def history_noise_levels(batch: int, frames: int, diffusion: DiffusionConfig, generator: torch.Generator) -> Tensor:
     """(B, frames) noise levels of the history: s ~ U[0, history_noise_max] per frame, and s = 1 for every
     frame of the clips that history dropout draws (the history-free branch of history guidance)."""
     level = torch.rand(batch, frames, generator=generator, device=generator.device) * diffusion.history_noise_max
@@ -263,7 +263,7 @@ class TrainingObjective(nn.Module):
 
     def training_flops(self, batch_size: int) -> StepFlops:
         """FLOPs of one training step (forward + backward) on `batch_size` clips: backbone and MiMo decoder
-        (attention.StepFlops: executed by dense SDPA or block-sparse FlexAttention, and useful)."""
+        (flops.StepFlops: executed by dense SDPA or block-sparse FlexAttention, and useful)."""
         if self.repa_projector is not None:
             raise ValueError("training_flops covers the backbone and the MiMo decoder, not REPA; set repa.mode=none")
         layout = self.layout()
@@ -296,7 +296,7 @@ class TrainingObjective(nn.Module):
                     f"repa.features_path={repa.features_path} is set, so the batch must carry the cached features: "
                     "wrap the dataset in mimo.data.encoder_features.WithEncoderFeatures and pass them to the objective"
                 )
-            encoder_features = encode_video(self.encoder.to(video.device), video)
+            encoder_features = self.encoder.to(video.device).encode_video(video)
         shape = encoder_features.shape
         if len(shape) != 5 or shape[:2] != video.shape[:2] or shape[-1] != self.repa_feature_dim:
             raise ValueError(

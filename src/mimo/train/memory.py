@@ -204,6 +204,10 @@ def saved_activations(config: Config, fake: bool = True) -> SavedTensors:
     with mode:
         torch.manual_seed(config.train.seed)
         objective = TrainingObjective(config, build_backbone(config)).train()
+        if fake:  # fake masks must not be cached for later real runs
+            objective.backbone.cache_masks = False
+            if objective.decoder is not None:
+                objective.decoder.cache_masks = False
         video = torch.zeros(shape)
         labels = torch.zeros(shape[0], dtype=torch.long) if config.num_classes else None
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from mimo.config import Config, TrainConfig
 from mimo.data import build_dataset, stack_clips
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
+from mimo.data.latents import latent_autoencoder
 from mimo.data.media import plot_curves, save_gif, video_grid
 from mimo.data.order import ResumableShuffle
 from mimo.diffusion.cost import sampling_cost
@@ -475,7 +476,8 @@ class Trainer:
             video, labels = clips["video"].to(self.device), clips["label"].to(self.device)
             samples = sample_for_task(model, self.config, video, labels, torch.Generator().manual_seed(0))
             path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
-            real, samples = to_pixels(video.cpu(), self.config.data), to_pixels(samples.cpu(), self.config.data)
+            autoencoder = latent_autoencoder(self.config.data)  # latents: decoded to pixels
+            real, samples = to_pixels(video.cpu(), autoencoder), to_pixels(samples.cpu(), autoencoder)
             if samples.shape[2] in (1, 3):
                 save_gif(video_grid([real, samples], upscale=2), path)
         barrier()
