@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import MICRO_RUN
 from mimo.config import load_config
+from mimo.errors import ConfigError
 from mimo.train.checkpoint import find_checkpoint, load_tensors, read_state
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import COSINE_FLOOR, Trainer, lr_factor, train
@@ -104,6 +106,52 @@ def test_a_time_budget_stops_training_with_a_checkpoint_that_resumes(tmp_path):
     assert read_state(find_checkpoint(tmp_path))["step"] == 1
     resumed = train(run_config(tmp_path, "train.steps=3"))
     assert resumed.step == 3
+
+
+def write_preset(path: Path, out_dir: Path, steps: int, init_from: str | None = None, **train_keys) -> Path:
+    """A YAML preset of the micro run (the phases of a recipe like configs/reference/)."""
+    keys = dict(arg.split("=", 1) for arg in RUN)
+    sections: dict[str, dict] = {}
+    for key, value in {**keys, "train.out_dir": str(out_dir), "train.steps": steps, **train_keys}.items():
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = yaml.safe_load(str(value))
+    if init_from:
+        sections["train"]["init_from"] = init_from
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def test_init_from_a_preset_trains_it_first_then_starts_from_its_weights(tmp_path):
+    write_preset(tmp_path / "first.yaml", tmp_path / "first", steps=2)
+    second = write_preset(tmp_path / "second.yaml", tmp_path / "second", 1, "first.yaml", **{"train.lr": 1e-12})
+    result = train(load_config(second))  # init_from is read beside the file that names it
+    assert result.step == 1 and read_state(find_checkpoint(tmp_path / "first"))["step"] == 2
+    first_weights, second_weights = _weights(tmp_path / "first"), _weights(tmp_path / "second")
+    for key, value in first_weights.items():
+        if key.startswith("backbone."):  # a learning rate of 1e-12 leaves the weights it started from
+            torch.testing.assert_close(second_weights[key], value, rtol=0, atol=1e-6)
+    first_saved = find_checkpoint(tmp_path / "first") / "model.safetensors"
+    stamp = first_saved.stat().st_mtime_ns
+    again = train(load_config(second, ["train.steps=2"]))  # the finished first phase is not trained again
+    assert again.step == 2 and first_saved.stat().st_mtime_ns == stamp
+
+
+def test_an_unfinished_first_phase_stops_the_recipe_there(tmp_path):
+    write_preset(tmp_path / "first.yaml", tmp_path / "first", 50, **{"train.max_seconds": 1e-6})
+    stopped = train(load_config(write_preset(tmp_path / "second.yaml", tmp_path / "second", 1, "first.yaml")))
+    assert stopped.out_of_time and stopped.run_dir == tmp_path / "first" and stopped.step == 1
+    assert not (tmp_path / "second").exists()
+
+
+def test_a_chain_of_presets_that_comes_back_to_its_folder_is_refused(tmp_path):
+    write_preset(tmp_path / "a.yaml", tmp_path / "a", 1, "b.yaml")
+    write_preset(tmp_path / "b.yaml", tmp_path / "b", 1, "a.yaml")
+    with pytest.raises(ConfigError, match="earlier in this chain"):
+        train(load_config(tmp_path / "a.yaml"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    write_preset(tmp_path / "c.yaml", tmp_path / "c", 1, "missing.yaml")
+    with pytest.raises(ConfigError, match=r"train\.init_from=.*missing\.yaml: config file .* not found"):
+        train(load_config(tmp_path / "c.yaml"))
 
 
 def test_cosine_schedule_warms_up_then_decays_to_a_tenth_at_the_last_step():

@@ -324,7 +324,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/default"
     resume: bool = True  # continue from out_dir's latest checkpoint when there is one
-    init_from: str | None = None  # a new run starts from this run's weights (fine-tuning); see train/init_from.py
+    init_from: str | None = None  # a new run starts from this run's weights, or a preset's trained first (a .yaml)
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
     sample_at_end: bool = True  # a GIF of samples when training ends (its cost is printed first)
@@ -595,6 +595,9 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         if keys is not None and not isinstance(keys, dict):
             raise ConfigError(f"config file '{path}': section '{section}' must be a mapping of keys, got {keys!r}")
     values = {section: keys for section, keys in values.items() if keys is not None}  # an empty section: no change
+    init_from = values.get("train", {}).get("init_from")
+    if isinstance(init_from, str) and init_from.endswith((".yaml", ".yml")):  # a preset to train first: beside it
+        values["train"]["init_from"] = str(path.parent / init_from)
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"config file '{path}': base: must name a YAML file beside it, got {base!r}")

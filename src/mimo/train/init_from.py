@@ -6,6 +6,9 @@ match exactly (it is the model); the training-only parts (MiMo decoder, REPA pro
 where both runs have them with the same shapes, and left at initialisation otherwise (e.g. a
 decoder for a run that had none). The EMA continues from the other run's EMA. The optimizer,
 step and data position start afresh: this is a new run, not a resume (`train.resume` is that).
+
+`train.init_from` may also name a preset (a YAML file; in a config file, relative to that file): its run is
+trained first, then this one starts from it, so a recipe of phases (configs/reference/) is one command.
 """
 
 from __future__ import annotations
@@ -14,10 +17,43 @@ from pathlib import Path
 
 from torch import nn
 
-from mimo.train.checkpoint import CheckpointError, check_compatible, find_checkpoint, load_tensors
+from mimo.config import Config, load_config
+from mimo.errors import ConfigError
+from mimo.train.checkpoint import CheckpointError, check_compatible, find_checkpoint, load_tensors, read_state
 from mimo.train.distributed import full_model_state, load_full_model_state
 
 BACKBONE = "backbone."
+PRESET_SUFFIXES = (".yaml", ".yml")
+
+
+def names_a_preset(init_from: str | None) -> bool:
+    """Whether `train.init_from` is a preset to train first rather than a run folder."""
+    return init_from is not None and init_from.endswith(PRESET_SUFFIXES)
+
+
+def preset_to_train_first(config: Config) -> Config | None:
+    """The preset `train.init_from` names, loaded (None for a run folder). A chain of presets that comes back to
+    a run folder it trains into would never end: it is refused."""
+    folders, preset = [config.train.out_dir], config
+    while names_a_preset(preset.train.init_from):
+        named = preset.train.init_from
+        try:
+            preset = load_config(named)
+        except ConfigError as error:
+            raise ConfigError(f"train.init_from={named}: {error}") from error
+        if preset.train.out_dir in folders:
+            raise ConfigError(
+                f"train.init_from={named} trains into {preset.train.out_dir}, a folder earlier in this chain of "
+                f"presets ({' <- '.join(folders)}); give each phase its own train.out_dir"
+            )
+        folders.append(preset.train.out_dir)
+    return load_config(config.train.init_from) if len(folders) > 1 else None
+
+
+def has_finished(config: Config) -> bool:
+    """Whether `config`'s run folder holds a checkpoint of its last step (training it again would do nothing)."""
+    checkpoint = find_checkpoint(config.train.out_dir)
+    return checkpoint is not None and read_state(checkpoint)["step"] >= config.train.steps
 
 
 def initialise_from_run(objective: nn.Module, ema_backbone: nn.Module, run: str | Path) -> list[str]:

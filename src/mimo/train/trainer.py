@@ -26,7 +26,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mimo.config import Config, TrainConfig
+from mimo.config import Config, TrainConfig, with_overrides
 from mimo.data import build_dataset, stack_clips
 from mimo.data.encoder_features import ENCODER_FEATURES_KEY, WithEncoderFeatures, cached_feature_dim
 from mimo.data.latents import latent_autoencoder
@@ -70,7 +70,7 @@ from mimo.train.distributed import (
     wrap_for_training,
 )
 from mimo.train.ema import EMA, warn_if_tail_is_outweighed
-from mimo.train.init_from import initialise_from_run
+from mimo.train.init_from import has_finished, initialise_from_run, preset_to_train_first
 from mimo.train.logger import MetricsLogger, read_metrics
 
 SAMPLE_VIDEOS = 4  # clips shown in the periodic sample GIFs
@@ -498,9 +498,17 @@ class Trainer:
 def train(config: Config, dataset: Dataset | None = None) -> TrainResult:
     """Train as `config` says (a library entry point: the CLI and notebooks call this).
 
-    Under torchrun it joins the process group and leaves it at the end (a group it did not create is kept).
+    When `train.init_from` names a preset, that preset's run is trained first (resumed where it stopped, skipped
+    once finished; an interruption stops there) and this run starts from its weights. Under torchrun it joins
+    the process group and leaves it at the end (a group it did not create is kept).
     """
     check_options(config)
+    if (first := preset_to_train_first(config)) is not None:
+        if not has_finished(first):
+            result = train(first, dataset)
+            if result.interrupted or result.out_of_time:
+                return result
+        config = with_overrides(config, [f"train.init_from={first.train.out_dir}"])
     joined = not is_initialized()
     try:
         return Trainer(config, dataset=dataset).train()
