@@ -7,6 +7,7 @@ over frames and clips as its protocol says (video-prediction papers average per-
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -16,6 +17,8 @@ from einops import rearrange
 from mimo.errors import MetricUnavailableError
 
 PIXEL_RANGE = 2.0  # frames live in [−1, 1]
+PSNR_LEVELS = 255  # PSNR counts errors below one level of an 8-bit frame as that level (PSNR_CAP_DB)
+PSNR_CAP_DB = 20 * math.log10(PSNR_LEVELS)
 # SSIM constants of Wang et al. 2004 ("Image quality assessment: from error visibility to structural
 # similarity"): an 11×11 Gaussian window with σ = 1.5, K1 = 0.01, K2 = 0.03.
 SSIM_WINDOW = 11
@@ -35,10 +38,12 @@ def _check_pair(prediction: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = PIXEL_RANGE) -> torch.Tensor:
-    """10·log10(range² / MSE) per frame (..., ), in dB; identical frames give +inf."""
+    """10·log10(range² / MSE) per frame (..., ), in dB. An MSE below one 8-bit level squared counts as that level
+    (a cap of 20·log10(255) = 48.13 dB): identical frames (copy-last while an object rests or returns) would
+    give +inf, and one of them would make a mean over frames and clips infinite."""
     _check_pair(prediction, target)
     mse = (prediction.double() - target.double()).pow(2).mean(dim=(-3, -2, -1))
-    return 10 * torch.log10(data_range**2 / mse)
+    return 10 * torch.log10(data_range**2 / mse.clamp_min((data_range / PSNR_LEVELS) ** 2))
 
 
 def summed_squared_error(
