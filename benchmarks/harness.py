@@ -35,12 +35,12 @@ from typing import Any
 import torch
 import torch.nn.attention.flex_attention as flex_module
 
-from mimo.config import Config, with_overrides
+from mimo.config import Config, load_config, with_overrides
 from mimo.data import build_dataset, stack_clips
 from mimo.data.atomic import write_atomically
 from mimo.evaluation.metrics import METRICS
-from mimo.train.checkpoint import list_checkpoints
 from mimo.train.distributed import default_device
+from mimo.train.logger import read_metrics
 from mimo.train.trainer import Trainer
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -83,9 +83,16 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def training_wall_seconds(run: Path) -> float:
-    """From the run's first logged step (config.yaml is written after step 1) to its last checkpoint."""
-    last = list_checkpoints(run)[-1]
-    return round((last / "state.json").stat().st_mtime - (run / "config.yaml").stat().st_mtime, 1)
+    """Wall seconds of the run's training steps: each logged interval's steps over its clips per second, summed,
+    so a run resumed in several sessions counts no pause between them (one process; the first interval after
+    a resume is counted from the last logged step, over by at most one logging interval)."""
+    train = load_config(run / "config.yaml").train
+    clips_per_step, seconds, previous = train.batch_size * train.grad_accumulation, 0.0, 0
+    for record in read_metrics(run):
+        if "clips_per_second" in record:
+            seconds += (record["step"] - previous) * clips_per_step / record["clips_per_second"]
+            previous = record["step"]
+    return round(seconds, 1)
 
 
 class CpuShare:
