@@ -27,8 +27,6 @@ import torch
 from harness import machine_info, training_wall_seconds
 from mimo.apps.sample import export_inference_checkpoint
 from mimo.config import Config, from_dict, load_config, with_sampling_overrides
-from mimo.data import stack_clips
-from mimo.data.synthetic import MovingShapes
 from mimo.evaluation.motion import copy_last_scores, motion_scores, real_frame_scores
 from mimo.evaluation.protocols import EVAL_SEED, held_out_clips
 from mimo.train.checkpoint import find_trained_checkpoint, load_trained_model, read_state
@@ -42,10 +40,7 @@ CHECK_CLIPS = 16
 
 def check_clips(config: Config) -> dict[str, torch.Tensor]:
     """The held-out clips of the quality test in CI, twice the training length."""
-    dataset = MovingShapes(
-        CHECK_CLIPS, config.data.frame_size, 2 * config.data.num_frames, CHECK_SEED, config.data.max_objects
-    )
-    return stack_clips(dataset, CHECK_CLIPS)
+    return held_out_clips(config, 2 * config.data.num_frames, CHECK_CLIPS, CHECK_SEED)
 
 
 def lineage(run: Path) -> list[Path]:

@@ -26,9 +26,8 @@ from scipy import stats
 
 from harness import machine_info
 from mimo.config import with_sampling_overrides
-from mimo.data import stack_clips
-from mimo.data.synthetic import MovingShapes
 from mimo.evaluation.motion import copy_last_scores, motion_scores, real_frame_scores
+from mimo.evaluation.protocols import held_out_clips
 from mimo.train.checkpoint import load_trained_model
 
 VALIDATION_SEED = 777
@@ -37,8 +36,7 @@ SCORES = ("ar_px", "ar_lost", "ar2_px", "ar2_lost")
 
 def score_block(model, config, settings: list[str], seed: int, count: int) -> dict[str, dict[str, float]]:
     """Every setting's scores, copy-last's and the real frames' on `count` clips of `seed`."""
-    data = config.data
-    clips = stack_clips(MovingShapes(count, data.frame_size, 2 * data.num_frames, seed, data.max_objects), count)
+    clips = held_out_clips(config, 2 * config.data.num_frames, count, seed)
     rows = {"copy-last": copy_last_scores(config, clips), "real frames": real_frame_scores(config, clips)}
     for setting in settings:
         configured = with_sampling_overrides(config, shlex.split(setting), ("sample.",))

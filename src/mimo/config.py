@@ -570,6 +570,11 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def names_a_preset(init_from: str | None) -> bool:
+    """Whether `train.init_from` is a preset (a YAML file) to train first rather than a run folder."""
+    return init_from is not None and init_from.endswith((".yaml", ".yml"))
+
+
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as nested dicts, with its `base:` chain resolved (`_chain`: the files that named it)."""
     path = Path(path)
@@ -596,7 +601,7 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
             raise ConfigError(f"config file '{path}': section '{section}' must be a mapping of keys, got {keys!r}")
     values = {section: keys for section, keys in values.items() if keys is not None}  # an empty section: no change
     init_from = values.get("train", {}).get("init_from")
-    if isinstance(init_from, str) and init_from.endswith((".yaml", ".yml")):  # a preset to train first: beside it
+    if isinstance(init_from, str) and names_a_preset(init_from):  # a preset to train first: beside this file
         values["train"]["init_from"] = str(path.parent / init_from)
     if base is not None:
         if not isinstance(base, str):

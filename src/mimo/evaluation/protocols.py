@@ -49,9 +49,11 @@ def teacher_forced(model, config: Config, video: torch.Tensor) -> torch.Tensor:
     return torch.cat([video[:, :k], *generated], dim=1)
 
 
-def held_out_clips(config: Config, num_frames: int, count: int = EVAL_CLIPS) -> dict[str, torch.Tensor]:
+def held_out_clips(
+    config: Config, num_frames: int, count: int = EVAL_CLIPS, seed: int = EVAL_SEED
+) -> dict[str, torch.Tensor]:
     """Built-in clips of a seed no training clip uses, stacked: video, positions, colors, valid, label."""
-    dataset = MovingShapes(count, config.data.frame_size, num_frames, EVAL_SEED, config.data.max_objects)
+    dataset = MovingShapes(count, config.data.frame_size, num_frames, seed, config.data.max_objects)
     return stack_clips(dataset, count)
 
 

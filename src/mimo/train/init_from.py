@@ -17,24 +17,18 @@ from pathlib import Path
 
 from torch import nn
 
-from mimo.config import Config, load_config
+from mimo.config import Config, load_config, names_a_preset
 from mimo.errors import ConfigError
 from mimo.train.checkpoint import CheckpointError, check_compatible, find_checkpoint, load_tensors, read_state
 from mimo.train.distributed import full_model_state, load_full_model_state
 
 BACKBONE = "backbone."
-PRESET_SUFFIXES = (".yaml", ".yml")
-
-
-def names_a_preset(init_from: str | None) -> bool:
-    """Whether `train.init_from` is a preset to train first rather than a run folder."""
-    return init_from is not None and init_from.endswith(PRESET_SUFFIXES)
 
 
 def preset_to_train_first(config: Config) -> Config | None:
     """The preset `train.init_from` names, loaded (None for a run folder). A chain of presets that comes back to
     a run folder it trains into would never end: it is refused."""
-    folders, preset = [config.train.out_dir], config
+    folders, preset, first = [config.train.out_dir], config, None
     while names_a_preset(preset.train.init_from):
         named = preset.train.init_from
         try:
@@ -47,7 +41,8 @@ def preset_to_train_first(config: Config) -> Config | None:
                 f"presets ({' <- '.join(folders)}); give each phase its own train.out_dir"
             )
         folders.append(preset.train.out_dir)
-    return load_config(config.train.init_from) if len(folders) > 1 else None
+        first = preset if first is None else first
+    return first
 
 
 def has_finished(config: Config) -> bool:
