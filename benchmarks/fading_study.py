@@ -24,6 +24,13 @@ paired difference to the clean-history arm's default sampler, per seed, with a p
 (the seed is the unit of replication: three seeds are three trained models). Each (arm, seed) is one
 resumable job: rerunning the command skips what is done (finished jobs are kept in
 benchmarks/results/fading_study_jobs/, so a fresh checkout resumes too).
+
+`--study own-history` separates the reference recipe's second phase (configs/reference/demo-own-history.yaml)
+into its parts: every arm fine-tunes the same finished first phase (`--init-from runs/reference`) for `--steps`
+steps with history dropout, with and without own-history training, and each is sampled with and without history
+guidance (a 2 × 2 design, paired per seed):
+
+    python benchmarks/fading_study.py --study own-history --init-from runs/reference --steps 1000
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,6 +80,7 @@ SAMPLERS: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
     "history-guidance-1.5": (["sample.history_noise=0.1", "sample.history_guidance=1.5"], ("history-noise+dropout",)),
 }
 REFERENCE = ("clean-history", "euler-20")  # what every cell is paired against
+REFERENCE_SECOND_PHASE = Path(__file__).resolve().parents[1] / "configs" / "reference" / "demo-own-history.yaml"
 METRICS = ("ar_px", "ar_lost", "tf_px", "tf_lost", "gap_px", "ar2_px", "ar2_lost", "tf2_px", "tf2_lost", "gap2_px")
 
 
@@ -79,21 +89,43 @@ def demo_config(overrides: list[str]) -> Config:
         return load_config(path, overrides)
 
 
+@dataclass(frozen=True)
+class Study:
+    """What every arm starts from (a config built from overrides), the arms' own overrides, the samplers (each
+    with the arms it applies to; None: every arm) and the (arm, sampler) every cell is paired against."""
+
+    base: Callable[[list[str]], Config]
+    arms: dict[str, list[str]]
+    samplers: dict[str, tuple[list[str], tuple[str, ...] | None]]
+    reference: tuple[str, str]
+
+
+STUDIES = {
+    "fading": Study(lambda overrides: demo_config([*PLAIN_CTF, *overrides]), ARMS, SAMPLERS, REFERENCE),
+    "own-history": Study(
+        lambda overrides: load_config(REFERENCE_SECOND_PHASE, overrides),
+        {"own-history": [], "history-dropout-only": ["diffusion.own_history=0"]},
+        {"guidance-2": ([], None), "no-guidance": (["sample.history_guidance=1"], None)},
+        ("own-history", "guidance-2"),
+    ),
+}
+
+
 def published_job(arm: str, seed: int, args: argparse.Namespace) -> Path:
     """Where a finished job's scores are kept with the results (the run folders are not published): a later
     session resumes the study from them without retraining what is done."""
     return args.out / f"{args.name}_jobs" / f"{arm}-s{seed}.json"
 
 
-def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_job(study: Study, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one (arm, seed) and evaluate its final EMA model with every sampler that applies; resumable."""
     run_dir = args.runs / f"{arm}-s{seed}"
     result_path = published_job(arm, seed, args)
     if result_path.exists():
         return json.loads(result_path.read_text())
     overrides = [
-        *PLAIN_CTF,
-        *ARMS[arm],
+        *study.arms[arm],
+        *([f"train.init_from={args.init_from}"] if args.init_from else []),
         f"train.seed={seed}",
         f"data.seed={seed}",
         f"train.steps={args.steps}",
@@ -104,12 +136,12 @@ def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         f"train.out_dir={run_dir}",
     ]
     started = time.perf_counter()
-    train(demo_config(overrides))
+    train(study.base(overrides))
     train_seconds = time.perf_counter() - started
     model, config = load_trained_model(run_dir)
     clips = held_out_clips(config, 2 * config.data.num_frames, args.clips)
     results = {}
-    for sampler, (sample_overrides, arms) in SAMPLERS.items():
+    for sampler, (sample_overrides, arms) in study.samplers.items():
         if arms is None or arm in arms:
             started_eval = time.perf_counter()
             results[sampler] = motion_scores(model, with_overrides(config, sample_overrides), clips)
@@ -131,19 +163,19 @@ def run_job(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def copy_last_baseline(clips_count: int) -> dict[str, float]:
-    config = demo_config([])
+def copy_last_baseline(study: Study, clips_count: int) -> dict[str, float]:
+    config = study.base([])
     return copy_last_scores(config, held_out_clips(config, 2 * config.data.num_frames, clips_count))
 
 
-def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (arm, sampler) and metric: mean ± std over seeds, and the paired difference to REFERENCE per seed
-    with its paired t-test over seeds."""
+def summarise(study: Study, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (arm, sampler) and metric: mean ± std over seeds, and the paired difference to the study's reference
+    cell per seed with its paired t-test over seeds."""
     by_cell: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     for job in jobs:
         for sampler, row in job["samplers"].items():
             by_cell.setdefault((job["arm"], sampler), {})[job["seed"]] = row
-    reference = by_cell.get(REFERENCE, {})
+    reference = by_cell.get(study.reference, {})
     cells = []
     for (arm, sampler), rows in by_cell.items():
         seeds = sorted(rows)
@@ -156,7 +188,7 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
                 "per_seed": values,
             }
             paired = [s for s in seeds if s in reference]
-            if (arm, sampler) != REFERENCE and len(paired) >= 2:
+            if (arm, sampler) != study.reference and len(paired) >= 2:
                 differences = [rows[s][metric] - reference[s][metric] for s in paired]
                 test = stats.ttest_rel([rows[s][metric] for s in paired], [reference[s][metric] for s in paired])
                 cell[metric]["paired_difference"] = {
@@ -167,7 +199,7 @@ def summarise(jobs: list[dict[str, Any]]) -> dict[str, Any]:
                 }
         cells.append(cell)
     costs = {}
-    for arm in ARMS:
+    for arm in study.arms:
         times = [job["seconds_per_step"] for job in jobs if job["arm"] == arm and job["seconds_per_step"]]
         if times:
             costs[arm] = round(statistics.median(times), 3)
@@ -184,16 +216,18 @@ def _cell_text(value: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], copy_last: dict[str, float], settings: dict[str, Any]) -> str:
     lines = [
-        "# What stops the fading? (`benchmarks/fading_study.py`)",
+        f"# What stops the fading? (`{settings['command']}`)",
         "",
         f"_{settings['machine']['cpu']}, {settings['machine']['torch_threads']} thread(s), torch "
         f"{settings['machine']['torch']}; {settings['date']}._",
         "",
-        f"The demo's model and videos, {settings['steps']} steps per run, seeds {settings['seeds']} (paired: same "
+        f"The demo's model and videos, {settings['steps']} steps per run{settings['start']}, "
+        f"seeds {settings['seeds']} (paired: same "
         f"weights, clips, noise and masks per seed); {settings['clips']} held-out clips, the same noise for every "
         "model. px: trajectory error (misses scored as a random guess); lost: share of objects not found; "
-        "gap: autoregressive − teacher-forced. In brackets: the paired difference to clean-history with the "
-        f"euler-20 sampler (mean ± std over seeds, paired t-test p over seeds; n ≤ {len(settings['seeds'])} gives "
+        "gap: autoregressive − teacher-forced. In brackets: the paired difference to "
+        f"{' with the '.join(settings['reference'])} sampler (mean ± std over seeds, paired t-test p over seeds; "
+        f"n ≤ {len(settings['seeds'])} gives "
         "little power, so read the per-seed signs in the JSON as well). An arm lists the seeds it has finished; "
         "its differences pair only those.",
         "",
@@ -228,16 +262,25 @@ def plot(summary: dict[str, Any], copy_last: dict[str, float], path: Path) -> Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=list(STUDIES), default="fading")
+    parser.add_argument("--init-from", help="the finished run every arm fine-tunes (the own-history study)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", help="a subset of the study's arms (default: all)")
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=Path, default=Path("runs/fading-study"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--name", default="fading_study")
+    parser.add_argument("--name", help="results' file stem (default: fading_study, own_history_study)")
     parser.add_argument("--report-only", action="store_true", help="summarise the finished jobs, train nothing")
     args = parser.parse_args()
+    study = STUDIES[args.study]
+    args.name = args.name or f"{args.study.replace('-', '_')}_study"
+    args.arms = args.arms or list(study.arms)
+    if unknown := set(args.arms) - set(study.arms):
+        parser.error(f"--arms {sorted(unknown)}: the {args.study} study's arms are {list(study.arms)}")
+    if (args.study == "own-history") != bool(args.init_from):
+        parser.error("--init-from RUN (the finished first phase to fine-tune) goes with --study own-history only")
     torch.set_num_threads(args.threads)
     jobs = []
     for seed in args.seeds:  # seed-major: every arm of a seed before the next seed, so partial results pair
@@ -247,18 +290,21 @@ def main() -> None:
                 if path.exists():
                     jobs.append(json.loads(path.read_text()))
             else:
-                jobs.append(run_job(arm, seed, args))
+                jobs.append(run_job(study, arm, seed, args))
     if not jobs:
         raise SystemExit(f"no finished jobs under {args.runs}")
-    summary = summarise(jobs)
-    copy_last = copy_last_baseline(args.clips)
+    summary = summarise(study, jobs)
+    copy_last = copy_last_baseline(study, args.clips)
     settings = {
+        "study": args.study,
+        "start": f" from {args.init_from}" if args.init_from else " from scratch",
+        "reference": list(study.reference),
         "steps": sorted({job["steps"] for job in jobs}),
         "seeds": sorted({job["seed"] for job in jobs}),
         "clips": args.clips,
         "machine": machine_info(torch.device("cpu")),
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/fading_study.py",
+        "command": "python benchmarks/fading_study.py" + (f" --study {args.study}" if args.study != "fading" else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": args.name, "settings": settings, "copy_last": copy_last, "summary": summary, "jobs": jobs}
