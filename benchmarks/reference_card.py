@@ -4,6 +4,9 @@
     python benchmarks/reference_card.py runs/reference-own-history --commit COMMIT_THAT_TRAINED_IT \
         --set sample.history_guidance=W          # W chosen on validation clips (benchmarks/results/README.md)
 
+Run it from the folder `mimo train` ran in: the card credits every phase (train.init_from, followed back), whose
+relative run folders are read from there.
+
 Writes src/mimo/reference/ (ema.safetensors, state.json, card.json, CARD.md): the weights as shipped are what is
 measured (float16, loaded back into float32), on `--clips` held-out clips of the evaluation seed at the training
 length and at twice it (sliding window), autoregressive and teacher-forced, against repeating the last frame.
@@ -26,10 +29,11 @@ import torch
 
 from harness import machine_info, training_wall_seconds
 from mimo.apps.sample import export_inference_checkpoint
-from mimo.config import Config, from_dict, load_config, with_sampling_overrides
+from mimo.config import Config, from_dict, with_sampling_overrides
 from mimo.evaluation.motion import copy_last_scores, motion_scores, real_frame_scores
 from mimo.evaluation.protocols import EVAL_SEED, held_out_clips
 from mimo.train.checkpoint import find_trained_checkpoint, load_trained_model, read_state
+from mimo.train.init_from import lineage
 from mimo.train.logger import read_metrics
 
 PACKAGE_FOLDER = Path(__file__).resolve().parents[1] / "src" / "mimo" / "reference"
@@ -41,14 +45,6 @@ CHECK_CLIPS = 16
 def check_clips(config: Config) -> dict[str, torch.Tensor]:
     """The held-out clips of the quality test in CI, twice the training length."""
     return held_out_clips(config, 2 * config.data.num_frames, CHECK_CLIPS, CHECK_SEED)
-
-
-def lineage(run: Path) -> list[Path]:
-    """The runs that made `run`, first to last, following each run's train.init_from."""
-    runs = [run]
-    while (parent := load_config(runs[0] / "config.yaml").train.init_from) is not None:
-        runs.insert(0, Path(parent))
-    return runs
 
 
 def verdict(metrics: dict[str, float], copy_last: dict[str, float], length: int) -> str:

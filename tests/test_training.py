@@ -14,6 +14,7 @@ from conftest import MICRO_RUN
 from mimo.config import load_config
 from mimo.errors import ConfigError
 from mimo.train.checkpoint import find_checkpoint, load_tensors, read_state
+from mimo.train.init_from import lineage
 from mimo.train.logger import read_metrics
 from mimo.train.trainer import COSINE_FLOOR, Trainer, lr_factor, train
 
@@ -126,6 +127,7 @@ def test_init_from_a_preset_trains_it_first_then_starts_from_its_weights(tmp_pat
     second = write_preset(tmp_path / "second.yaml", tmp_path / "second", 1, "first.yaml", **{"train.lr": 1e-12})
     result = train(load_config(second))  # init_from is read beside the file that names it
     assert result.step == 1 and read_state(find_checkpoint(tmp_path / "first"))["step"] == 2
+    assert lineage(tmp_path / "second") == [tmp_path / "first", tmp_path / "second"]  # what the card credits
     first_weights, second_weights = _weights(tmp_path / "first"), _weights(tmp_path / "second")
     for key, value in first_weights.items():
         if key.startswith("backbone."):  # a learning rate of 1e-12 leaves the weights it started from

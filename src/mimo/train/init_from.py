@@ -51,6 +51,15 @@ def has_finished(config: Config) -> bool:
     return checkpoint is not None and read_state(checkpoint)["step"] >= config.train.steps
 
 
+def lineage(run: str | Path) -> list[Path]:
+    """The runs that made `run`, first to last, following each one's train.init_from (a preset names its
+    train.out_dir; relative folders are read from where `mimo train` ran, as training read them)."""
+    runs = [Path(run)]
+    while (parent := load_config(runs[0] / "config.yaml").train.init_from) is not None:
+        runs.insert(0, Path(load_config(parent).train.out_dir if names_a_preset(parent) else parent))
+    return runs
+
+
 def initialise_from_run(objective: nn.Module, ema_backbone: nn.Module, run: str | Path) -> list[str]:
     """Load `run`'s latest weights into `objective` (its `backbone` and any matching extras) and its EMA
     into `ema_backbone`; returns the names of the objective's tensors left at their initial values.
