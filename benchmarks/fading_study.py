@@ -25,10 +25,10 @@ paired difference to the clean-history arm's default sampler, per seed, with a p
 resumable job: rerunning the command skips what is done (finished jobs are kept in
 benchmarks/results/fading_study_jobs/, so a fresh checkout resumes too).
 
-`--study own-history` separates the reference recipe's second phase (configs/reference/demo-own-history.yaml)
-into its parts: every arm fine-tunes the same finished first phase (`--init-from runs/reference`) for `--steps`
-steps with history dropout, with and without own-history training, and each is sampled with and without history
-guidance (a 2 × 2 design, paired per seed):
+`--study own-history` asks whether the reference recipe's second phase gains from training on the model's own
+samples as history (configs/reference/demo-own-history.yaml against demo-guidance.yaml): every arm fine-tunes the
+same finished first phase (`--init-from runs/reference`) for `--steps` steps with history dropout, with and
+without own-history training, and each is sampled with and without history guidance (2 × 2, paired per seed):
 
     python benchmarks/fading_study.py --study own-history --init-from runs/reference --steps 1000
 """
@@ -80,7 +80,7 @@ SAMPLERS: dict[str, tuple[list[str], tuple[str, ...] | None]] = {
     "history-guidance-1.5": (["sample.history_noise=0.1", "sample.history_guidance=1.5"], ("history-noise+dropout",)),
 }
 REFERENCE = ("clean-history", "euler-20")  # what every cell is paired against
-REFERENCE_SECOND_PHASE = Path(__file__).resolve().parents[1] / "configs" / "reference" / "demo-own-history.yaml"
+REFERENCE_SECOND_PHASE = Path(__file__).resolve().parents[1] / "configs" / "reference" / "demo-guidance.yaml"
 METRICS = ("ar_px", "ar_lost", "tf_px", "tf_lost", "gap_px", "ar2_px", "ar2_lost", "tf2_px", "tf2_lost", "gap2_px")
 
 
@@ -104,9 +104,9 @@ STUDIES = {
     "fading": Study(lambda overrides: demo_config([*PLAIN_CTF, *overrides]), ARMS, SAMPLERS, REFERENCE),
     "own-history": Study(
         lambda overrides: load_config(REFERENCE_SECOND_PHASE, overrides),
-        {"own-history": [], "history-dropout-only": ["diffusion.own_history=0"]},
+        {"history-dropout-only": [], "own-history": ["diffusion.own_history=0.5"]},
         {"guidance-2": ([], None), "no-guidance": (["sample.history_guidance=1"], None)},
-        ("own-history", "guidance-2"),
+        ("history-dropout-only", "guidance-2"),
     ),
 }
 

@@ -1,6 +1,6 @@
 """Ship the reference model: a finished run's EMA backbone in float16 as package data, measured, with its card.
 
-    mimo train configs/reference/demo-own-history.yaml   # both phases (demo.yaml first), resumable
+    mimo train configs/reference/demo-guidance.yaml   # both phases (demo.yaml first), resumable
     python benchmarks/reference_card.py runs/reference-own-history --commit COMMIT_THAT_TRAINED_IT \
         --set sample.history_guidance=W          # W chosen on validation clips (benchmarks/results/README.md)
 
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--commit", required=True, help="the commit the run was trained at")
     parser.add_argument(
         "--command",
-        default="mimo train configs/reference/demo-own-history.yaml",
+        default="mimo train configs/reference/demo-guidance.yaml",
     )
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--out", type=Path, default=PACKAGE_FOLDER)
