@@ -1,7 +1,7 @@
 """Ship the reference model: a finished run's EMA backbone in float16 as package data, measured, with its card.
 
     mimo train configs/reference/demo-guidance.yaml   # both phases (demo.yaml first), resumable
-    python benchmarks/reference_card.py runs/reference-own-history --commit COMMIT_THAT_TRAINED_IT \
+    python benchmarks/reference_card.py runs/reference-guidance --commit COMMIT_THAT_TRAINED_IT \
         --set sample.history_guidance=W          # W chosen on validation clips (benchmarks/results/README.md)
 
 Run it from the folder `mimo train` ran in: the card credits every phase (train.init_from, followed back), whose
