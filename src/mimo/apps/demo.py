@@ -3,7 +3,7 @@
 It trains for a few CPU minutes, then continues held-out clips from their first frames — for the
 training length and for twice that with the sliding-window cache — and compares the objects'
 positions in the samples with the ground-truth motion (trajectory error) for three predictors: the
-reference model shipped with mimo (the same recipe trained for about 90 CPU minutes: what the code
+reference model shipped with mimo (the same recipe trained for about 70 CPU minutes: what the code
 can do), the model the demo just trained (what a few minutes buy), and repeating the last context frame.
 """
 
