@@ -30,7 +30,7 @@ samples as history (configs/reference/demo-own-history.yaml against demo-guidanc
 same finished first phase (`--init-from runs/reference`) for `--steps` steps with history dropout, with and
 without own-history training, and each is sampled with and without history guidance (2 × 2, paired per seed):
 
-    python benchmarks/fading_study.py --study own-history --init-from runs/reference --steps 1000
+    python benchmarks/fading_study.py --study own-history --init-from runs/reference --steps 750
 """
 
 from __future__ import annotations
@@ -92,12 +92,14 @@ def demo_config(overrides: list[str]) -> Config:
 @dataclass(frozen=True)
 class Study:
     """What every arm starts from (a config built from overrides), the arms' own overrides, the samplers (each
-    with the arms it applies to; None: every arm) and the (arm, sampler) every cell is paired against."""
+    with the arms it applies to; None: every arm), the (arm, sampler) every cell is paired against, and whether
+    every arm fine-tunes a finished run (`--init-from`) rather than training from scratch."""
 
     base: Callable[[list[str]], Config]
     arms: dict[str, list[str]]
     samplers: dict[str, tuple[list[str], tuple[str, ...] | None]]
     reference: tuple[str, str]
+    fine_tunes: bool = False
 
 
 STUDIES = {
@@ -107,6 +109,7 @@ STUDIES = {
         {"history-dropout-only": [], "own-history": ["diffusion.own_history=0.5"]},
         {"guidance-2": ([], None), "no-guidance": (["sample.history_guidance=1"], None)},
         ("history-dropout-only", "guidance-2"),
+        fine_tunes=True,
     ),
 }
 
@@ -279,8 +282,9 @@ def main() -> None:
     args.arms = args.arms or list(study.arms)
     if unknown := set(args.arms) - set(study.arms):
         parser.error(f"--arms {sorted(unknown)}: the {args.study} study's arms are {list(study.arms)}")
-    if (args.study == "own-history") != bool(args.init_from):
-        parser.error("--init-from RUN (the finished first phase to fine-tune) goes with --study own-history only")
+    if study.fine_tunes != bool(args.init_from):
+        fine_tuning = [name for name, each in STUDIES.items() if each.fine_tunes]
+        parser.error(f"--init-from RUN (the finished run every arm fine-tunes) goes with --study {fine_tuning} only")
     torch.set_num_threads(args.threads)
     jobs = []
     for seed in args.seeds:  # seed-major: every arm of a seed before the next seed, so partial results pair
